@@ -1,0 +1,307 @@
+//! Command line (SPEC §6). Each subcommand loads and validates the config once, then
+//! calls one library entry point.
+
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use strata::config::{Clock, Config, Settings};
+use strata::day::{format_day, parse_day};
+use strata::demo::{demo, DemoArgs};
+use strata::dump;
+use strata::gen::{generate, GenArgs};
+use strata::replay::{open_store, replay, ReplayArgs};
+
+#[derive(Parser)]
+#[command(name = "strata", version, about = "Real-time customer tiering (RFM, value tiers, lifecycle) and churn alerts")]
+struct Cli {
+    /// Log format on stderr: "text" or "json".
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run JSON Lines files through the engine; outputs as JSON Lines.
+    Replay {
+        /// Input file (JSON Lines); `-` is stdin. Repeatable; read in order.
+        #[arg(long = "input", short = 'i', required = true)]
+        inputs: Vec<PathBuf>,
+        /// Output events go here (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Bad lines go here with their reason (default: <state-dir>/dead_letter.jsonl, appended).
+        #[arg(long)]
+        dead_letter: Option<PathBuf>,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Generate a realistic population, run it, print what is published. No Kafka needed.
+    Demo {
+        #[arg(long, default_value_t = 2000)]
+        customers: u64,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Keep the state here (default: a temporary dir, removed afterwards).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Inspect stored customer state.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+    /// Synthetic workload generator (seeded, reproducible), JSON Lines.
+    Gen {
+        #[arg(long)]
+        customers: u64,
+        #[arg(long)]
+        days: u32,
+        #[arg(long)]
+        seed: u64,
+        /// First day, YYYY-MM-DD (UTC).
+        #[arg(long, default_value = "2025-11-21")]
+        start: String,
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// One JSON object per customer, every figure evaluated exactly at the as-of day.
+    Dump {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// YYYY-MM-DD; default: the stored stream clock.
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The same object for one customer.
+    Get {
+        customer_id: String,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print the effective values as TOML.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn settings(config: Option<&PathBuf>, clock: Clock) -> Result<Arc<Settings>> {
+    let raw = Config::load(config.map(|p| p.as_path()))?;
+    Ok(Arc::new(Settings::new(raw, clock)?))
+}
+
+fn init_logging(format: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => bail!("--log-format must be \"text\" or \"json\", got {other:?}"),
+    }
+    Ok(())
+}
+
+fn as_of_day(arg: Option<&String>, store_clock: Option<i32>) -> Result<Option<i32>> {
+    match arg {
+        Some(s) => Ok(Some(
+            parse_day(s).with_context(|| format!("--as-of {s:?} is not a date: use YYYY-MM-DD"))?,
+        )),
+        None => Ok(store_clock),
+    }
+}
+
+fn state_dir(arg: Option<PathBuf>, s: &Settings) -> PathBuf {
+    arg.unwrap_or_else(|| s.raw.engine.state_dir.clone())
+}
+
+fn existing_state_dir(dir: &std::path::Path) -> Result<()> {
+    if !dir.join("CURRENT").exists() {
+        bail!(
+            "{} is not a strata state dir (no RocksDB files there): pass --state-dir, or run `strata replay` first",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn execute(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Replay {
+            inputs,
+            out,
+            dead_letter,
+            state_dir: dir,
+            config,
+        } => {
+            let s = settings(config.as_ref(), Clock::Event)?;
+            let dir = state_dir(dir, &s);
+            let summary = replay(
+                s,
+                ReplayArgs {
+                    inputs,
+                    out,
+                    dead_letter,
+                    state_dir: dir,
+                },
+            )?;
+            summary.print_human(&mut io::stderr())?;
+        }
+        Command::Demo {
+            customers,
+            days,
+            seed,
+            state_dir,
+            config,
+        } => {
+            let s = settings(config.as_ref(), Clock::Event)?;
+            let start = strata::day::today(s.tz) - days as i32;
+            let stdout = io::stdout();
+            let mut out = BufWriter::new(stdout.lock());
+            demo(
+                s,
+                DemoArgs {
+                    gen: GenArgs {
+                        customers,
+                        days,
+                        seed,
+                        start,
+                    },
+                    state_dir,
+                },
+                &mut out,
+            )?;
+        }
+        Command::State { command } => match command {
+            StateCommand::Dump {
+                state_dir: dir,
+                as_of,
+                config,
+            } => {
+                let s = settings(config.as_ref(), Clock::Event)?;
+                let dir = state_dir(dir, &s);
+                existing_state_dir(&dir)?;
+                let store = open_store(&s, &dir)?;
+                let Some(day) = as_of_day(as_of.as_ref(), dump::stored_clock(&store)?)? else {
+                    return Ok(()); // nothing was ever applied: an empty dump
+                };
+                let stdout = io::stdout();
+                let mut out = BufWriter::new(stdout.lock());
+                dump::dump(&store, &s, day, &mut |r| {
+                    serde_json::to_writer(&mut out, &r)?;
+                    out.write_all(b"\n")
+                })?;
+                out.flush().ok();
+            }
+            StateCommand::Get {
+                customer_id,
+                state_dir: dir,
+                as_of,
+                config,
+            } => {
+                let s = settings(config.as_ref(), Clock::Event)?;
+                let dir = state_dir(dir, &s);
+                existing_state_dir(&dir)?;
+                let store = open_store(&s, &dir)?;
+                let day = as_of_day(as_of.as_ref(), dump::stored_clock(&store)?)?;
+                match day.map(|d| dump::get(&store, &s, &customer_id, d)).transpose()?.flatten() {
+                    Some(r) => println!("{}", serde_json::to_string(&r)?),
+                    None => bail!("customer {customer_id:?} is not in {}", dir.display()),
+                }
+            }
+        },
+        Command::Gen {
+            customers,
+            days,
+            seed,
+            start,
+            out,
+        } => {
+            let start = parse_day(&start).with_context(|| format!("--start {start:?} is not a date: use YYYY-MM-DD"))?;
+            let args = GenArgs {
+                customers,
+                days,
+                seed,
+                start,
+            };
+            let stats = match out {
+                Some(p) => {
+                    let f = std::fs::File::create(&p).with_context(|| format!("cannot create {}", p.display()))?;
+                    generate(&args, &mut BufWriter::with_capacity(1 << 20, f))?
+                }
+                None => {
+                    let stdout = io::stdout();
+                    generate(&args, &mut BufWriter::with_capacity(1 << 20, stdout.lock()))?
+                }
+            };
+            eprintln!(
+                "generated {} events ({} purchases, {} interactions, {} complaints) from {} to {}",
+                stats.events,
+                stats.purchases,
+                stats.interactions,
+                stats.complaints,
+                format_day(start),
+                format_day(start + days as i32 - 1)
+            );
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => {
+            let s = settings(config.as_ref(), Clock::Wall)?;
+            print!("{}", toml::to_string_pretty(&s.raw)?);
+            eprintln!("config is valid");
+        }
+    }
+    Ok(())
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(&cli.log_format) {
+        eprintln!("error: {e:#}");
+        return 2;
+    }
+    match execute(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            // A closed pipe (`strata state dump | head`) is not an error.
+            if e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)) {
+                return 0;
+            }
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! Typed configuration: defaults, TOML file, `STRATA_<SECTION>__<KEY>` environment
+//! overrides, and validation.
+//!
+//! Two layers, as in ripgrep's low-level/high-level args: [`Config`] is the raw,
+//! serde-shaped file (every section `deny_unknown_fields`, so a typo is an error that
+//! names the key), and [`Settings`] is the validated runtime view built from it once
+//! (time zone parsed, clock resolved, cross-field rules checked). The engine only ever
+//! sees `Settings`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A configuration problem, always naming the key and saying what would be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist (pass an existing file to --config, or omit it to use the defaults)")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("invalid config key `{key}`: {message}")]
+    Key { key: &'static str, message: String },
+}
+
+fn key_err(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub engine: EngineConfig,
+    pub windows: WindowsConfig,
+    pub segments: SegmentsConfig,
+    pub value_tiers: ValueTiersConfig,
+    pub lifecycle: LifecycleConfig,
+    pub churn: ChurnConfig,
+    pub kafka: KafkaConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockMode {
+    /// Event clock for `replay`/`demo`, wall clock for `run`.
+    Auto,
+    /// The as-of day is the day of the largest event time seen so far.
+    Event,
+    /// The as-of day is today (in `timezone`).
+    Wall,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub clock: ClockMode,
+    /// IANA zone that defines calendar days.
+    pub timezone: String,
+    pub state_dir: PathBuf,
+    /// W: the RFM window, in days (SPEC §3; a year is the classic RFM horizon).
+    pub window_days: u32,
+    pub recalibrate_every_days: u32,
+    /// Messages larger than this are bad events (`too_large`). 64 KiB: events are a few
+    /// hundred bytes; anything near this is a producer bug.
+    pub max_event_bytes: usize,
+    /// With the wall clock, events stamped further than this in the future are bad
+    /// (`future_timestamp`). One hour absorbs producer clock drift.
+    pub max_future_skew_seconds: u64,
+    /// Customers kept decoded in memory between batches (write-back cache). Bounds RSS;
+    /// 200k customers of typical size is ~100 MiB.
+    pub customer_cache: usize,
+    /// RocksDB block cache, MiB.
+    pub block_cache_mb: usize,
+    /// RocksDB memtable size per column family, MiB.
+    pub write_buffer_mb: usize,
+    /// Events per committed batch (one atomic RocksDB write) in `replay`.
+    pub batch_events: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            clock: ClockMode::Auto,
+            timezone: "UTC".into(),
+            state_dir: PathBuf::from("./strata-state"),
+            window_days: 365,
+            recalibrate_every_days: 1,
+            max_event_bytes: 64 * 1024,
+            max_future_skew_seconds: 3600,
+            customer_cache: 200_000,
+            block_cache_mb: 64,
+            write_buffer_mb: 32,
+            batch_events: 50_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowsConfig {
+    pub interactions_days: u32,
+    pub complaints_days: u32,
+}
+
+impl Default for WindowsConfig {
+    fn default() -> Self {
+        Self {
+            interactions_days: 30,
+            complaints_days: 90,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdMode {
+    Mean,
+    Fixed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentsConfig {
+    pub thresholds: ThresholdMode,
+    pub recency_days: u32,
+    pub frequency: u32,
+    pub monetary: f64,
+}
+
+impl Default for SegmentsConfig {
+    fn default() -> Self {
+        Self {
+            thresholds: ThresholdMode::Mean,
+            recency_days: 30,
+            frequency: 4,
+            monetary: 1000.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueMethod {
+    Pareto,
+    Fixed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValueTiersConfig {
+    pub method: ValueMethod,
+    pub high_share: f64,
+    pub medium_share: f64,
+    pub high_min_monetary: f64,
+    pub medium_min_monetary: f64,
+}
+
+impl Default for ValueTiersConfig {
+    fn default() -> Self {
+        Self {
+            method: ValueMethod::Pareto,
+            high_share: 0.8,
+            medium_share: 0.95,
+            high_min_monetary: 5000.0,
+            medium_min_monetary: 1000.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    pub lapsed_after_days: u32,
+    pub super_min_frequency: u32,
+    pub super_min_monetary: f64,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            lapsed_after_days: 180,
+            super_min_frequency: 12,
+            super_min_monetary: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChurnConfig {
+    pub overdue: bool,
+    pub overdue_min_days: u32,
+    pub overdue_factor: f64,
+    pub first_purchase_overdue_days: u32,
+    pub complaints: bool,
+    pub complaint_threshold: u32,
+    pub spend_drop: bool,
+    pub drop_window_days: u32,
+    pub drop_ratio: f64,
+}
+
+impl Default for ChurnConfig {
+    fn default() -> Self {
+        Self {
+            overdue: true,
+            overdue_min_days: 14,
+            overdue_factor: 3.0,
+            first_purchase_overdue_days: 60,
+            complaints: true,
+            complaint_threshold: 2,
+            spend_drop: true,
+            drop_window_days: 90,
+            drop_ratio: 0.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub processing_guarantee: Guarantee,
+    pub topics: TopicsConfig,
+    /// Passed through to librdkafka verbatim (`security.protocol`, `sasl.*`, ...).
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "localhost:9092".into(),
+            group_id: "strata".into(),
+            processing_guarantee: Guarantee::AtLeastOnce,
+            topics: TopicsConfig::default(),
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    pub purchases: String,
+    pub interactions: String,
+    pub complaints: String,
+    pub tier_changes: String,
+    pub churn_warnings: String,
+    pub dead_letter: String,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self {
+            purchases: "purchases".into(),
+            interactions: "interactions".into(),
+            complaints: "complaints".into(),
+            tier_changes: "tier_changes".into(),
+            churn_warnings: "churn_warnings".into(),
+            dead_letter: "strata_dead_letter".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9898".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if given), then `STRATA_<SECTION>__<KEY>` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.to_path_buf()));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("STRATA_").split("__"));
+        fig.extract::<Config>()
+            .map_err(|e| ConfigError::Invalid(figment_message(e)))
+    }
+}
+
+/// figment reports several errors at once; list every one with its key and source.
+fn figment_message(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match &e.metadata.as_ref().and_then(|m| m.source.clone()) {
+                    Some(src) => format!(" (from {} {})", m.name, src),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{}", e.kind, source)
+            } else {
+                format!("key `{}`: {}{}", key, e.kind, source)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Which clock defines the as-of day once `auto` is resolved for a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    Event,
+    Wall,
+}
+
+/// The validated runtime configuration the engine and shells use.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub raw: Config,
+    pub tz: Tz,
+    pub clock: Clock,
+    pub window_days: i32,
+    /// Days of day-buckets a customer keeps: the longest look-back any figure or rule
+    /// needs (W, 2 × drop window, interaction and complaint windows).
+    pub retention_days: i32,
+    /// Largest amount accepted, in currency units: keeps integer micro-unit sums exact.
+    pub max_amount: f64,
+    pub segment_fixed_monetary_micros: u64,
+    pub high_min_micros: u64,
+    pub medium_min_micros: u64,
+    pub super_min_micros: u64,
+}
+
+/// Amounts are kept as integer micro-units so sums are exact and order-independent.
+pub const MICROS: f64 = 1_000_000.0;
+
+pub fn to_micros(amount: f64) -> u64 {
+    (amount * MICROS).round() as u64
+}
+
+impl Settings {
+    /// Validate `raw`; `default_clock` is what `auto` means for the command at hand.
+    pub fn new(raw: Config, default_clock: Clock) -> Result<Settings, ConfigError> {
+        let tz: Tz = raw.engine.timezone.parse().map_err(|_| {
+            key_err(
+                "engine.timezone",
+                format!(
+                    "{:?} is not an IANA time zone name (e.g. \"UTC\", \"Asia/Shanghai\")",
+                    raw.engine.timezone
+                ),
+            )
+        })?;
+        let e = &raw.engine;
+        let positive = |key: &'static str, v: u32| {
+            if v == 0 {
+                Err(key_err(key, "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        positive("engine.window_days", e.window_days)?;
+        positive("engine.recalibrate_every_days", e.recalibrate_every_days)?;
+        positive("windows.interactions_days", raw.windows.interactions_days)?;
+        positive("windows.complaints_days", raw.windows.complaints_days)?;
+        positive("churn.drop_window_days", raw.churn.drop_window_days)?;
+        positive("churn.complaint_threshold", raw.churn.complaint_threshold)?;
+        if e.window_days > 36_600 {
+            return Err(key_err("engine.window_days", "must be at most 36600 (100 years)"));
+        }
+        if e.max_event_bytes < 64 {
+            return Err(key_err("engine.max_event_bytes", "must be at least 64"));
+        }
+        if e.customer_cache == 0 {
+            return Err(key_err("engine.customer_cache", "must be at least 1"));
+        }
+        if e.batch_events == 0 {
+            return Err(key_err("engine.batch_events", "must be at least 1"));
+        }
+        let v = &raw.value_tiers;
+        let share = |key: &'static str, x: f64| {
+            if !(x > 0.0 && x <= 1.0) {
+                Err(key_err(key, format!("must be in (0, 1], got {x}")))
+            } else {
+                Ok(())
+            }
+        };
+        share("value_tiers.high_share", v.high_share)?;
+        share("value_tiers.medium_share", v.medium_share)?;
+        if v.high_share > v.medium_share {
+            return Err(key_err(
+                "value_tiers.high_share",
+                format!(
+                    "must not exceed value_tiers.medium_share ({} > {})",
+                    v.high_share, v.medium_share
+                ),
+            ));
+        }
+        let money = |key: &'static str, x: f64| {
+            if !(x.is_finite() && (0.0..=1e12).contains(&x)) {
+                Err(key_err(key, format!("must be a finite amount in [0, 1e12], got {x}")))
+            } else {
+                Ok(())
+            }
+        };
+        money("value_tiers.high_min_monetary", v.high_min_monetary)?;
+        money("value_tiers.medium_min_monetary", v.medium_min_monetary)?;
+        money("segments.monetary", raw.segments.monetary)?;
+        money("lifecycle.super_min_monetary", raw.lifecycle.super_min_monetary)?;
+        if v.method == ValueMethod::Fixed && v.high_min_monetary < v.medium_min_monetary {
+            return Err(key_err(
+                "value_tiers.high_min_monetary",
+                "must be at least value_tiers.medium_min_monetary",
+            ));
+        }
+        let c = &raw.churn;
+        if !(c.overdue_factor.is_finite() && c.overdue_factor >= 0.0) {
+            return Err(key_err("churn.overdue_factor", "must be a finite number ≥ 0"));
+        }
+        if !(c.drop_ratio > 0.0 && c.drop_ratio <= 1.0) {
+            return Err(key_err("churn.drop_ratio", format!("must be in (0, 1], got {}", c.drop_ratio)));
+        }
+        if raw.kafka.brokers.trim().is_empty() {
+            return Err(key_err("kafka.brokers", "must not be empty"));
+        }
+        if raw.kafka.group_id.trim().is_empty() {
+            return Err(key_err("kafka.group_id", "must not be empty"));
+        }
+        let clock = match e.clock {
+            ClockMode::Auto => default_clock,
+            ClockMode::Event => Clock::Event,
+            ClockMode::Wall => Clock::Wall,
+        };
+        let window_days = e.window_days as i32;
+        let retention_days = [
+            window_days,
+            2 * c.drop_window_days as i32,
+            raw.windows.interactions_days as i32,
+            raw.windows.complaints_days as i32,
+        ]
+        .into_iter()
+        .max()
+        .unwrap();
+        Ok(Settings {
+            tz,
+            clock,
+            window_days,
+            retention_days,
+            max_amount: 1e12,
+            segment_fixed_monetary_micros: to_micros(raw.segments.monetary),
+            high_min_micros: to_micros(v.high_min_monetary),
+            medium_min_micros: to_micros(v.medium_min_monetary),
+            super_min_micros: to_micros(raw.lifecycle.super_min_monetary),
+            raw,
+        })
+    }
+
+    /// Defaults only: handy for tests and benches.
+    pub fn defaults() -> Settings {
+        Settings::new(Config::default(), Clock::Event).expect("defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_match_the_spec() {
+        let s = Settings::defaults();
+        assert_eq!(s.window_days, 365);
+        assert_eq!(s.retention_days, 365);
+        assert_eq!(s.raw.churn.drop_window_days, 90);
+        assert_eq!(s.raw.value_tiers.high_share, 0.8);
+        assert_eq!(s.tz, chrono_tz::UTC);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let mut c = Config::default();
+        c.engine.timezone = "Mars/Olympus".into();
+        let e = Settings::new(c, Clock::Event).unwrap_err().to_string();
+        assert!(e.contains("engine.timezone"), "{e}");
+
+        let mut c = Config::default();
+        c.value_tiers.high_share = 0.99;
+        let e = Settings::new(c, Clock::Event).unwrap_err().to_string();
+        assert!(e.contains("value_tiers.high_share"), "{e}");
+    }
+
+    #[test]
+    fn retention_covers_the_spend_drop_look_back() {
+        let mut c = Config::default();
+        c.engine.window_days = 30;
+        let s = Settings::new(c, Clock::Event).unwrap();
+        assert_eq!(s.retention_days, 180);
+    }
+}

@@ -1,0 +1,316 @@
+//! Per-customer state: day buckets, lifetime figures, duplicate detection, and the
+//! figures of SPEC §3 evaluated at any as-of day.
+//!
+//! Invariants:
+//! - `buckets` is sorted by day, one per day with activity, and holds every day at or
+//!   after the retention horizon (`clock − retention + 1`); older days are pruned, which
+//!   is safe because no figure or rule looks further back than the retention.
+//! - `purchase_days` is the sorted set of *all* days with a purchase (lifetime), so
+//!   `purchase_days`, first/last day and the mean inter-purchase gap stay exact even for
+//!   out-of-order events that arrive after their bucket was pruned. Typical customers
+//!   have a few dozen entries; it is delta-encoded on disk.
+//! - `seen` holds the 64-bit hashes of the `event_id`s applied on days inside the
+//!   retention horizon, sorted by hash. Hashes of older events move to the store's
+//!   dedupe column family (see `Engine`), so duplicate detection is exact forever while
+//!   the hot state only carries the recent ones.
+
+use crate::config::Settings;
+use crate::day::Day;
+use crate::event::{ComplaintSeverity, Event, EventKind};
+use crate::policy::{RuleSet, Severity, Tiers};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Bucket {
+    pub day: Day,
+    pub purchases: u32,
+    pub micros: u64,
+    pub interactions: u32,
+    pub complaints: u32,
+    pub high_complaints: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub hash: u64,
+    pub day: Day,
+}
+
+/// An open churn episode: the reasons warned about so far and the highest severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Episode {
+    pub reasons: RuleSet,
+    pub severity: Severity,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CustomerState {
+    pub lifetime_purchases: u64,
+    pub lifetime_micros: u64,
+    pub purchase_days: Vec<Day>,
+    pub buckets: Vec<Bucket>,
+    pub seen: Vec<Seen>,
+    /// Tiers as last published in a `tier_changed` event.
+    pub published: Option<Tiers>,
+    pub episode: Option<Episode>,
+    /// The day this customer's timer is due, mirrored in the timers column family.
+    pub timer: Option<Day>,
+}
+
+/// Every figure of SPEC §3 at one as-of day. Money in integer micro-units.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Figures {
+    pub as_of: Day,
+    pub recency_days: Option<i32>,
+    pub frequency: u32,
+    pub monetary_micros: u64,
+    pub lifetime_purchases: u64,
+    pub lifetime_micros: u64,
+    pub first_purchase_day: Option<Day>,
+    pub last_purchase_day: Option<Day>,
+    pub purchase_days: u32,
+    pub mean_interpurchase_days: Option<f64>,
+    pub recent_interactions: u32,
+    pub recent_complaints: u32,
+    pub recent_high_complaints: u32,
+    /// Spend over the latest `drop_window_days` and over the same span before it.
+    pub drop_recent_micros: u64,
+    pub drop_previous_micros: u64,
+}
+
+/// `lo..=hi` as an inclusive day range ending at the as-of day.
+fn within(day: Day, as_of: Day, days: i32) -> bool {
+    day <= as_of && day > as_of - days
+}
+
+/// What applying one purchase did to the population-level sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurchaseEffect {
+    pub previous_last_day: Option<Day>,
+    pub new_last_day: Day,
+    /// Whether the purchase landed in a day bucket (inside the retention horizon).
+    pub bucketed: bool,
+}
+
+impl CustomerState {
+    pub fn has_seen(&self, hash: u64) -> bool {
+        self.seen.binary_search_by_key(&hash, |s| s.hash).is_ok()
+    }
+
+    fn remember(&mut self, hash: u64, day: Day) {
+        if let Err(i) = self.seen.binary_search_by_key(&hash, |s| s.hash) {
+            self.seen.insert(i, Seen { hash, day });
+        }
+    }
+
+    fn bucket_mut(&mut self, day: Day) -> &mut Bucket {
+        let i = match self.buckets.binary_search_by_key(&day, |b| b.day) {
+            Ok(i) => i,
+            Err(i) => {
+                self.buckets.insert(i, Bucket { day, ..Bucket::default() });
+                i
+            }
+        };
+        &mut self.buckets[i]
+    }
+
+    /// Apply a validated, not-duplicate event. `horizon` is the first day still kept in
+    /// buckets; an older event only updates lifetime figures (SPEC §3). Returns the
+    /// purchase effect for the population sums, and whether the event's id must go to
+    /// the dedupe archive rather than the inline set.
+    pub fn apply(&mut self, ev: &Event, hash: u64, horizon: Day) -> (Option<PurchaseEffect>, bool) {
+        let bucketed = ev.day >= horizon;
+        let mut effect = None;
+        match ev.kind {
+            EventKind::Purchase { amount_micros } => {
+                let previous_last_day = self.purchase_days.last().copied();
+                self.lifetime_purchases += 1;
+                self.lifetime_micros = self.lifetime_micros.saturating_add(amount_micros);
+                if let Err(i) = self.purchase_days.binary_search(&ev.day) {
+                    self.purchase_days.insert(i, ev.day);
+                }
+                if bucketed {
+                    let b = self.bucket_mut(ev.day);
+                    b.purchases += 1;
+                    b.micros = b.micros.saturating_add(amount_micros);
+                }
+                effect = Some(PurchaseEffect {
+                    previous_last_day,
+                    new_last_day: *self.purchase_days.last().unwrap(),
+                    bucketed,
+                });
+            }
+            EventKind::Interaction if bucketed => self.bucket_mut(ev.day).interactions += 1,
+            EventKind::Complaint { severity } if bucketed => {
+                let b = self.bucket_mut(ev.day);
+                b.complaints += 1;
+                if severity == ComplaintSeverity::High {
+                    b.high_complaints += 1;
+                }
+            }
+            _ => {}
+        }
+        if bucketed {
+            self.remember(hash, ev.day);
+        }
+        (effect, !bucketed)
+    }
+
+    /// Drop buckets and inline event hashes older than `horizon`; returns the hashes to
+    /// archive.
+    pub fn prune(&mut self, horizon: Day) -> Vec<u64> {
+        let cut = self.buckets.partition_point(|b| b.day < horizon);
+        self.buckets.drain(..cut);
+        let mut archived = Vec::new();
+        self.seen.retain(|s| {
+            if s.day < horizon {
+                archived.push(s.hash);
+                false
+            } else {
+                true
+            }
+        });
+        archived
+    }
+
+    /// All figures at `as_of`. Window figures count buckets on days ≤ `as_of`, so an
+    /// as-of inside the retention horizon is exact.
+    pub fn figures(&self, as_of: Day, s: &Settings) -> Figures {
+        let w = s.window_days;
+        let iw = s.raw.windows.interactions_days as i32;
+        let cw = s.raw.windows.complaints_days as i32;
+        let dw = s.raw.churn.drop_window_days as i32;
+        let mut f = Figures {
+            as_of,
+            lifetime_purchases: self.lifetime_purchases,
+            lifetime_micros: self.lifetime_micros,
+            purchase_days: self.purchase_days.len() as u32,
+            first_purchase_day: self.purchase_days.first().copied(),
+            last_purchase_day: self.purchase_days.last().copied(),
+            ..Figures::default()
+        };
+        let upto = self.purchase_days.partition_point(|&d| d <= as_of);
+        if upto > 0 {
+            f.recency_days = Some(as_of - self.purchase_days[upto - 1]);
+        }
+        if let (Some(first), Some(last)) = (f.first_purchase_day, f.last_purchase_day) {
+            if f.purchase_days >= 2 {
+                f.mean_interpurchase_days = Some((last - first) as f64 / (f.purchase_days - 1) as f64);
+            }
+        }
+        for b in &self.buckets {
+            if b.day > as_of {
+                break;
+            }
+            if within(b.day, as_of, w) {
+                f.frequency += b.purchases;
+                f.monetary_micros = f.monetary_micros.saturating_add(b.micros);
+            }
+            if within(b.day, as_of, iw) {
+                f.recent_interactions += b.interactions;
+            }
+            if within(b.day, as_of, cw) {
+                f.recent_complaints += b.complaints;
+                f.recent_high_complaints += b.high_complaints;
+            }
+            if within(b.day, as_of, dw) {
+                f.drop_recent_micros = f.drop_recent_micros.saturating_add(b.micros);
+            } else if within(b.day, as_of - dw, dw) {
+                f.drop_previous_micros = f.drop_previous_micros.saturating_add(b.micros);
+            }
+        }
+        f
+    }
+
+    /// The next day after `as_of` on which this customer's own figures or rules can
+    /// change with no new event: a bucket leaving a window, the overdue or lapsed day.
+    /// Thresholds moving with the population are the recalibration's job, not a timer's.
+    pub fn next_change(&self, f: &Figures, s: &Settings) -> Option<Day> {
+        let w = s.window_days;
+        let iw = s.raw.windows.interactions_days as i32;
+        let cw = s.raw.windows.complaints_days as i32;
+        let dw = s.raw.churn.drop_window_days as i32;
+        let spend_drop = s.raw.churn.spend_drop;
+        let as_of = f.as_of;
+        let mut next: Option<Day> = None;
+        let mut consider = |d: Day| {
+            if d > as_of && next.is_none_or(|n| d < n) {
+                next = Some(d);
+            }
+        };
+        for b in &self.buckets {
+            if b.purchases > 0 {
+                consider(b.day + w);
+                if spend_drop {
+                    consider(b.day + dw);
+                    consider(b.day + 2 * dw);
+                }
+            }
+            if b.interactions > 0 {
+                consider(b.day + iw);
+            }
+            if b.complaints > 0 {
+                consider(b.day + cw);
+            }
+        }
+        if let Some(last) = f.last_purchase_day {
+            if let Some(limit) = crate::policy::overdue_threshold(f, s) {
+                // recency > limit  ⇔  day ≥ last + ⌊limit⌋ + 1
+                consider(last + limit.floor() as i32 + 1);
+            }
+            consider(last + s.raw.lifecycle.lapsed_after_days as i32);
+        }
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(day: Day, kind: EventKind) -> Event {
+        Event {
+            event_id: format!("e{day}"),
+            customer_id: "c".into(),
+            kind,
+            ts_millis: day as i64 * 86_400_000,
+            day,
+        }
+    }
+
+    #[test]
+    fn window_edges_are_inclusive() {
+        let s = Settings::defaults();
+        let mut c = CustomerState::default();
+        c.apply(&ev(100, EventKind::Purchase { amount_micros: 5 }), 1, 0);
+        c.apply(&ev(464, EventKind::Purchase { amount_micros: 7 }), 2, 0);
+        // As of 464 the window is 100..=464: both count.
+        let f = c.figures(464, &s);
+        assert_eq!((f.frequency, f.monetary_micros, f.recency_days), (2, 12, Some(0)));
+        // One day later day 100 has left.
+        let f = c.figures(465, &s);
+        assert_eq!((f.frequency, f.monetary_micros), (1, 7));
+        assert_eq!(f.mean_interpurchase_days, Some(364.0));
+        assert_eq!(c.next_change(&c.figures(464, &s), &s), Some(465));
+    }
+
+    #[test]
+    fn old_events_only_touch_lifetime() {
+        let s = Settings::defaults();
+        let mut c = CustomerState::default();
+        let (_, archive) = c.apply(&ev(10, EventKind::Purchase { amount_micros: 5 }), 1, 50);
+        assert!(archive);
+        assert!(c.buckets.is_empty() && c.seen.is_empty());
+        let f = c.figures(400, &s);
+        assert_eq!((f.lifetime_purchases, f.frequency, f.purchase_days), (1, 0, 1));
+    }
+
+    #[test]
+    fn prune_moves_hashes_out() {
+        let mut c = CustomerState::default();
+        c.apply(&ev(10, EventKind::Interaction), 1, 0);
+        c.apply(&ev(20, EventKind::Interaction), 2, 0);
+        assert_eq!(c.prune(15), vec![1]);
+        assert_eq!(c.buckets.len(), 1);
+        assert!(c.has_seen(2) && !c.has_seen(1));
+    }
+}

@@ -1,0 +1,175 @@
+//! Output events (SPEC §5) and their deterministic ids.
+//!
+//! An output's `event_id` is a 128-bit xxh3 hash of (customer, cause, type, as-of
+//! day): the same input stream always yields the same ids, so a consumer can drop
+//! re-published duplicates, and a crash that re-publishes an outbox entry re-publishes
+//! it with the same id.
+
+use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::config::MICROS;
+use crate::customer::Figures;
+use crate::day::{format_day, rfc3339_utc, Day};
+use crate::policy::{Severity, Tiers, ValueTier};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputType {
+    TierChanged,
+    ChurnWarning,
+    ChurnRecovered,
+}
+
+impl OutputType {
+    pub const ALL: [OutputType; 3] = [OutputType::TierChanged, OutputType::ChurnWarning, OutputType::ChurnRecovered];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputType::TierChanged => "tier_changed",
+            OutputType::ChurnWarning => "churn_warning",
+            OutputType::ChurnRecovered => "churn_recovered",
+        }
+    }
+}
+
+/// The `rfm` object of every output.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Rfm {
+    pub recency_days: Option<i32>,
+    pub frequency: u32,
+    pub monetary: f64,
+}
+
+pub fn money(micros: u64) -> f64 {
+    micros as f64 / MICROS
+}
+
+impl From<&Figures> for Rfm {
+    fn from(f: &Figures) -> Rfm {
+        Rfm {
+            recency_days: f.recency_days,
+            frequency: f.frequency,
+            monetary: money(f.monetary_micros),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OverdueTrigger {
+    pub recency_days: i32,
+    pub threshold_days: f64,
+    pub mean_interpurchase_days: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComplaintsTrigger {
+    pub recent_complaints: u32,
+    pub recent_high_severity: u32,
+    pub threshold: u32,
+    pub value_tier: ValueTier,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpendDropTrigger {
+    pub recent_monetary: f64,
+    pub previous_monetary: f64,
+    pub drop_ratio: f64,
+}
+
+/// The figures that triggered each active reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Triggers {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub complaints: Option<ComplaintsTrigger>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overdue: Option<OverdueTrigger>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend_drop: Option<SpendDropTrigger>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Body {
+    TierChanged {
+        changed: Vec<&'static str>,
+        from: Option<Tiers>,
+        to: Tiers,
+        rfm: Rfm,
+    },
+    ChurnWarning {
+        reasons: Vec<&'static str>,
+        severity: Severity,
+        rfm: Rfm,
+        triggers: Triggers,
+    },
+    ChurnRecovered {
+        reasons: Vec<&'static str>,
+        rfm: Rfm,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Output {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: OutputType,
+    pub customer_id: String,
+    pub ts: String,
+    pub as_of: String,
+    pub cause_event_id: String,
+    pub schema_version: u32,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+/// Why an output was produced: an input event, a timer, or a recalibration.
+#[derive(Debug, Clone, Copy)]
+pub enum Cause<'a> {
+    Event { event_id: &'a str, ts_millis: i64 },
+    Timer,
+    Recalibration,
+}
+
+impl Cause<'_> {
+    pub fn id(&self) -> &str {
+        match self {
+            Cause::Event { event_id, .. } => event_id,
+            Cause::Timer => "timer",
+            Cause::Recalibration => "recalibration",
+        }
+    }
+}
+
+pub fn output_id(customer_id: &str, cause: &str, kind: OutputType, as_of: Day) -> String {
+    let mut key = Vec::with_capacity(customer_id.len() + cause.len() + 24);
+    key.extend_from_slice(customer_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(cause.as_bytes());
+    key.push(0);
+    key.extend_from_slice(kind.as_str().as_bytes());
+    key.push(0);
+    key.extend_from_slice(&as_of.to_be_bytes());
+    format!("{:032x}", xxh3_128(&key))
+}
+
+impl Output {
+    pub fn new(customer_id: &str, cause: Cause, ts_millis: i64, as_of: Day, kind: OutputType, body: Body) -> Output {
+        Output {
+            event_id: output_id(customer_id, cause.id(), kind, as_of),
+            kind,
+            customer_id: customer_id.to_string(),
+            ts: rfc3339_utc(ts_millis),
+            as_of: format_day(as_of),
+            cause_event_id: cause.id().to_string(),
+            schema_version: SCHEMA_VERSION,
+            body,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("outputs always serialize")
+    }
+}

@@ -1,0 +1,248 @@
+//! Incremental population statistics.
+//!
+//! The mean thresholds (SPEC §1) are kept exact after every event without a scan:
+//! - Σrecency over purchasers at the clock = n·clock − Σ last_purchase_day;
+//! - Σfrequency and Σmonetary over the window are running sums of a population-level
+//!   day histogram, updated by every applied purchase and by the window sliding when
+//!   the clock advances.
+//!
+//! Quintile breaks and Pareto cut-offs need the whole distribution; they come from the
+//! last recalibration (a scan, at least once per as-of day) and are merged in by
+//! [`Population::thresholds`]. Everything here is a mergeable summary (sums and a day
+//! histogram), so partitions' summaries can be added up across a cluster.
+
+use std::collections::BTreeMap;
+
+use crate::customer::PurchaseEffect;
+use crate::day::Day;
+use crate::policy::Thresholds;
+use crate::store::codec::{put_ivarint, put_uvarint, CodecError, Reader};
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Population {
+    /// Known customers (any event ever).
+    pub customers: u64,
+    /// Customers with at least one purchase.
+    pub purchasers: u64,
+    pub sum_last_day: i64,
+    /// The day the running window sums are evaluated at.
+    pub clock: Option<Day>,
+    pub window_purchases: u64,
+    pub window_micros: u128,
+    /// Purchases and spend per day, for days inside the retention horizon.
+    pub daily: BTreeMap<Day, (u64, u64)>,
+}
+
+const VERSION: u8 = 1;
+
+impl Population {
+    pub fn on_new_customer(&mut self) {
+        self.customers += 1;
+    }
+
+    pub fn on_purchase(&mut self, e: &PurchaseEffect, day: Day, micros: u64, window_days: i32) {
+        match e.previous_last_day {
+            None => {
+                self.purchasers += 1;
+                self.sum_last_day += e.new_last_day as i64;
+            }
+            Some(prev) => self.sum_last_day += (e.new_last_day - prev) as i64,
+        }
+        if e.bucketed {
+            let d = self.daily.entry(day).or_default();
+            d.0 += 1;
+            d.1 = d.1.saturating_add(micros);
+        }
+        if let Some(clock) = self.clock {
+            if day <= clock && day > clock - window_days {
+                self.window_purchases += 1;
+                self.window_micros += micros as u128;
+            }
+        }
+    }
+
+    /// Move the clock to `day` (forward only), sliding the window sums and dropping
+    /// histogram days before `horizon`.
+    pub fn advance(&mut self, day: Day, window_days: i32, horizon: Day) {
+        match self.clock {
+            None => {
+                self.clock = Some(day);
+                let (p, m) = self.window_sums(day, window_days);
+                self.window_purchases = p;
+                self.window_micros = m;
+            }
+            Some(c) if day > c => {
+                // Days c−W+1 .. day−W leave the window; days c+1 .. day enter it.
+                if day - c >= window_days {
+                    let (p, m) = self.window_sums(day, window_days);
+                    self.window_purchases = p;
+                    self.window_micros = m;
+                } else {
+                    for (_, (p, m)) in self.daily.range(c - window_days + 1..=day - window_days) {
+                        self.window_purchases -= p;
+                        self.window_micros -= *m as u128;
+                    }
+                    for (_, (p, m)) in self.daily.range(c + 1..=day) {
+                        self.window_purchases += p;
+                        self.window_micros += *m as u128;
+                    }
+                }
+                self.clock = Some(day);
+            }
+            Some(_) => {}
+        }
+        self.daily = self.daily.split_off(&horizon);
+    }
+
+    fn window_sums(&self, day: Day, window_days: i32) -> (u64, u128) {
+        self.daily
+            .range(day - window_days + 1..=day)
+            .fold((0, 0), |(p, m), (_, (dp, dm))| (p + dp, m + *dm as u128))
+    }
+
+    /// Live means merged with the calibrated breaks and cut-offs.
+    pub fn thresholds(&self, calibrated: &Thresholds) -> Thresholds {
+        let clock = self.clock.unwrap_or(0) as i64;
+        Thresholds {
+            purchasers: self.purchasers,
+            sum_recency: self.purchasers as i64 * clock - self.sum_last_day,
+            sum_frequency: self.window_purchases,
+            sum_micros: self.window_micros,
+            ..calibrated.clone()
+        }
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(VERSION);
+        put_uvarint(out, self.customers);
+        put_uvarint(out, self.purchasers);
+        put_ivarint(out, self.sum_last_day);
+        match self.clock {
+            None => out.push(0),
+            Some(c) => {
+                out.push(1);
+                put_ivarint(out, c as i64);
+            }
+        }
+        put_uvarint(out, self.window_purchases);
+        put_uvarint(out, (self.window_micros >> 64) as u64);
+        put_uvarint(out, self.window_micros as u64);
+        put_uvarint(out, self.daily.len() as u64);
+        for (d, (p, m)) in &self.daily {
+            put_ivarint(out, *d as i64);
+            put_uvarint(out, *p);
+            put_uvarint(out, *m);
+        }
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Population, CodecError> {
+        let mut r = Reader::new(buf);
+        if r.u8()? != VERSION {
+            return Err(CodecError("unknown population record version"));
+        }
+        let mut p = Population {
+            customers: r.uvarint()?,
+            purchasers: r.uvarint()?,
+            sum_last_day: r.ivarint()?,
+            ..Population::default()
+        };
+        if r.u8()? == 1 {
+            p.clock = Some(r.day()?);
+        }
+        p.window_purchases = r.uvarint()?;
+        let hi = r.uvarint()? as u128;
+        p.window_micros = (hi << 64) | r.uvarint()? as u128;
+        for _ in 0..r.uvarint()? {
+            let d = r.day()?;
+            p.daily.insert(d, (r.uvarint()?, r.uvarint()?));
+        }
+        Ok(p)
+    }
+}
+
+/// Calibrated thresholds persist with the day they were computed for.
+pub fn encode_thresholds(day: Day, t: &Thresholds, out: &mut Vec<u8>) {
+    out.push(VERSION);
+    put_ivarint(out, day as i64);
+    put_uvarint(out, t.purchasers);
+    put_ivarint(out, t.sum_recency);
+    put_uvarint(out, t.sum_frequency);
+    put_uvarint(out, (t.sum_micros >> 64) as u64);
+    put_uvarint(out, t.sum_micros as u64);
+    put_uvarint(out, t.r_breaks.len() as u64);
+    for &b in &t.r_breaks {
+        put_ivarint(out, b as i64);
+    }
+    put_uvarint(out, t.f_breaks.len() as u64);
+    for &b in &t.f_breaks {
+        put_uvarint(out, b as u64);
+    }
+    put_uvarint(out, t.m_breaks.len() as u64);
+    for &b in &t.m_breaks {
+        put_uvarint(out, b);
+    }
+    for c in [t.pareto_high, t.pareto_medium] {
+        match c {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                put_uvarint(out, v);
+            }
+        }
+    }
+}
+
+pub fn decode_thresholds(buf: &[u8]) -> Result<(Day, Thresholds), CodecError> {
+    let mut r = Reader::new(buf);
+    if r.u8()? != VERSION {
+        return Err(CodecError("unknown thresholds record version"));
+    }
+    let day = r.day()?;
+    let mut t = Thresholds {
+        purchasers: r.uvarint()?,
+        sum_recency: r.ivarint()?,
+        sum_frequency: r.uvarint()?,
+        ..Thresholds::default()
+    };
+    let hi = r.uvarint()? as u128;
+    t.sum_micros = (hi << 64) | r.uvarint()? as u128;
+    for _ in 0..r.uvarint()? {
+        t.r_breaks.push(r.day()?);
+    }
+    for _ in 0..r.uvarint()? {
+        t.f_breaks.push(r.u32()?);
+    }
+    for _ in 0..r.uvarint()? {
+        t.m_breaks.push(r.uvarint()?);
+    }
+    let mut opt = || -> Result<Option<u64>, CodecError> {
+        Ok(if r.u8()? == 1 { Some(r.uvarint()?) } else { None })
+    };
+    t.pareto_high = opt()?;
+    t.pareto_medium = opt()?;
+    Ok((day, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_sums_slide_with_the_clock() {
+        let mut p = Population::default();
+        p.advance(10, 5, 0);
+        let e = |prev, new| PurchaseEffect { previous_last_day: prev, new_last_day: new, bucketed: true };
+        p.on_purchase(&e(None, 8), 8, 100, 5);
+        p.on_purchase(&e(Some(8), 10), 10, 50, 5);
+        assert_eq!((p.window_purchases, p.window_micros), (2, 150));
+        p.advance(12, 5, 0); // window 8..=12
+        assert_eq!((p.window_purchases, p.window_micros), (2, 150));
+        p.advance(13, 5, 0); // day 8 leaves
+        assert_eq!((p.window_purchases, p.window_micros), (1, 50));
+        p.advance(30, 5, 0);
+        assert_eq!((p.window_purchases, p.window_micros), (0, 0));
+        let mut buf = Vec::new();
+        p.encode(&mut buf);
+        assert_eq!(Population::decode(&buf).unwrap(), p);
+    }
+}

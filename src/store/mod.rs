@@ -1,0 +1,157 @@
+//! State storage behind a small trait: get many, write one atomic batch, scan in key
+//! order. [`rocks::RocksStore`] is the real implementation; [`MemStore`] backs fast
+//! unit and property tests. This module does not import RocksDB (as tikv's
+//! `engine_traits`), so nothing above the store depends on it.
+//!
+//! Column families, all named here:
+//! - `customers`: customer_id → encoded [`CustomerState`](crate::customer::CustomerState)
+//! - `timers`: (due day, customer_id) → empty; the calendar of pending re-evaluations
+//! - `dedupe`: (customer_id, event-id hash) → empty; ids of events older than retention
+//! - `meta`: small singletons (stream clock, population summary, thresholds, offsets)
+
+pub mod codec;
+pub mod rocks;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cf {
+    Customers,
+    Timers,
+    Dedupe,
+    Meta,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 4] = [Cf::Customers, Cf::Timers, Cf::Dedupe, Cf::Meta];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Customers => "customers",
+            Cf::Timers => "timers",
+            Cf::Dedupe => "dedupe",
+            Cf::Meta => "meta",
+        }
+    }
+}
+
+/// Storage failures. All of them stop the process: state we cannot read or write
+/// cannot be processed correctly.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store error: {0} (check the state dir's disk and permissions)")]
+    Backend(String),
+    #[error("state store is corrupt: {key}: {source} (restore the state dir from its changelog or replay)")]
+    Corrupt {
+        key: String,
+        source: codec::CodecError,
+    },
+}
+
+/// One atomic write.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((cf, key, Some(value)));
+    }
+    pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+        self.ops.push((cf, key, None));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+pub trait Store: Send {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    fn write(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Visit keys ≥ `from` in order until `f` returns `false`.
+    fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError>;
+}
+
+/// In-memory store for tests: same semantics, no durability.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    cfs: Mutex<BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>>,
+}
+
+impl Store for MemStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.cfs.lock().unwrap().get(&cf).and_then(|m| m.get(key).cloned()))
+    }
+
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get(cf, k)).collect()
+    }
+
+    fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut cfs = self.cfs.lock().unwrap();
+        for (cf, k, v) in batch.ops {
+            let m = cfs.entry(cf).or_default();
+            match v {
+                Some(v) => m.insert(k, v),
+                None => m.remove(&k),
+            };
+        }
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        // Copy out so `f` may not deadlock by touching the store (it does not, but the
+        // rocks scan is also snapshot-based).
+        let items: Vec<(Vec<u8>, Vec<u8>)> = {
+            let cfs = self.cfs.lock().unwrap();
+            match cfs.get(&cf) {
+                Some(m) => m.range(from.to_vec()..).map(|(k, v)| (k.clone(), v.clone())).collect(),
+                None => Vec::new(),
+            }
+        };
+        for (k, v) in items {
+            if !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A shared reference to a store is a store: lets tests reopen processors over one
+/// [`MemStore`], and lets a dump read the store a processor holds.
+impl<T: Store + Sync> Store for &T {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(cf, key)
+    }
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        (**self).multi_get(cf, keys)
+    }
+    fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        (**self).write(batch)
+    }
+    fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        (**self).scan(cf, from, f)
+    }
+}

@@ -1,0 +1,115 @@
+//! RocksDB implementation of [`Store`].
+//!
+//! Memory is bounded by configuration, not by the number of customers: one shared
+//! LRU block cache (`engine.block_cache_mb`, index and filter blocks charged to it) and
+//! per-column-family memtables (`engine.write_buffer_mb`, at most two each). Point
+//! lookups on `customers` and `dedupe` use bloom filters, so a miss (a new customer, a
+//! new event id) rarely touches disk. The WAL stays on: a batch is the unit of
+//! exactly-once (state + offsets), and it must survive a crash once written.
+
+use std::path::Path;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, DB};
+
+use super::{Batch, Cf, Store, StoreError};
+
+pub struct RocksStore {
+    db: DB,
+}
+
+fn backend(e: rocksdb::Error) -> StoreError {
+    StoreError::Backend(e.into_string())
+}
+
+impl RocksStore {
+    pub fn open(path: &Path, block_cache_mb: usize, write_buffer_mb: usize) -> Result<RocksStore, StoreError> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| StoreError::Backend(format!("cannot create state dir {}: {e}", path.display())))?;
+        let cache = Cache::new_lru_cache(block_cache_mb.max(1) * 1024 * 1024);
+        let cf_opts = |cf: Cf| {
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            if matches!(cf, Cf::Customers | Cf::Dedupe) {
+                table.set_bloom_filter(10.0, false);
+            }
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&table);
+            o.set_write_buffer_size(write_buffer_mb.max(1) * 1024 * 1024);
+            o.set_max_write_buffer_number(2);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o
+        };
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_max_open_files(256);
+        let cfs = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_opts(cf)));
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot open state dir {}: {} (is another strata process using it?)",
+                path.display(),
+                e.into_string()
+            ))
+        })?;
+        Ok(RocksStore { db })
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(cf.name()).expect("column families are created at open")
+    }
+
+    /// A RocksDB integer property summed over the column families (for metrics/docs).
+    pub fn property(&self, name: &str) -> u64 {
+        Cf::ALL
+            .iter()
+            .filter_map(|&cf| self.db.property_int_value_cf(self.cf(cf), name).ok().flatten())
+            .sum()
+    }
+}
+
+impl Store for RocksStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf(cf), key).map_err(backend)
+    }
+
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let h = self.cf(cf);
+        self.db
+            .batched_multi_get_cf(h, keys.iter(), false)
+            .into_iter()
+            .map(|r| r.map(|o| o.map(|p| p.to_vec())).map_err(backend))
+            .collect()
+    }
+
+    fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut wb = WriteBatch::default();
+        for (cf, k, v) in &batch.ops {
+            let h = self.cf(*cf);
+            match v {
+                Some(v) => wb.put_cf(h, k, v),
+                None => wb.delete_cf(h, k),
+            }
+        }
+        self.db.write(wb).map_err(backend)
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut it = self.db.raw_iterator_cf(self.cf(cf));
+        it.seek(from);
+        while it.valid() {
+            if !f(it.key().unwrap(), it.value().unwrap())? {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status().map_err(backend)
+    }
+}

@@ -1,0 +1,20 @@
+//! strata's integration tests: one binary, modules listed here (ripgrep's layout).
+//!
+//! Tests that need the `strata` binary run it as a subprocess on temp dirs; tests of
+//! engine properties drive the library over the in-memory store for speed.
+
+mod util;
+
+/// Replays of a generated stream and of real CDNOW transactions, compared customer by
+/// customer with figures recomputed here from the raw events.
+mod oracle;
+/// Order independence, idempotent re-replay, split replay (proptest + CLI).
+mod properties;
+/// Timers: churn warnings and tier changes driven by the calendar alone.
+mod timers;
+/// Bad lines land in the dead letter with their reason; good ones are unaffected.
+mod bad_lines;
+/// JSON Schemas agree with the parser; outputs and dumps validate.
+mod schemas;
+/// Config file, env overrides, unknown keys; CLI errors.
+mod cli;

@@ -405,7 +405,7 @@ mod tests {
         .unwrap();
         assert_eq!(a.kind, EventKind::Purchase { amount_micros: 19_990_000 });
         let b = parse_event(
-            br#"{"event_id":"e1","customer_id":"c1","type":"purchase","ts":1763632800000,"amount":0}"#,
+            br#"{"event_id":"e1","customer_id":"c1","type":"purchase","ts":1795168800000,"amount":0}"#,
             &ctx(),
         )
         .unwrap();

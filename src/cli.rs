@@ -16,7 +16,11 @@ use strata::gen::{generate, GenArgs};
 use strata::replay::{open_store, replay, ReplayArgs};
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "Real-time customer tiering (RFM, value tiers, lifecycle) and churn alerts")]
+#[command(
+    name = "strata",
+    version,
+    about = "Real-time customer tiering (RFM, value tiers, lifecycle) and churn alerts"
+)]
 struct Cli {
     /// Log format on stderr: "text" or "json".
     #[arg(long, global = true, default_value = "text")]
@@ -125,7 +129,9 @@ fn settings(config: Option<&PathBuf>, clock: Clock) -> Result<Arc<Settings>> {
 fn init_logging(format: &str) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
     match format {
         "text" => builder.init(),
         "json" => builder.json().init(),
@@ -136,9 +142,9 @@ fn init_logging(format: &str) -> Result<()> {
 
 fn as_of_day(arg: Option<&String>, store_clock: Option<i32>) -> Result<Option<i32>> {
     match arg {
-        Some(s) => Ok(Some(
-            parse_day(s).with_context(|| format!("--as-of {s:?} is not a date: use YYYY-MM-DD"))?,
-        )),
+        Some(s) => Ok(Some(parse_day(s).with_context(|| {
+            format!("--as-of {s:?} is not a date: use YYYY-MM-DD")
+        })?)),
         None => Ok(store_clock),
     }
 }
@@ -236,7 +242,11 @@ fn execute(cli: Cli) -> Result<()> {
                 existing_state_dir(&dir)?;
                 let store = open_store(&s, &dir)?;
                 let day = as_of_day(as_of.as_ref(), dump::stored_clock(&store)?)?;
-                match day.map(|d| dump::get(&store, &s, &customer_id, d)).transpose()?.flatten() {
+                match day
+                    .map(|d| dump::get(&store, &s, &customer_id, d))
+                    .transpose()?
+                    .flatten()
+                {
                     Some(r) => println!("{}", serde_json::to_string(&r)?),
                     None => bail!("customer {customer_id:?} is not in {}", dir.display()),
                 }
@@ -249,7 +259,8 @@ fn execute(cli: Cli) -> Result<()> {
             start,
             out,
         } => {
-            let start = parse_day(&start).with_context(|| format!("--start {start:?} is not a date: use YYYY-MM-DD"))?;
+            let start = parse_day(&start)
+                .with_context(|| format!("--start {start:?} is not a date: use YYYY-MM-DD"))?;
             let args = GenArgs {
                 customers,
                 days,
@@ -258,7 +269,8 @@ fn execute(cli: Cli) -> Result<()> {
             };
             let stats = match out {
                 Some(p) => {
-                    let f = std::fs::File::create(&p).with_context(|| format!("cannot create {}", p.display()))?;
+                    let f = std::fs::File::create(&p)
+                        .with_context(|| format!("cannot create {}", p.display()))?;
                     generate(&args, &mut BufWriter::with_capacity(1 << 20, f))?
                 }
                 None => {
@@ -297,7 +309,10 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             // A closed pipe (`strata state dump | head`) is not an error.
-            if e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)) {
+            if e.chain().any(|c| {
+                c.downcast_ref::<io::Error>()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+            }) {
                 return 0;
             }
             eprintln!("error: {e:#}");

@@ -314,10 +314,12 @@ fn figment_message(err: figment::Error) -> String {
             let source = e
                 .metadata
                 .as_ref()
-                .map(|m| match &e.metadata.as_ref().and_then(|m| m.source.clone()) {
-                    Some(src) => format!(" (from {} {})", m.name, src),
-                    None => format!(" (from {})", m.name),
-                })
+                .map(
+                    |m| match &e.metadata.as_ref().and_then(|m| m.source.clone()) {
+                        Some(src) => format!(" (from {} {})", m.name, src),
+                        None => format!(" (from {})", m.name),
+                    },
+                )
                 .unwrap_or_default();
             if key.is_empty() {
                 format!("{}{}", e.kind, source)
@@ -388,7 +390,10 @@ impl Settings {
         positive("churn.drop_window_days", raw.churn.drop_window_days)?;
         positive("churn.complaint_threshold", raw.churn.complaint_threshold)?;
         if e.window_days > 36_600 {
-            return Err(key_err("engine.window_days", "must be at most 36600 (100 years)"));
+            return Err(key_err(
+                "engine.window_days",
+                "must be at most 36600 (100 years)",
+            ));
         }
         if e.max_event_bytes < 64 {
             return Err(key_err("engine.max_event_bytes", "must be at least 64"));
@@ -420,7 +425,10 @@ impl Settings {
         }
         let money = |key: &'static str, x: f64| {
             if !(x.is_finite() && (0.0..=1e12).contains(&x)) {
-                Err(key_err(key, format!("must be a finite amount in [0, 1e12], got {x}")))
+                Err(key_err(
+                    key,
+                    format!("must be a finite amount in [0, 1e12], got {x}"),
+                ))
             } else {
                 Ok(())
             }
@@ -428,7 +436,10 @@ impl Settings {
         money("value_tiers.high_min_monetary", v.high_min_monetary)?;
         money("value_tiers.medium_min_monetary", v.medium_min_monetary)?;
         money("segments.monetary", raw.segments.monetary)?;
-        money("lifecycle.super_min_monetary", raw.lifecycle.super_min_monetary)?;
+        money(
+            "lifecycle.super_min_monetary",
+            raw.lifecycle.super_min_monetary,
+        )?;
         if v.method == ValueMethod::Fixed && v.high_min_monetary < v.medium_min_monetary {
             return Err(key_err(
                 "value_tiers.high_min_monetary",
@@ -437,10 +448,16 @@ impl Settings {
         }
         let c = &raw.churn;
         if !(c.overdue_factor.is_finite() && c.overdue_factor >= 0.0) {
-            return Err(key_err("churn.overdue_factor", "must be a finite number ≥ 0"));
+            return Err(key_err(
+                "churn.overdue_factor",
+                "must be a finite number ≥ 0",
+            ));
         }
         if !(c.drop_ratio > 0.0 && c.drop_ratio <= 1.0) {
-            return Err(key_err("churn.drop_ratio", format!("must be in (0, 1], got {}", c.drop_ratio)));
+            return Err(key_err(
+                "churn.drop_ratio",
+                format!("must be in (0, 1], got {}", c.drop_ratio),
+            ));
         }
         if raw.kafka.brokers.trim().is_empty() {
             return Err(key_err("kafka.brokers", "must not be empty"));

@@ -35,6 +35,16 @@ pub struct Seen {
     pub day: Day,
 }
 
+/// The figures this customer is filed under in the store's index column families
+/// (as of their latest evaluation): what lets a recalibration find exactly the
+/// customers between an old and a new threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Indexed {
+    pub last_day: Day,
+    pub frequency: u32,
+    pub micros: u64,
+}
+
 /// An open churn episode: the reasons warned about so far and the highest severity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Episode {
@@ -54,6 +64,8 @@ pub struct CustomerState {
     pub episode: Option<Episode>,
     /// The day this customer's timer is due, mirrored in the timers column family.
     pub timer: Option<Day>,
+    /// Mirrored in the `by_*` index column families; `None` without a purchase.
+    pub indexed: Option<Indexed>,
 }
 
 /// Every figure of SPEC §3 at one as-of day. Money in integer micro-units.
@@ -106,7 +118,13 @@ impl CustomerState {
         let i = match self.buckets.binary_search_by_key(&day, |b| b.day) {
             Ok(i) => i,
             Err(i) => {
-                self.buckets.insert(i, Bucket { day, ..Bucket::default() });
+                self.buckets.insert(
+                    i,
+                    Bucket {
+                        day,
+                        ..Bucket::default()
+                    },
+                );
                 i
             }
         };
@@ -194,7 +212,8 @@ impl CustomerState {
         }
         if let (Some(first), Some(last)) = (f.first_purchase_day, f.last_purchase_day) {
             if f.purchase_days >= 2 {
-                f.mean_interpurchase_days = Some((last - first) as f64 / (f.purchase_days - 1) as f64);
+                f.mean_interpurchase_days =
+                    Some((last - first) as f64 / (f.purchase_days - 1) as f64);
             }
         }
         for b in &self.buckets {
@@ -285,7 +304,10 @@ mod tests {
         c.apply(&ev(464, EventKind::Purchase { amount_micros: 7 }), 2, 0);
         // As of 464 the window is 100..=464: both count.
         let f = c.figures(464, &s);
-        assert_eq!((f.frequency, f.monetary_micros, f.recency_days), (2, 12, Some(0)));
+        assert_eq!(
+            (f.frequency, f.monetary_micros, f.recency_days),
+            (2, 12, Some(0))
+        );
         // One day later day 100 has left.
         let f = c.figures(465, &s);
         assert_eq!((f.frequency, f.monetary_micros), (1, 7));
@@ -301,7 +323,10 @@ mod tests {
         assert!(archive);
         assert!(c.buckets.is_empty() && c.seen.is_empty());
         let f = c.figures(400, &s);
-        assert_eq!((f.lifetime_purchases, f.frequency, f.purchase_days), (1, 0, 1));
+        assert_eq!(
+            (f.lifetime_purchases, f.frequency, f.purchase_days),
+            (1, 0, 1)
+        );
     }
 
     #[test]

@@ -84,6 +84,9 @@ mod tests {
         let d = parse_day("2026-11-21").unwrap();
         let ms = day_start_millis(d, chrono_tz::Asia::Shanghai);
         assert_eq!(rfc3339_utc(ms), "2026-11-20T16:00:00Z");
-        assert_eq!(rfc3339_utc(day_start_millis(d, chrono_tz::UTC)), "2026-11-21T00:00:00Z");
+        assert_eq!(
+            rfc3339_utc(day_start_millis(d, chrono_tz::UTC)),
+            "2026-11-21T00:00:00Z"
+        );
     }
 }

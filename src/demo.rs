@@ -20,7 +20,11 @@ pub struct DemoArgs {
     pub state_dir: Option<PathBuf>,
 }
 
-pub fn demo(settings: Arc<Settings>, args: DemoArgs, out: &mut dyn Write) -> anyhow::Result<Summary> {
+pub fn demo(
+    settings: Arc<Settings>,
+    args: DemoArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<Summary> {
     let mut data = Vec::new();
     let stats = generate(&args.gen, &mut data)?;
     eprintln!(
@@ -29,7 +33,10 @@ pub fn demo(settings: Arc<Settings>, args: DemoArgs, out: &mut dyn Write) -> any
     );
     let (dir, temporary) = match &args.state_dir {
         Some(d) => (d.clone(), false),
-        None => (std::env::temp_dir().join(format!("strata-demo-{}", std::process::id())), true),
+        None => (
+            std::env::temp_dir().join(format!("strata-demo-{}", std::process::id())),
+            true,
+        ),
     };
     let result = (|| -> anyhow::Result<Summary> {
         let store = open_store(&settings, &dir).map_err(ReplayError::from)?;
@@ -66,7 +73,11 @@ pub fn demo(settings: Arc<Settings>, args: DemoArgs, out: &mut dyn Write) -> any
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
-        eprintln!("demo: state kept in {} (try `strata state dump --state-dir {}`)", dir.display(), dir.display());
+        eprintln!(
+            "demo: state kept in {} (try `strata state dump --state-dir {}`)",
+            dir.display(),
+            dir.display()
+        );
     }
     result
 }

@@ -72,12 +72,14 @@ pub fn record(id: &str, f: &Figures, t: &Thresholds, s: &Settings) -> DumpRecord
 /// The stored stream clock, if anything was ever applied.
 pub fn stored_clock<S: Store>(store: &S) -> Result<Option<Day>, StoreError> {
     Ok(match store.get(Cf::Meta, b"population")? {
-        Some(b) => Population::decode(&b)
-            .map_err(|e| StoreError::Corrupt {
-                key: "meta/population".into(),
-                source: e,
-            })?
-            .clock,
+        Some(b) => {
+            Population::decode(&b)
+                .map_err(|e| StoreError::Corrupt {
+                    key: "meta/population".into(),
+                    source: e,
+                })?
+                .clock
+        }
         None => None,
     })
 }
@@ -87,8 +89,9 @@ fn scan_states<S: Store>(
     from: &[u8],
     f: &mut dyn FnMut(&str, CustomerState) -> bool,
 ) -> Result<(), StoreError> {
-    store.scan(Cf::Customers, from, &mut |k, v| {
-        let id = std::str::from_utf8(k).map_err(|_| StoreError::Backend("customer key is not UTF-8".into()))?;
+    store.scan(Cf::Customers, from, None, &mut |k, v| {
+        let id = std::str::from_utf8(k)
+            .map_err(|_| StoreError::Backend("customer key is not UTF-8".into()))?;
         let c = decode_customer(v).map_err(|e| StoreError::Corrupt {
             key: id.to_string(),
             source: e,
@@ -98,14 +101,18 @@ fn scan_states<S: Store>(
 }
 
 /// Exact thresholds over the whole stored population as of `as_of`.
-pub fn exact_thresholds<S: Store>(store: &S, s: &Settings, as_of: Day) -> Result<Thresholds, StoreError> {
+pub fn exact_thresholds<S: Store>(
+    store: &S,
+    s: &Settings,
+    as_of: Day,
+) -> Result<Thresholds, StoreError> {
     let mut b = ThresholdsBuilder::default();
     scan_states(store, &[], &mut |_, c| {
         let f = c.figures(as_of, s);
         b.add(f.recency_days, f.frequency, f.monetary_micros);
         true
     })?;
-    Ok(b.build(s))
+    Ok(b.build(s, as_of))
 }
 
 /// Every customer, in key order.
@@ -136,7 +143,12 @@ pub fn dump<S: Store>(
 }
 
 /// One customer, evaluated against the whole population.
-pub fn get<S: Store>(store: &S, s: &Settings, id: &str, as_of: Day) -> Result<Option<DumpRecord>, StoreError> {
+pub fn get<S: Store>(
+    store: &S,
+    s: &Settings,
+    id: &str,
+    as_of: Day,
+) -> Result<Option<DumpRecord>, StoreError> {
     let Some(b) = store.get(Cf::Customers, id.as_bytes())? else {
         return Ok(None);
     };

@@ -6,11 +6,12 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::Settings;
-use crate::customer::{CustomerState, Episode, Figures};
+use crate::customer::{CustomerState, Episode, Figures, Indexed};
 use crate::day::{day_start_millis, Day};
 use crate::event::{Event, EventKind};
 use crate::output::{
-    money, Body, Cause, ComplaintsTrigger, Output, OutputType, OverdueTrigger, Rfm, SpendDropTrigger, Triggers,
+    money, Body, Cause, ComplaintsTrigger, Output, OutputType, OverdueTrigger, Rfm,
+    SpendDropTrigger, Triggers,
 };
 use crate::policy::{self, Rule, RuleSet, Thresholds, Tiers};
 use crate::population::Population;
@@ -29,6 +30,8 @@ pub struct Effects {
     pub archive: Vec<u64>,
     /// `(old, new)` when the customer's timer moved.
     pub timer_moved: Option<(Option<Day>, Option<Day>)>,
+    /// `(old, new)` when the customer's index entries moved.
+    pub index_moved: Option<(Option<Indexed>, Option<Indexed>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +65,7 @@ impl<'a> Engine<'a> {
         ev: &Event,
         archived_duplicate: bool,
         clock: Day,
-        calibrated: &Thresholds,
+        thresholds: &Thresholds,
         pop: &mut Population,
         fx: &mut Effects,
     ) -> Applied {
@@ -87,7 +90,15 @@ impl<'a> Engine<'a> {
             ts_millis: ev.ts_millis,
         };
         let purchase = matches!(ev.kind, EventKind::Purchase { .. });
-        self.evaluate(state, &ev.customer_id, clock, cause, purchase, &pop.thresholds(calibrated), fx);
+        self.evaluate(
+            state,
+            &ev.customer_id,
+            clock,
+            cause,
+            purchase,
+            thresholds,
+            fx,
+        );
         Applied::Applied
     }
 
@@ -155,7 +166,10 @@ impl<'a> Engine<'a> {
                     },
                 ));
                 state.episode = Some(match state.episode {
-                    None => Episode { reasons: rules, severity },
+                    None => Episode {
+                        reasons: rules,
+                        severity,
+                    },
                     Some(ep) => Episode {
                         reasons: ep.reasons.union(rules),
                         severity: ep.severity.max(severity),
@@ -168,6 +182,15 @@ impl<'a> Engine<'a> {
         if next != state.timer {
             fx.timer_moved = Some((state.timer, next));
             state.timer = next;
+        }
+        let indexed = f.recency_days.map(|r| Indexed {
+            last_day: as_of - r,
+            frequency: f.frequency,
+            micros: f.monetary_micros,
+        });
+        if indexed != state.indexed {
+            fx.index_moved = Some((state.indexed, indexed));
+            state.indexed = indexed;
         }
     }
 
@@ -238,18 +261,45 @@ mod tests {
         pop.advance(100, s.window_days, 0);
         let t = Thresholds::default();
         let mut fx = Effects::default();
-        e.apply_event(&mut st, true, &ev("a", 100, EventKind::Interaction), false, 100, &t, &mut pop, &mut fx);
+        e.apply_event(
+            &mut st,
+            true,
+            &ev("a", 100, EventKind::Interaction),
+            false,
+            100,
+            &t,
+            &mut pop,
+            &mut fx,
+        );
         assert_eq!(fx.outputs.len(), 1);
         let j: serde_json::Value = serde_json::from_str(&fx.outputs[0].to_json()).unwrap();
         assert_eq!(j["from"], serde_json::Value::Null);
         assert_eq!(j["to"]["lifecycle"], "new");
         assert_eq!(j["changed"].as_array().unwrap().len(), 3);
         let mut fx = Effects::default();
-        e.apply_event(&mut st, false, &ev("b", 100, EventKind::Interaction), false, 100, &t, &mut pop, &mut fx);
+        e.apply_event(
+            &mut st,
+            false,
+            &ev("b", 100, EventKind::Interaction),
+            false,
+            100,
+            &t,
+            &mut pop,
+            &mut fx,
+        );
         assert!(fx.outputs.is_empty());
         let mut fx = Effects::default();
         assert_eq!(
-            e.apply_event(&mut st, false, &ev("b", 100, EventKind::Interaction), false, 100, &t, &mut pop, &mut fx),
+            e.apply_event(
+                &mut st,
+                false,
+                &ev("b", 100, EventKind::Interaction),
+                false,
+                100,
+                &t,
+                &mut pop,
+                &mut fx
+            ),
             Applied::Duplicate
         );
     }
@@ -262,18 +312,77 @@ mod tests {
         let mut pop = Population::default();
         pop.advance(10, s.window_days, 0);
         let t = Thresholds::default();
-        let complaint = EventKind::Complaint { severity: ComplaintSeverity::Low };
+        let complaint = EventKind::Complaint {
+            severity: ComplaintSeverity::Low,
+        };
         let mut fx = Effects::default();
-        e.apply_event(&mut st, true, &ev("p", 10, EventKind::Purchase { amount_micros: 1 }), false, 10, &t, &mut pop, &mut fx);
-        e.apply_event(&mut st, false, &ev("c1", 10, complaint), false, 10, &t, &mut pop, &mut fx);
-        assert!(!fx.outputs.iter().any(|o| o.kind == OutputType::ChurnWarning));
-        e.apply_event(&mut st, false, &ev("c2", 10, complaint), false, 10, &t, &mut pop, &mut fx);
-        assert_eq!(fx.outputs.iter().filter(|o| o.kind == OutputType::ChurnWarning).count(), 1);
+        e.apply_event(
+            &mut st,
+            true,
+            &ev("p", 10, EventKind::Purchase { amount_micros: 1 }),
+            false,
+            10,
+            &t,
+            &mut pop,
+            &mut fx,
+        );
+        e.apply_event(
+            &mut st,
+            false,
+            &ev("c1", 10, complaint),
+            false,
+            10,
+            &t,
+            &mut pop,
+            &mut fx,
+        );
+        assert!(!fx
+            .outputs
+            .iter()
+            .any(|o| o.kind == OutputType::ChurnWarning));
+        e.apply_event(
+            &mut st,
+            false,
+            &ev("c2", 10, complaint),
+            false,
+            10,
+            &t,
+            &mut pop,
+            &mut fx,
+        );
+        assert_eq!(
+            fx.outputs
+                .iter()
+                .filter(|o| o.kind == OutputType::ChurnWarning)
+                .count(),
+            1
+        );
         let mut fx = Effects::default();
-        e.apply_event(&mut st, false, &ev("c3", 10, complaint), false, 10, &t, &mut pop, &mut fx);
-        assert!(fx.outputs.is_empty(), "same reason, same severity: no new warning");
+        e.apply_event(
+            &mut st,
+            false,
+            &ev("c3", 10, complaint),
+            false,
+            10,
+            &t,
+            &mut pop,
+            &mut fx,
+        );
+        assert!(
+            fx.outputs.is_empty(),
+            "same reason, same severity: no new warning"
+        );
         let mut fx = Effects::default();
-        e.apply_event(&mut st, false, &ev("p2", 10, EventKind::Purchase { amount_micros: 1 }), false, 10, &t, &mut pop, &mut fx);
+        e.apply_event(
+            &mut st,
+            false,
+            &ev("p2", 10, EventKind::Purchase { amount_micros: 1 }),
+            false,
+            10,
+            &t,
+            &mut pop,
+            &mut fx,
+        );
         let kinds: Vec<_> = fx.outputs.iter().map(|o| o.kind).collect();
         // The purchase ends the episode; the complaints still stand, so a new one opens.
         assert!(kinds.contains(&OutputType::ChurnRecovered));

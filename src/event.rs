@@ -24,7 +24,11 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 3] = [EventType::Purchase, EventType::Interaction, EventType::Complaint];
+    pub const ALL: [EventType; 3] = [
+        EventType::Purchase,
+        EventType::Interaction,
+        EventType::Complaint,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -54,9 +58,13 @@ pub enum ComplaintSeverity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     /// Amount in integer micro-units of the currency.
-    Purchase { amount_micros: u64 },
+    Purchase {
+        amount_micros: u64,
+    },
     Interaction,
-    Complaint { severity: ComplaintSeverity },
+    Complaint {
+        severity: ComplaintSeverity,
+    },
 }
 
 impl EventKind {
@@ -194,19 +202,29 @@ fn present(v: Option<&RawValue>) -> Option<&RawValue> {
     v.filter(|r| r.get() != "null")
 }
 
-fn string_field<'a>(v: Option<&'a RawValue>, name: &'static str) -> Result<Option<Cow<'a, str>>, Rejection> {
+fn string_field<'a>(
+    v: Option<&'a RawValue>,
+    name: &'static str,
+) -> Result<Option<Cow<'a, str>>, Rejection> {
     match present(v) {
         None => Ok(None),
         Some(raw) if raw.get().starts_with('"') => serde_json::from_str::<Cow<'a, str>>(raw.get())
             .map(Some)
             .map_err(|e| reject(Reason::InvalidJson, format!("field {name}: {e}"))),
-        Some(_) => Err(reject(Reason::WrongType(name), format!("field {name} must be a string"))),
+        Some(_) => Err(reject(
+            Reason::WrongType(name),
+            format!("field {name} must be a string"),
+        )),
     }
 }
 
 fn id_field(v: Option<&RawValue>, name: &'static str) -> Result<String, Rejection> {
-    let s = string_field(v, name)?
-        .ok_or_else(|| reject(Reason::MissingField(name), format!("field {name} is required")))?;
+    let s = string_field(v, name)?.ok_or_else(|| {
+        reject(
+            Reason::MissingField(name),
+            format!("field {name} is required"),
+        )
+    })?;
     let n = s.chars().count();
     if !(1..=128).contains(&n) {
         return Err(reject(
@@ -218,44 +236,49 @@ fn id_field(v: Option<&RawValue>, name: &'static str) -> Result<String, Rejectio
 }
 
 fn parse_ts(v: Option<&RawValue>) -> Result<i64, Rejection> {
-    let raw = present(v).ok_or_else(|| reject(Reason::MissingField("ts"), "field ts is required"))?;
+    let raw =
+        present(v).ok_or_else(|| reject(Reason::MissingField("ts"), "field ts is required"))?;
     let text = raw.get();
-    let ms = if text.starts_with('"') {
-        let s: Cow<str> = serde_json::from_str(text)
-            .map_err(|e| reject(Reason::BadTimestamp, format!("ts: {e}")))?;
-        // RFC 3339 proper: date and time joined by `T` (chrono would also take a space).
-        if !matches!(s.as_bytes().get(10), Some(b'T' | b't')) {
-            return Err(reject(
-                Reason::BadTimestamp,
-                format!("ts {s:?} is not RFC 3339 (YYYY-MM-DDThh:mm:ss with Z or an offset)"),
-            ));
-        }
-        DateTime::parse_from_rfc3339(&s)
-            .map_err(|e| {
-                reject(
+    let ms =
+        if text.starts_with('"') {
+            let s: Cow<str> = serde_json::from_str(text)
+                .map_err(|e| reject(Reason::BadTimestamp, format!("ts: {e}")))?;
+            // RFC 3339 proper: date and time joined by `T` (chrono would also take a space).
+            if !matches!(s.as_bytes().get(10), Some(b'T' | b't')) {
+                return Err(reject(
                     Reason::BadTimestamp,
-                    format!("ts {s:?} is not RFC 3339 with an offset: {e}"),
-                )
-            })?
-            .timestamp_millis()
-    } else {
-        // An integer, possibly written with an exponent or a zero fraction (JSON
-        // Schema's notion of "integer", e.g. 1.7e12).
-        match text.parse::<i64>() {
-            Ok(v) => v,
-            Err(_) => match text.parse::<f64>() {
-                Ok(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 => x as i64,
-                _ => {
-                    return Err(reject(
+                    format!("ts {s:?} is not RFC 3339 (YYYY-MM-DDThh:mm:ss with Z or an offset)"),
+                ));
+            }
+            DateTime::parse_from_rfc3339(&s)
+                .map_err(|e| {
+                    reject(
                         Reason::BadTimestamp,
-                        format!("ts {text} must be an RFC 3339 string or integer epoch milliseconds"),
-                    ))
-                }
-            },
-        }
-    };
+                        format!("ts {s:?} is not RFC 3339 with an offset: {e}"),
+                    )
+                })?
+                .timestamp_millis()
+        } else {
+            // An integer, possibly written with an exponent or a zero fraction (JSON
+            // Schema's notion of "integer", e.g. 1.7e12).
+            match text.parse::<i64>() {
+                Ok(v) => v,
+                Err(_) => match text.parse::<f64>() {
+                    Ok(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 => x as i64,
+                    _ => return Err(reject(
+                        Reason::BadTimestamp,
+                        format!(
+                            "ts {text} must be an RFC 3339 string or integer epoch milliseconds"
+                        ),
+                    )),
+                },
+            }
+        };
     if DateTime::from_timestamp_millis(ms).is_none() {
-        return Err(reject(Reason::BadTimestamp, format!("ts {ms} is out of range")));
+        return Err(reject(
+            Reason::BadTimestamp,
+            format!("ts {ms} is out of range"),
+        ));
     }
     Ok(ms)
 }
@@ -266,16 +289,28 @@ fn parse_amount(v: Option<&RawValue>, max: f64) -> Result<u64, Rejection> {
     let text = raw.get();
     let first = text.as_bytes()[0];
     if !(first == b'-' || first.is_ascii_digit()) {
-        return Err(reject(Reason::WrongType("amount"), "amount must be a number"));
+        return Err(reject(
+            Reason::WrongType("amount"),
+            "amount must be a number",
+        ));
     }
-    let x: f64 = text
-        .parse()
-        .map_err(|_| reject(Reason::InvalidAmount, format!("amount {text} is not a finite number")))?;
+    let x: f64 = text.parse().map_err(|_| {
+        reject(
+            Reason::InvalidAmount,
+            format!("amount {text} is not a finite number"),
+        )
+    })?;
     if !x.is_finite() {
-        return Err(reject(Reason::InvalidAmount, format!("amount {text} is not finite")));
+        return Err(reject(
+            Reason::InvalidAmount,
+            format!("amount {text} is not finite"),
+        ));
     }
     if x < 0.0 {
-        return Err(reject(Reason::NegativeAmount, format!("amount {text} is negative")));
+        return Err(reject(
+            Reason::NegativeAmount,
+            format!("amount {text} is negative"),
+        ));
     }
     if x > max {
         return Err(reject(
@@ -291,7 +326,11 @@ pub fn parse_event(bytes: &[u8], ctx: &ParseContext) -> Result<Event, Rejection>
     if bytes.len() > ctx.max_bytes {
         return Err(reject(
             Reason::TooLarge,
-            format!("{} bytes exceeds the limit of {} bytes", bytes.len(), ctx.max_bytes),
+            format!(
+                "{} bytes exceeds the limit of {} bytes",
+                bytes.len(),
+                ctx.max_bytes
+            ),
         ));
     }
     let text = std::str::from_utf8(bytes)
@@ -306,7 +345,8 @@ pub fn parse_event(bytes: &[u8], ctx: &ParseContext) -> Result<Event, Rejection>
         };
         return Err(reject(reason, "an event must be a JSON object"));
     }
-    let raw: Raw = serde_json::from_str(text).map_err(|e| reject(Reason::InvalidJson, e.to_string()))?;
+    let raw: Raw =
+        serde_json::from_str(text).map_err(|e| reject(Reason::InvalidJson, e.to_string()))?;
     let event_id = id_field(raw.event_id, "event_id")?;
     let customer_id = id_field(raw.customer_id, "customer_id")?;
     let ty = match string_field(raw.kind, "type")? {
@@ -336,7 +376,10 @@ pub fn parse_event(bytes: &[u8], ctx: &ParseContext) -> Result<Event, Rejection>
         if ts_millis > limit {
             return Err(reject(
                 Reason::FutureTimestamp,
-                format!("ts is {} s past the allowed clock skew", (ts_millis - limit) / 1000),
+                format!(
+                    "ts is {} s past the allowed clock skew",
+                    (ts_millis - limit) / 1000
+                ),
             ));
         }
     }
@@ -393,7 +436,10 @@ mod tests {
     }
 
     fn reason(line: &str) -> String {
-        parse_event(line.as_bytes(), &ctx()).unwrap_err().reason.to_string()
+        parse_event(line.as_bytes(), &ctx())
+            .unwrap_err()
+            .reason
+            .to_string()
     }
 
     #[test]
@@ -403,7 +449,12 @@ mod tests {
             &ctx(),
         )
         .unwrap();
-        assert_eq!(a.kind, EventKind::Purchase { amount_micros: 19_990_000 });
+        assert_eq!(
+            a.kind,
+            EventKind::Purchase {
+                amount_micros: 19_990_000
+            }
+        );
         let b = parse_event(
             br#"{"event_id":"e1","customer_id":"c1","type":"purchase","ts":1795168800000,"amount":0}"#,
             &ctx(),
@@ -417,26 +468,88 @@ mod tests {
     fn every_violation_has_its_reason() {
         assert_eq!(reason("{"), "invalid_json");
         assert_eq!(reason("[1,2]"), "not_an_object");
-        assert_eq!(reason(r#"{"customer_id":"c","type":"interaction","ts":0}"#), "missing_field:event_id");
-        assert_eq!(reason(r#"{"event_id":"e","type":"interaction","ts":0}"#), "missing_field:customer_id");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"","type":"interaction","ts":0}"#), "invalid_length:customer_id");
-        assert_eq!(reason(r#"{"event_id":7,"customer_id":"c","type":"interaction","ts":0}"#), "wrong_type:event_id");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"c","ts":0}"#), "missing_field:type");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"c","type":"refund","ts":0}"#), "unknown_type");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"c","type":"interaction"}"#), "missing_field:ts");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"c","type":"interaction","ts":"2026-11-20 10:00"}"#), "bad_timestamp");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"c","type":"interaction","ts":"2026-11-20T10:00:00"}"#), "bad_timestamp");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"c","type":"interaction","ts":1.5}"#), "bad_timestamp");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"c","type":"purchase","ts":0}"#), "missing_field:amount");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"c","type":"purchase","ts":0,"amount":"5"}"#), "wrong_type:amount");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"c","type":"purchase","ts":0,"amount":-1}"#), "negative_amount");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"c","type":"purchase","ts":0,"amount":1e400}"#), "invalid_amount");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"c","type":"complaint","ts":0,"severity":"urgent"}"#), "invalid_severity");
-        assert_eq!(reason(r#"{"event_id":"e","customer_id":"c","type":"purchase","ts":0,"amount":1,"currency":5}"#), "wrong_type:currency");
-        let big = format!(r#"{{"event_id":"e","customer_id":"c","type":"interaction","ts":0,"pad":"{}"}}"#, "x".repeat(2000));
+        assert_eq!(
+            reason(r#"{"customer_id":"c","type":"interaction","ts":0}"#),
+            "missing_field:event_id"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"interaction","ts":0}"#),
+            "missing_field:customer_id"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","customer_id":"","type":"interaction","ts":0}"#),
+            "invalid_length:customer_id"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":7,"customer_id":"c","type":"interaction","ts":0}"#),
+            "wrong_type:event_id"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","customer_id":"c","ts":0}"#),
+            "missing_field:type"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","customer_id":"c","type":"refund","ts":0}"#),
+            "unknown_type"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","customer_id":"c","type":"interaction"}"#),
+            "missing_field:ts"
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","customer_id":"c","type":"interaction","ts":"2026-11-20 10:00"}"#
+            ),
+            "bad_timestamp"
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","customer_id":"c","type":"interaction","ts":"2026-11-20T10:00:00"}"#
+            ),
+            "bad_timestamp"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","customer_id":"c","type":"interaction","ts":1.5}"#),
+            "bad_timestamp"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","customer_id":"c","type":"purchase","ts":0}"#),
+            "missing_field:amount"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","customer_id":"c","type":"purchase","ts":0,"amount":"5"}"#),
+            "wrong_type:amount"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","customer_id":"c","type":"purchase","ts":0,"amount":-1}"#),
+            "negative_amount"
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","customer_id":"c","type":"purchase","ts":0,"amount":1e400}"#),
+            "invalid_amount"
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","customer_id":"c","type":"complaint","ts":0,"severity":"urgent"}"#
+            ),
+            "invalid_severity"
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","customer_id":"c","type":"purchase","ts":0,"amount":1,"currency":5}"#
+            ),
+            "wrong_type:currency"
+        );
+        let big = format!(
+            r#"{{"event_id":"e","customer_id":"c","type":"interaction","ts":0,"pad":"{}"}}"#,
+            "x".repeat(2000)
+        );
         assert_eq!(reason(&big), "too_large");
         assert_eq!(
-            parse_event(b"{\"event_id\":\"\xff\"}", &ctx()).unwrap_err().reason.to_string(),
+            parse_event(b"{\"event_id\":\"\xff\"}", &ctx())
+                .unwrap_err()
+                .reason
+                .to_string(),
             "invalid_utf8"
         );
     }
@@ -446,7 +559,10 @@ mod tests {
         let mut c = ctx();
         c.bound_type = Some(EventType::Interaction);
         assert!(parse_event(br#"{"event_id":"e","customer_id":"c","ts":0}"#, &c).is_ok());
-        let r = parse_event(br#"{"event_id":"e","customer_id":"c","type":"purchase","ts":0,"amount":1}"#, &c);
+        let r = parse_event(
+            br#"{"event_id":"e","customer_id":"c","type":"purchase","ts":0,"amount":1}"#,
+            &c,
+        );
         assert_eq!(r.unwrap_err().reason, Reason::TypeMismatch);
     }
 
@@ -454,13 +570,25 @@ mod tests {
     fn future_events_are_rejected_with_the_wall_clock() {
         let mut c = ctx();
         c.future_limit_millis = Some(1_000);
-        let r = parse_event(br#"{"event_id":"e","customer_id":"c","type":"interaction","ts":5000}"#, &c);
+        let r = parse_event(
+            br#"{"event_id":"e","customer_id":"c","type":"interaction","ts":5000}"#,
+            &c,
+        );
         assert_eq!(r.unwrap_err().reason, Reason::FutureTimestamp);
     }
 
     #[test]
     fn complaint_severity_defaults_to_medium() {
-        let e = parse_event(br#"{"event_id":"e","customer_id":"c","type":"complaint","ts":0}"#, &ctx()).unwrap();
-        assert_eq!(e.kind, EventKind::Complaint { severity: ComplaintSeverity::Medium });
+        let e = parse_event(
+            br#"{"event_id":"e","customer_id":"c","type":"complaint","ts":0}"#,
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(
+            e.kind,
+            EventKind::Complaint {
+                severity: ComplaintSeverity::Medium
+            }
+        );
     }
 }

@@ -58,7 +58,11 @@ fn exp_gap_ms(rng: &mut ChaCha8Rng, rate_per_day: f64) -> i64 {
 
 fn profile(rng: &mut ChaCha8Rng, start: i64, end: i64) -> (Profile, i64) {
     let span = end - start;
-    let join = if rng.gen_bool(0.4) { start } else { start + rng.gen_range(0..span) };
+    let join = if rng.gen_bool(0.4) {
+        start
+    } else {
+        start + rng.gen_range(0..span)
+    };
     let purchase = (0.017f64.ln() + 0.9 * normal(rng)).exp().min(0.6);
     let interaction = 0.6 * purchase + 0.004;
     let unhappy = rng.gen_bool(0.05);
@@ -66,8 +70,14 @@ fn profile(rng: &mut ChaCha8Rng, start: i64, end: i64) -> (Profile, i64) {
     // Pareto(x_m = 15, α = 1.6), capped.
     let u: f64 = rng.gen_range(f64::EPSILON..1.0);
     let spend_scale = (15.0 / u.powf(1.0 / 1.6)).min(5000.0);
-    let silent_at = if rng.gen_bool(0.25) { join + rng.gen_range(0..(end - join).max(1)) } else { i64::MAX };
-    let decay_from = rng.gen_bool(0.1).then(|| join + rng.gen_range(0..(end - join).max(1)));
+    let silent_at = if rng.gen_bool(0.25) {
+        join + rng.gen_range(0..(end - join).max(1))
+    } else {
+        i64::MAX
+    };
+    let decay_from = rng
+        .gen_bool(0.1)
+        .then(|| join + rng.gen_range(0..(end - join).max(1)));
     (
         Profile {
             rates: [purchase, interaction, complaint],
@@ -140,7 +150,13 @@ pub fn generate(args: &GenArgs, out: &mut dyn Write) -> io::Result<GenStats> {
             _ => {
                 stats.complaints += 1;
                 let r: f64 = rng.gen();
-                let sev = if r < 0.5 { "low" } else if r < 0.85 { "medium" } else { "high" };
+                let sev = if r < 0.5 {
+                    "low"
+                } else if r < 0.85 {
+                    "medium"
+                } else {
+                    "high"
+                };
                 let _ = write!(
                     line,
                     r#"{{"event_id":"{id}","customer_id":"c{c:07}","type":"complaint","ts":"{ts}","severity":"{sev}","category":"{}"}}"#,
@@ -180,7 +196,12 @@ mod tests {
         let ts: Vec<String> = String::from_utf8(a)
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["ts"].as_str().unwrap().to_string())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["ts"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         assert!(ts.windows(2).all(|w| w[0] <= w[1]));
     }

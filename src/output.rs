@@ -24,7 +24,11 @@ pub enum OutputType {
 }
 
 impl OutputType {
-    pub const ALL: [OutputType; 3] = [OutputType::TierChanged, OutputType::ChurnWarning, OutputType::ChurnRecovered];
+    pub const ALL: [OutputType; 3] = [
+        OutputType::TierChanged,
+        OutputType::ChurnWarning,
+        OutputType::ChurnRecovered,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -156,7 +160,14 @@ pub fn output_id(customer_id: &str, cause: &str, kind: OutputType, as_of: Day) -
 }
 
 impl Output {
-    pub fn new(customer_id: &str, cause: Cause, ts_millis: i64, as_of: Day, kind: OutputType, body: Body) -> Output {
+    pub fn new(
+        customer_id: &str,
+        cause: Cause,
+        ts_millis: i64,
+        as_of: Day,
+        kind: OutputType,
+        body: Body,
+    ) -> Output {
         Output {
             event_id: output_id(customer_id, cause.id(), kind, as_of),
             kind,

@@ -6,9 +6,8 @@
 //!   day histogram, updated by every applied purchase and by the window sliding when
 //!   the clock advances.
 //!
-//! Quintile breaks and Pareto cut-offs need the whole distribution; they come from the
-//! last recalibration (a scan, at least once per as-of day) and are merged in by
-//! [`Population::thresholds`]. Everything here is a mergeable summary (sums and a day
+//! Pareto cut-offs need the distribution; the recalibration walks the monetary index
+//! for them (see `processor`). Everything here is a mergeable summary (sums and a day
 //! histogram), so partitions' summaries can be added up across a cluster.
 
 use std::collections::BTreeMap;
@@ -31,6 +30,40 @@ pub struct Population {
     pub window_micros: u128,
     /// Purchases and spend per day, for days inside the retention horizon.
     pub daily: BTreeMap<Day, (u64, u64)>,
+    /// Purchasers by window monetary: log-scale bucket → (customers, Σ micros). At most
+    /// 1,025 buckets (16 per power of two), so bounded whatever the population.
+    pub monetary_hist: BTreeMap<u16, (u64, u128)>,
+}
+
+/// Histogram bucket of an amount in micro-units: 0 alone, then 16 buckets per power
+/// of two (each at most 1/16 of its lower bound wide).
+pub fn bucket(m: u64) -> u16 {
+    if m == 0 {
+        return 0;
+    }
+    let e = 63 - m.leading_zeros();
+    let mant = if e >= 4 {
+        (m >> (e - 4)) & 0xF
+    } else {
+        (m << (4 - e)) & 0xF
+    };
+    (1 + e * 16 + mant as u32) as u16
+}
+
+/// The inclusive range of amounts in a bucket.
+pub fn bucket_range(b: u16) -> (u64, u64) {
+    if b == 0 {
+        return (0, 0);
+    }
+    let e = (b as u32 - 1) / 16;
+    let mant = (b as u64 - 1) % 16;
+    if e >= 4 {
+        let lo = (16 + mant) << (e - 4);
+        (lo, lo + (1u64 << (e - 4)) - 1)
+    } else {
+        let lo = (16 + mant) >> (4 - e);
+        (lo, lo)
+    }
 }
 
 const VERSION: u8 = 1;
@@ -58,6 +91,23 @@ impl Population {
                 self.window_purchases += 1;
                 self.window_micros += micros as u128;
             }
+        }
+    }
+
+    /// A purchaser's window monetary moved from `old` to `new` (None: not a purchaser).
+    pub fn on_index_move(&mut self, old: Option<u64>, new: Option<u64>) {
+        if let Some(m) = old {
+            let e = self.monetary_hist.entry(bucket(m)).or_default();
+            e.0 -= 1;
+            e.1 -= m as u128;
+            if e.0 == 0 {
+                self.monetary_hist.remove(&bucket(m));
+            }
+        }
+        if let Some(m) = new {
+            let e = self.monetary_hist.entry(bucket(m)).or_default();
+            e.0 += 1;
+            e.1 += m as u128;
         }
     }
 
@@ -100,15 +150,16 @@ impl Population {
             .fold((0, 0), |(p, m), (_, (dp, dm))| (p + dp, m + *dm as u128))
     }
 
-    /// Live means merged with the calibrated breaks and cut-offs.
-    pub fn thresholds(&self, calibrated: &Thresholds) -> Thresholds {
-        let clock = self.clock.unwrap_or(0) as i64;
+    /// Thresholds with the current means and the given Pareto cut-offs.
+    pub fn thresholds(&self, pareto_high: Option<u64>, pareto_medium: Option<u64>) -> Thresholds {
         Thresholds {
             purchasers: self.purchasers,
-            sum_recency: self.purchasers as i64 * clock - self.sum_last_day,
+            sum_last_day: self.sum_last_day,
             sum_frequency: self.window_purchases,
             sum_micros: self.window_micros,
-            ..calibrated.clone()
+            pareto_high,
+            pareto_medium,
+            ..Thresholds::default()
         }
     }
 
@@ -133,6 +184,13 @@ impl Population {
             put_uvarint(out, *p);
             put_uvarint(out, *m);
         }
+        put_uvarint(out, self.monetary_hist.len() as u64);
+        for (b, (n, m)) in &self.monetary_hist {
+            put_uvarint(out, *b as u64);
+            put_uvarint(out, *n);
+            put_uvarint(out, (*m >> 64) as u64);
+            put_uvarint(out, *m as u64);
+        }
     }
 
     pub fn decode(buf: &[u8]) -> Result<Population, CodecError> {
@@ -156,6 +214,13 @@ impl Population {
             let d = r.day()?;
             p.daily.insert(d, (r.uvarint()?, r.uvarint()?));
         }
+        for _ in 0..r.uvarint()? {
+            let b = u16::try_from(r.uvarint()?).map_err(|_| CodecError("bucket out of range"))?;
+            let n = r.uvarint()?;
+            let hi = r.uvarint()? as u128;
+            p.monetary_hist
+                .insert(b, (n, (hi << 64) | r.uvarint()? as u128));
+        }
         Ok(p)
     }
 }
@@ -165,7 +230,7 @@ pub fn encode_thresholds(day: Day, t: &Thresholds, out: &mut Vec<u8>) {
     out.push(VERSION);
     put_ivarint(out, day as i64);
     put_uvarint(out, t.purchasers);
-    put_ivarint(out, t.sum_recency);
+    put_ivarint(out, t.sum_last_day);
     put_uvarint(out, t.sum_frequency);
     put_uvarint(out, (t.sum_micros >> 64) as u64);
     put_uvarint(out, t.sum_micros as u64);
@@ -200,7 +265,7 @@ pub fn decode_thresholds(buf: &[u8]) -> Result<(Day, Thresholds), CodecError> {
     let day = r.day()?;
     let mut t = Thresholds {
         purchasers: r.uvarint()?,
-        sum_recency: r.ivarint()?,
+        sum_last_day: r.ivarint()?,
         sum_frequency: r.uvarint()?,
         ..Thresholds::default()
     };
@@ -216,7 +281,11 @@ pub fn decode_thresholds(buf: &[u8]) -> Result<(Day, Thresholds), CodecError> {
         t.m_breaks.push(r.uvarint()?);
     }
     let mut opt = || -> Result<Option<u64>, CodecError> {
-        Ok(if r.u8()? == 1 { Some(r.uvarint()?) } else { None })
+        Ok(if r.u8()? == 1 {
+            Some(r.uvarint()?)
+        } else {
+            None
+        })
     };
     t.pareto_high = opt()?;
     t.pareto_medium = opt()?;
@@ -228,10 +297,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn buckets_cover_every_amount_in_order() {
+        let mut prev = 0;
+        for m in (0..5000u64).chain([1 << 20, (1 << 20) + 1, u64::MAX / 3, u64::MAX]) {
+            let b = bucket(m);
+            let (lo, hi) = bucket_range(b);
+            assert!(lo <= m && m <= hi, "{m} in bucket {b} = {lo}..={hi}");
+            assert!(b >= prev);
+            prev = b;
+        }
+    }
+
+    #[test]
     fn window_sums_slide_with_the_clock() {
         let mut p = Population::default();
         p.advance(10, 5, 0);
-        let e = |prev, new| PurchaseEffect { previous_last_day: prev, new_last_day: new, bucketed: true };
+        let e = |prev, new| PurchaseEffect {
+            previous_last_day: prev,
+            new_last_day: new,
+            bucketed: true,
+        };
         p.on_purchase(&e(None, 8), 8, 100, 5);
         p.on_purchase(&e(Some(8), 10), 10, 50, 5);
         assert_eq!((p.window_purchases, p.window_micros), (2, 150));
@@ -241,6 +326,8 @@ mod tests {
         assert_eq!((p.window_purchases, p.window_micros), (1, 50));
         p.advance(30, 5, 0);
         assert_eq!((p.window_purchases, p.window_micros), (0, 0));
+        p.on_index_move(None, Some(1_000));
+        p.on_index_move(None, Some(u64::MAX));
         let mut buf = Vec::new();
         p.encode(&mut buf);
         assert_eq!(Population::decode(&buf).unwrap(), p);

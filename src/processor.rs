@@ -1,6 +1,7 @@
 //! The processor drives the pure [`Engine`] over a [`Store`]: it owns the stream
-//! clock, a write-back cache of customer state, the timer calendar and the daily
-//! recalibration, and turns each batch of work into one atomic store write.
+//! clock, a write-back cache of customer state, the timer calendar, the secondary
+//! indexes and the daily recalibration, and turns each batch of work into one atomic
+//! store write.
 //!
 //! Every shell (replay files, the demo, the Kafka service) feeds events through
 //! [`Processor::process`] and takes outputs from [`Processor::take_outputs`]; the order
@@ -8,29 +9,38 @@
 //!
 //! When the clock moves from day c to day d > c:
 //! 1. the batch in hand is flushed;
-//! 2. for each day c+1 ..= d in turn, the window sums slide and every timer due that
-//!    day fires (cause `"timer"`, as-of that day);
-//! 3. if a recalibration is due (`recalibrate_every_days`), quintile breaks and Pareto
-//!    cut-offs are recomputed from a scan of all customers as of d, and every customer
-//!    is re-evaluated against them (cause `"recalibration"`);
+//! 2. for each day c+1 ..= d in turn, the population window slides and every timer due
+//!    that day fires (cause `"timer"`, as-of that day);
+//! 3. if a recalibration is due (`recalibrate_every_days`), new thresholds are taken
+//!    from the incremental population sums (means) and a walk down the monetary index
+//!    (Pareto cut-offs); only the customers whose figure lies between an old and a new
+//!    threshold can change tier, and the `by_*` indexes list exactly those, so only they
+//!    are re-evaluated (cause `"recalibration"`);
 //! 4. then the event that moved the clock is applied.
 //!
-//! A flush writes dirty customers, timer moves, archived event ids and the meta
-//! records (clock, population, thresholds) in one batch, so a crash leaves the store at
-//! a batch boundary.
+//! Thresholds are frozen between recalibrations: every event of an as-of day is
+//! compared with the same thresholds, whatever order the day's events arrive in.
+//! Before the first recalibration (the stream's first day) the live means are used.
+//!
+//! A flush writes dirty customers, timer and index moves, archived event ids and the
+//! meta records in one batch, so a crash leaves the store at a batch boundary.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::config::Settings;
+use crate::config::{ThresholdMode, ValueMethod};
 use crate::customer::CustomerState;
 use crate::day::Day;
 use crate::engine::{event_hash, Applied, Effects, Engine};
 use crate::event::Event;
 use crate::output::{Cause, Output, OutputType};
-use crate::policy::{Thresholds, ThresholdsBuilder};
-use crate::population::{decode_thresholds, encode_thresholds, Population};
-use crate::store::codec::{decode_customer, decode_timer_key, dedupe_key, encode_customer, timer_key};
+use crate::policy::{self, Thresholds, ThresholdsBuilder};
+use crate::population::{bucket_range, decode_thresholds, encode_thresholds, Population};
+use crate::store::codec::{
+    decode_customer, decode_index_key, decode_timer_key, dedupe_key, encode_customer, index_key,
+    last_day_prefix, timer_key,
+};
 use crate::store::{Batch, Cf, Store, StoreError};
 
 const META_POPULATION: &[u8] = b"population";
@@ -46,7 +56,16 @@ pub struct Counters {
     pub outputs: HashMap<OutputType, u64>,
     pub timers_fired: u64,
     pub recalibrations: u64,
-    /// Recalibrations that found the incremental sums off (must stay 0).
+    /// Customers re-evaluated by recalibrations (found through the indexes).
+    pub recalibration_visits: u64,
+}
+
+/// What [`Processor::audit`] found; both must be zero.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// Customers whose published tiers differ from a fresh evaluation.
+    pub tier_mismatches: u64,
+    /// Incremental population sums differing from a scan (0 or 1).
     pub population_drift: u64,
 }
 
@@ -63,8 +82,9 @@ pub struct Processor<S: Store> {
     pending: Batch,
     pending_archive: HashSet<Vec<u8>>,
     pop: Population,
-    calibrated: Thresholds,
-    calibrated_day: Option<Day>,
+    /// Thresholds of the last recalibration, and its day.
+    current: Thresholds,
+    current_day: Option<Day>,
     outputs: Vec<Output>,
     since_flush: usize,
     pub counters: Counters,
@@ -84,7 +104,7 @@ impl<S: Store> Processor<S> {
             Some(b) => Population::decode(&b).map_err(|e| corrupt(META_POPULATION, e))?,
             None => Population::default(),
         };
-        let (calibrated_day, calibrated) = match store.get(Cf::Meta, META_THRESHOLDS)? {
+        let (current_day, current) = match store.get(Cf::Meta, META_THRESHOLDS)? {
             Some(b) => {
                 let (d, t) = decode_thresholds(&b).map_err(|e| corrupt(META_THRESHOLDS, e))?;
                 (Some(d), t)
@@ -99,8 +119,8 @@ impl<S: Store> Processor<S> {
             pending: Batch::default(),
             pending_archive: HashSet::new(),
             pop,
-            calibrated,
-            calibrated_day,
+            current,
+            current_day,
             outputs: Vec::new(),
             since_flush: 0,
             counters: Counters::default(),
@@ -124,9 +144,13 @@ impl<S: Store> Processor<S> {
         &self.pop
     }
 
-    /// Thresholds in force now: live means with the last calibrated breaks.
+    /// Thresholds in force now: the last recalibration's, or before the first one the
+    /// live means.
     pub fn thresholds(&self) -> Thresholds {
-        self.pop.thresholds(&self.calibrated)
+        match self.current_day {
+            Some(_) => self.current.clone(),
+            None => self.pop.thresholds(None, None),
+        }
     }
 
     pub fn take_outputs(&mut self) -> Vec<Output> {
@@ -138,7 +162,13 @@ impl<S: Store> Processor<S> {
             match self.store.get(Cf::Customers, id.as_bytes())? {
                 Some(b) => {
                     let state = decode_customer(&b).map_err(|e| corrupt(id.as_bytes(), e))?;
-                    self.cache.insert(id.to_string(), Slot { state, dirty: false });
+                    self.cache.insert(
+                        id.to_string(),
+                        Slot {
+                            state,
+                            dirty: false,
+                        },
+                    );
                 }
                 None => return Ok(None),
             }
@@ -147,8 +177,14 @@ impl<S: Store> Processor<S> {
     }
 
     /// Warm the cache for a batch of customer ids with one multi-get.
-    pub fn prefetch<'i>(&mut self, ids: impl IntoIterator<Item = &'i str>) -> Result<(), StoreError> {
-        let mut want: Vec<&str> = ids.into_iter().filter(|id| !self.cache.contains_key(*id)).collect();
+    pub fn prefetch<'i>(
+        &mut self,
+        ids: impl IntoIterator<Item = &'i str>,
+    ) -> Result<(), StoreError> {
+        let mut want: Vec<&str> = ids
+            .into_iter()
+            .filter(|id| !self.cache.contains_key(*id))
+            .collect();
         want.sort_unstable();
         want.dedup();
         if want.is_empty() {
@@ -158,7 +194,13 @@ impl<S: Store> Processor<S> {
         for (id, v) in want.iter().zip(self.store.multi_get(Cf::Customers, &keys)?) {
             if let Some(b) = v {
                 let state = decode_customer(&b).map_err(|e| corrupt(id.as_bytes(), e))?;
-                self.cache.insert(id.to_string(), Slot { state, dirty: false });
+                self.cache.insert(
+                    id.to_string(),
+                    Slot {
+                        state,
+                        dirty: false,
+                    },
+                );
             }
         }
         Ok(())
@@ -174,6 +216,24 @@ impl<S: Store> Processor<S> {
             self.pending_archive.insert(k.clone());
             self.pending.put(Cf::Dedupe, k, Vec::new());
         }
+        if let Some((old, new)) = fx.index_moved {
+            self.pop
+                .on_index_move(old.map(|i| i.micros), new.map(|i| i.micros));
+            for cf in Cf::INDEXES {
+                let (o, n) = (
+                    old.map(|i| index_key(cf, &i, id)),
+                    new.map(|i| index_key(cf, &i, id)),
+                );
+                if o != n {
+                    if let Some(k) = o {
+                        self.pending.delete(cf, k);
+                    }
+                    if let Some(k) = n {
+                        self.pending.put(cf, k, Vec::new());
+                    }
+                }
+            }
+        }
         if let Some((old, new)) = fx.timer_moved {
             if let Some(d) = old {
                 self.pending.delete(Cf::Timers, timer_key(d, id));
@@ -182,7 +242,10 @@ impl<S: Store> Processor<S> {
                 self.pending.put(Cf::Timers, timer_key(d, id), Vec::new());
             }
         }
-        let slot = self.cache.get_mut(id).expect("recorded customers are cached");
+        let slot = self
+            .cache
+            .get_mut(id)
+            .expect("recorded customers are cached");
         if !slot.dirty {
             slot.dirty = true;
             self.dirty.push(id.to_string());
@@ -208,7 +271,8 @@ impl<S: Store> Processor<S> {
         let mut archived = false;
         if ev.day < horizon {
             let k = dedupe_key(&ev.customer_id, event_hash(&ev.event_id));
-            archived = self.pending_archive.contains(&k) || self.store.get(Cf::Dedupe, &k)?.is_some();
+            archived =
+                self.pending_archive.contains(&k) || self.store.get(Cf::Dedupe, &k)?.is_some();
         }
         let is_new = self.load(&ev.customer_id)?.is_none();
         if is_new {
@@ -220,6 +284,10 @@ impl<S: Store> Processor<S> {
                 },
             );
         }
+        let thresholds = match self.current_day {
+            Some(_) => None,
+            None => Some(self.pop.thresholds(None, None)),
+        };
         let slot = self.cache.get_mut(&ev.customer_id).unwrap();
         let mut fx = Effects::default();
         let applied = engine.apply_event(
@@ -228,7 +296,7 @@ impl<S: Store> Processor<S> {
             ev,
             archived,
             clock,
-            &self.calibrated,
+            thresholds.as_ref().unwrap_or(&self.current),
             &mut self.pop,
             &mut fx,
         );
@@ -277,15 +345,18 @@ impl<S: Store> Processor<S> {
             self.fire_timers(d)?;
         }
         let every = self.settings.raw.engine.recalibrate_every_days as Day;
-        if self.calibrated_day.is_none_or(|c| day - c >= every) {
+        if self.current_day.is_none_or(|c| day - c >= every) {
             self.recalibrate(day)?;
         }
         self.flush()
     }
 
     fn fire_timers(&mut self, day: Day) -> Result<(), StoreError> {
+        // Timers of earlier days were consumed when the clock passed them; seeking
+        // straight to this day's keys also skips their tombstones.
         let mut due = Vec::new();
-        self.store.scan(Cf::Timers, &[], &mut |k, _| {
+        let (from, to) = (last_day_prefix(day), last_day_prefix(day + 1));
+        self.store.scan(Cf::Timers, &from, Some(&to), &mut |k, _| {
             let (d, id) = decode_timer_key(k).map_err(|e| corrupt(k, e))?;
             if d > day {
                 return Ok(false);
@@ -298,7 +369,7 @@ impl<S: Store> Processor<S> {
         }
         let settings = self.settings.clone();
         let engine = Engine::new(&settings);
-        let thresholds = self.pop.thresholds(&self.calibrated);
+        let thresholds = self.thresholds();
         let horizon = engine.horizon(day);
         for (d, id) in due {
             self.counters.timers_fired += 1;
@@ -313,77 +384,231 @@ impl<S: Store> Processor<S> {
             if slot.state.timer == Some(d) {
                 slot.state.timer = None;
             }
-            engine.evaluate(&mut slot.state, &id, day, Cause::Timer, false, &thresholds, &mut fx);
+            engine.evaluate(
+                &mut slot.state,
+                &id,
+                day,
+                Cause::Timer,
+                false,
+                &thresholds,
+                &mut fx,
+            );
             self.pending.delete(Cf::Timers, timer_key(d, &id));
             self.record(&id, fx);
         }
         self.flush()
     }
 
-    /// Recompute breaks and cut-offs from all customers as of `day`, then re-evaluate
-    /// everyone against them.
+    /// Pareto cut-offs: walking purchasers by window monetary, biggest first, the
+    /// monetary of the first customer at which the running total reaches each share.
+    /// The monetary histogram says which bucket holds the cut-off and the total above
+    /// it, so only that bucket's index keys are read.
+    fn pareto_cutoffs(&self) -> Result<(Option<u64>, Option<u64>), StoreError> {
+        let vt = &self.settings.raw.value_tiers;
+        let hist = &self.pop.monetary_hist;
+        let total: u128 = hist.values().map(|(_, sum)| *sum).sum();
+        if vt.method != ValueMethod::Pareto || total == 0 {
+            return Ok((None, None));
+        }
+        let walk = |target: f64| -> Result<Option<u64>, StoreError> {
+            let mut above: u128 = 0;
+            for (&b, &(_, sum)) in hist.iter().rev() {
+                if ((above + sum) as f64) < target {
+                    above += sum;
+                    continue;
+                }
+                let (lo, hi) = bucket_range(b);
+                if lo == 0 {
+                    break; // zero spend never holds a cut-off
+                }
+                let from = (u64::MAX - hi).to_be_bytes();
+                let to = (u64::MAX - lo + 1).to_be_bytes();
+                let mut running = above;
+                let mut found = None;
+                self.store
+                    .scan(Cf::ByMonetary, &from, Some(&to), &mut |k, _| {
+                        let (m, _) =
+                            decode_index_key(Cf::ByMonetary, k).map_err(|e| corrupt(k, e))?;
+                        running += m as u128;
+                        if running as f64 >= target {
+                            found = Some(m as u64);
+                            return Ok(false);
+                        }
+                        Ok(true)
+                    })?;
+                return Ok(found);
+            }
+            Ok(None)
+        };
+        Ok((
+            walk(vt.high_share * total as f64)?,
+            walk(vt.medium_share * total as f64)?,
+        ))
+    }
+
+    /// Customers whose index figure lies in `lo..=hi` (figures as stored in the key).
+    fn index_range(
+        &self,
+        cf: Cf,
+        lo: i64,
+        hi: i64,
+        into: &mut HashSet<String>,
+    ) -> Result<(), StoreError> {
+        let day =
+            |v: i64| last_day_prefix(v.clamp(i32::MIN as i64, i32::MAX as i64) as i32).to_vec();
+        let count = |v: i64| (v.clamp(0, u32::MAX as i64) as u32).to_be_bytes().to_vec();
+        let money = |v: i64| (u64::MAX - v.max(0) as u64).to_be_bytes().to_vec();
+        let (from, to) = match cf {
+            Cf::ByLastDay => (day(lo), (hi < i32::MAX as i64).then(|| day(hi + 1))),
+            Cf::ByFrequency => (count(lo), (hi < u32::MAX as i64).then(|| count(hi + 1))),
+            // Descending keys: from the largest figure down to the smallest.
+            _ => (money(hi), (lo > 0).then(|| money(lo - 1))),
+        };
+        self.store.scan(cf, &from, to.as_deref(), &mut |k, _| {
+            let (_, id) = decode_index_key(cf, k).map_err(|e| corrupt(k, e))?;
+            into.insert(id.to_string());
+            Ok(true)
+        })
+    }
+
+    /// New thresholds as of `day`; re-evaluate every customer they can move.
     pub fn recalibrate(&mut self, day: Day) -> Result<(), StoreError> {
         self.flush()?;
-        let settings = self.settings.clone();
-        let s = &*settings;
-        let mut builder = ThresholdsBuilder::default();
-        self.store.scan(Cf::Customers, &[], &mut |k, v| {
-            let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
-            let f = c.figures(day, s);
-            builder.add(f.recency_days, f.frequency, f.monetary_micros);
-            Ok(true)
-        })?;
-        self.calibrated = builder.build(s);
-        self.calibrated_day = Some(day);
+        let (high, medium) = self.pareto_cutoffs()?;
+        let new = self.pop.thresholds(high, medium);
+        let old = std::mem::replace(&mut self.current, new.clone());
+        let first = self.current_day.is_none() || old.purchasers == 0;
+        self.current_day = Some(day);
         self.counters.recalibrations += 1;
-        let thresholds = self.pop.thresholds(&self.calibrated);
-        // The incremental sums must equal the scan's; if they ever drift (a bug), say
-        // so and use the exact ones.
-        let live = (thresholds.purchasers, thresholds.sum_recency, thresholds.sum_frequency, thresholds.sum_micros);
-        let exact = (
-            self.calibrated.purchasers,
-            self.calibrated.sum_recency,
-            self.calibrated.sum_frequency,
-            self.calibrated.sum_micros,
-        );
-        let thresholds = if live != exact {
-            self.counters.population_drift += 1;
-            tracing::error!(?live, ?exact, day, "Incremental population sums drifted from the scan; using the scan's.");
-            self.calibrated.clone()
-        } else {
-            thresholds
-        };
 
-        let engine = Engine::new(s);
-        let cache = &mut self.cache;
-        let mut changed: Vec<(String, CustomerState, Effects)> = Vec::new();
-        self.store.scan(Cf::Customers, &[], &mut |k, v| {
-            let id = std::str::from_utf8(k).map_err(|_| StoreError::Backend("customer key is not UTF-8".into()))?;
-            let mut fx = Effects::default();
-            let mut state = match cache.get(id) {
-                Some(slot) => slot.state.clone(),
-                None => decode_customer(v).map_err(|e| corrupt(k, e))?,
-            };
-            let before = (state.published, state.episode, state.timer);
-            engine.evaluate(&mut state, id, day, Cause::Recalibration, false, &thresholds, &mut fx);
-            if before != (state.published, state.episode, state.timer) {
-                changed.push((id.to_string(), state, fx));
+        let mut visit: HashSet<String> = HashSet::new();
+        if first {
+            self.store.scan(Cf::Customers, &[], None, &mut |k, _| {
+                visit.insert(String::from_utf8_lossy(k).into_owned());
+                Ok(true)
+            })?;
+        } else if new.purchasers > 0 {
+            // A figure x is "high" iff x·n ≥ Σ ⇔ x ≥ ⌈Σ/n⌉ (x an integer). Its side can
+            // only change for min(t_old, t_new) ≤ x < max(t_old, t_new).
+            let ceil = |sum: i128, n: u64| -((-sum).div_euclid(n as i128));
+            let flips =
+                |cf: Cf, a: i128, b: i128, visit: &mut HashSet<String>| -> Result<(), StoreError> {
+                    if a != b {
+                        let clamp = |v: i128| v.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+                        self.index_range(cf, clamp(a.min(b)), clamp(a.max(b) - 1), visit)?;
+                    }
+                    Ok(())
+                };
+            if self.settings.raw.segments.thresholds == ThresholdMode::Mean {
+                let (n0, n1) = (old.purchasers, new.purchasers);
+                flips(
+                    Cf::ByLastDay,
+                    ceil(old.sum_last_day as i128, n0),
+                    ceil(new.sum_last_day as i128, n1),
+                    &mut visit,
+                )?;
+                flips(
+                    Cf::ByFrequency,
+                    ceil(old.sum_frequency as i128, n0),
+                    ceil(new.sum_frequency as i128, n1),
+                    &mut visit,
+                )?;
+                flips(
+                    Cf::ByMonetary,
+                    ceil(old.sum_micros as i128, n0),
+                    ceil(new.sum_micros as i128, n1),
+                    &mut visit,
+                )?;
             }
-            Ok(true)
-        })?;
-        for (id, state, fx) in changed {
-            match self.cache.get_mut(&id) {
-                Some(slot) => slot.state = state,
-                None => {
-                    self.cache.insert(id.clone(), Slot { state, dirty: false });
+            // A missing cut-off means "nobody": as if it were above every figure.
+            let cut = |c: Option<u64>| c.map_or(i64::MAX as i128, |v| v as i128);
+            flips(
+                Cf::ByMonetary,
+                cut(old.pareto_high),
+                cut(new.pareto_high),
+                &mut visit,
+            )?;
+            flips(
+                Cf::ByMonetary,
+                cut(old.pareto_medium),
+                cut(new.pareto_medium),
+                &mut visit,
+            )?;
+        }
+
+        let settings = self.settings.clone();
+        let engine = Engine::new(&settings);
+        let mut ids: Vec<String> = visit.into_iter().collect();
+        ids.sort_unstable();
+        self.counters.recalibration_visits += ids.len() as u64;
+        for chunk in ids.chunks(4096) {
+            self.prefetch(chunk.iter().map(|s| s.as_str()))?;
+            for id in chunk {
+                let Some(slot) = self.load(id)? else { continue };
+                let mut fx = Effects::default();
+                engine.evaluate(
+                    &mut slot.state,
+                    id,
+                    day,
+                    Cause::Recalibration,
+                    false,
+                    &new,
+                    &mut fx,
+                );
+                if !fx.outputs.is_empty() || fx.timer_moved.is_some() || fx.index_moved.is_some() {
+                    self.record(id, fx);
                 }
             }
-            self.record(&id, fx);
             if self.dirty.len() >= self.settings.raw.engine.batch_events {
                 self.flush()?;
             }
         }
         self.flush()
+    }
+
+    /// Check the incremental machinery against brute force (tests and debugging):
+    /// re-evaluate every customer at the clock with the thresholds in force, and
+    /// recompute the population sums with a scan. Changes nothing. Tiers are checked
+    /// once thresholds are frozen: on the stream's first day they are the live means,
+    /// which move with every event, and the first recalibration re-evaluates everyone.
+    pub fn audit(&mut self) -> Result<Audit, StoreError> {
+        self.flush()?;
+        let mut audit = Audit::default();
+        let Some(clock) = self.pop.clock else {
+            return Ok(audit);
+        };
+        let s = &*self.settings;
+        let t = self.thresholds();
+        let frozen = self.current_day.is_some();
+        let mut b = ThresholdsBuilder::default();
+        self.store.scan(Cf::Customers, &[], None, &mut |k, v| {
+            let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
+            let f = c.figures(clock, s);
+            b.add(f.recency_days, f.frequency, f.monetary_micros);
+            if frozen && c.published != Some(policy::tiers(&f, &t, s)) {
+                audit.tier_mismatches += 1;
+            }
+            Ok(true)
+        })?;
+        let exact = b.build(s, clock);
+        let live = self.pop.thresholds(None, None);
+        let hist_total: u128 = self.pop.monetary_hist.values().map(|(_, m)| *m).sum();
+        let hist_count: u64 = self.pop.monetary_hist.values().map(|(n, _)| *n).sum();
+        if (
+            exact.purchasers,
+            exact.sum_last_day,
+            exact.sum_frequency,
+            exact.sum_micros,
+        ) != (
+            live.purchasers,
+            live.sum_last_day,
+            live.sum_frequency,
+            live.sum_micros,
+        ) || (hist_count, hist_total) != (exact.purchasers, exact.sum_micros)
+        {
+            audit.population_drift = 1;
+        }
+        Ok(audit)
     }
 
     /// Write everything pending in one atomic batch and trim the cache.
@@ -403,9 +628,9 @@ impl<S: Store> Processor<S> {
         let mut meta = Vec::new();
         self.pop.encode(&mut meta);
         batch.put(Cf::Meta, META_POPULATION.to_vec(), meta);
-        if let Some(d) = self.calibrated_day {
+        if let Some(d) = self.current_day {
             let mut t = Vec::new();
-            encode_thresholds(d, &self.calibrated, &mut t);
+            encode_thresholds(d, &self.current, &mut t);
             batch.put(Cf::Meta, META_THRESHOLDS.to_vec(), t);
         }
         self.store.write(batch)?;

@@ -56,6 +56,7 @@ pub struct Summary {
     pub outputs: BTreeMap<&'static str, u64>,
     pub timers_fired: u64,
     pub recalibrations: u64,
+    pub recalibration_visits: u64,
     pub seconds: f64,
     pub events_per_second: f64,
 }
@@ -72,13 +73,14 @@ impl Summary {
         }
         writeln!(
             w,
-            "customers: {}; outputs: {} tier_changed, {} churn_warning, {} churn_recovered; timers fired: {}; recalibrations: {}",
+            "customers: {}; outputs: {} tier_changed, {} churn_warning, {} churn_recovered; timers fired: {}; recalibrations: {} ({} customers re-evaluated)",
             self.customers,
             self.outputs.get("tier_changed").unwrap_or(&0),
             self.outputs.get("churn_warning").unwrap_or(&0),
             self.outputs.get("churn_recovered").unwrap_or(&0),
             self.timers_fired,
-            self.recalibrations
+            self.recalibrations,
+            self.recalibration_visits
         )
     }
 }
@@ -159,10 +161,13 @@ pub fn run<S: Store>(
             let mut buf = Vec::with_capacity(256);
             while events.len() < CHUNK {
                 buf.clear();
-                let n = reader.read_until(b'\n', &mut buf).map_err(|source| ReplayError::Input {
-                    path: src.name.clone(),
-                    source,
-                })?;
+                let n =
+                    reader
+                        .read_until(b'\n', &mut buf)
+                        .map_err(|source| ReplayError::Input {
+                            path: src.name.clone(),
+                            source,
+                        })?;
                 if n == 0 {
                     eof = true;
                     break;
@@ -212,8 +217,10 @@ pub fn run<S: Store>(
     sum.late = c.late;
     sum.timers_fired = c.timers_fired;
     sum.recalibrations = c.recalibrations;
+    sum.recalibration_visits = c.recalibration_visits;
     for t in OutputType::ALL {
-        sum.outputs.insert(t.as_str(), *c.outputs.get(&t).unwrap_or(&0));
+        sum.outputs
+            .insert(t.as_str(), *c.outputs.get(&t).unwrap_or(&0));
     }
     sum.customers = proc.population().customers;
     sum.seconds = started.elapsed().as_secs_f64();
@@ -257,11 +264,19 @@ fn create(path: &Path, append: bool) -> Result<Box<dyn Write>, ReplayError> {
 }
 
 pub fn open_store(settings: &Settings, dir: &Path) -> Result<RocksStore, StoreError> {
-    RocksStore::open(dir, settings.raw.engine.block_cache_mb, settings.raw.engine.write_buffer_mb)
+    RocksStore::open(
+        dir,
+        settings.raw.engine.block_cache_mb,
+        settings.raw.engine.write_buffer_mb,
+    )
 }
 
 pub fn replay(settings: Arc<Settings>, args: ReplayArgs) -> Result<Summary, ReplayError> {
-    let sources = args.inputs.iter().map(|p| Source::open(p)).collect::<Result<Vec<_>, _>>()?;
+    let sources = args
+        .inputs
+        .iter()
+        .map(|p| Source::open(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let store = open_store(&settings, &args.state_dir)?;
     let mut proc = Processor::open(settings, store)?;
     let mut out = create(args.out.as_deref().unwrap_or(Path::new("-")), false)?;

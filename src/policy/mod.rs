@@ -68,7 +68,10 @@ impl Segment {
     pub fn is_important(self) -> bool {
         matches!(
             self,
-            Segment::ImportantValue | Segment::ImportantDevelop | Segment::ImportantKeep | Segment::ImportantRetain
+            Segment::ImportantValue
+                | Segment::ImportantDevelop
+                | Segment::ImportantKeep
+                | Segment::ImportantRetain
         )
     }
 
@@ -227,9 +230,11 @@ pub fn segment(f: &Figures, t: &Thresholds, s: &Settings) -> Segment {
         }
         ThresholdMode::Mean => {
             // Compare with the mean without dividing: x ≤ sum/n  ⇔  x·n ≤ sum, exact.
+            // Recency ≤ mean recency ⇔ last purchase day · n ≥ Σ last purchase days.
             let n = t.purchasers.max(1) as i128;
+            let last = (f.as_of - r) as i128;
             Segment::from_rfm(
-                r as i128 * n <= t.sum_recency as i128,
+                last * n >= t.sum_last_day as i128,
                 f.frequency as i128 * n >= t.sum_frequency as i128,
                 f.monetary_micros as i128 * n >= t.sum_micros as i128,
             )
@@ -334,7 +339,11 @@ pub fn severity(t: &Tiers) -> Severity {
 /// RFM scores 1–5, `None` without a purchase.
 pub fn scores(f: &Figures, t: &Thresholds) -> Option<(u8, u8, u8)> {
     let r = f.recency_days?;
-    Some((t.r_score(r), t.f_score(f.frequency), t.m_score(f.monetary_micros)))
+    Some((
+        t.r_score(r),
+        t.f_score(f.frequency),
+        t.m_score(f.monetary_micros),
+    ))
 }
 
 #[cfg(test)]
@@ -354,8 +363,14 @@ mod tests {
 
     #[test]
     fn segments_follow_the_table() {
-        assert_eq!(Segment::from_rfm(true, false, true).as_str(), "important_develop");
-        assert_eq!(Segment::from_rfm(false, true, false).as_str(), "general_keep");
+        assert_eq!(
+            Segment::from_rfm(true, false, true).as_str(),
+            "important_develop"
+        );
+        assert_eq!(
+            Segment::from_rfm(false, true, false).as_str(),
+            "general_keep"
+        );
         for s in Segment::ALL {
             assert_eq!(Segment::from_code(s.code()), Some(s));
         }
@@ -367,10 +382,14 @@ mod tests {
         let mut b = ThresholdsBuilder::default();
         b.add(Some(10), 2, 100);
         b.add(Some(20), 4, 300);
-        let t = b.build(&s);
+        let t = b.build(&s, 100);
         // Means: recency 15, frequency 3, monetary 200.
-        assert_eq!(segment(&figs(Some(15), 3, 200), &t, &s), Segment::ImportantValue);
-        assert_eq!(segment(&figs(Some(16), 2, 199), &t, &s), Segment::GeneralRetain);
+        let at = |r, f, m| Figures {
+            as_of: 100,
+            ..figs(Some(r), f, m)
+        };
+        assert_eq!(segment(&at(15, 3, 200), &t, &s), Segment::ImportantValue);
+        assert_eq!(segment(&at(16, 2, 199), &t, &s), Segment::GeneralRetain);
         assert_eq!(segment(&figs(None, 0, 0), &t, &s), Segment::None);
     }
 
@@ -381,7 +400,10 @@ mod tests {
         assert_eq!(lifecycle(&figs(Some(180), 20, 5), &s), Lifecycle::Lapsed);
         assert_eq!(lifecycle(&figs(Some(3), 12, 5), &s), Lifecycle::Super);
         assert_eq!(lifecycle(&figs(Some(3), 2, 5), &s), Lifecycle::Repeat);
-        assert_eq!(lifecycle(&figs(Some(3), 1, 5), &s), Lifecycle::FirstPurchase);
+        assert_eq!(
+            lifecycle(&figs(Some(3), 1, 5), &s),
+            Lifecycle::FirstPurchase
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //! Exact definitions (documented in README "Figures"):
 //! - means over customers with at least one purchase, kept as integer sums (`n`,
-//!   Σrecency, Σfrequency, Σmonetary in micro-units) so comparisons never round;
+//!   Σlast-purchase-day, Σfrequency, Σmonetary in micro-units) so comparisons never
+//!   round. Recency ≤ mean recency ⇔ last day · n ≥ Σ last days, which does not move
+//!   as the calendar turns, so one set of thresholds holds for a whole as-of day;
 //! - score = 1 + ⌊5·b/n⌋, where b is the number of purchasers strictly worse on that
 //!   figure (higher recency, lower frequency, lower monetary). Ties share a score. It
 //!   is stored as the four break points at which the score steps up;
@@ -15,7 +17,8 @@ use crate::config::Settings;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Thresholds {
     pub purchasers: u64,
-    pub sum_recency: i64,
+    /// Σ of purchasers' last purchase days (days since 1970-01-01).
+    pub sum_last_day: i64,
     pub sum_frequency: u64,
     pub sum_micros: u128,
     /// Score steps: score = 1 + #{k : x is strictly better than break[k]}.
@@ -91,9 +94,9 @@ impl ThresholdsBuilder {
         }
     }
 
-    pub fn build(mut self, s: &Settings) -> Thresholds {
+    pub fn build(mut self, s: &Settings, as_of: i32) -> Thresholds {
         let n = self.recency.len() as u64;
-        let sum_recency = self.recency.iter().map(|&r| r as i64).sum();
+        let sum_recency: i64 = self.recency.iter().map(|&r| r as i64).sum();
         let sum_frequency = self.frequency.iter().map(|&f| f as u64).sum();
         let sum_micros: u128 = self.monetary.iter().map(|&m| m as u128).sum();
         // Recency: worse = larger, so sort descending.
@@ -105,7 +108,7 @@ impl ThresholdsBuilder {
         let vt = &s.raw.value_tiers;
         Thresholds {
             purchasers: n,
-            sum_recency,
+            sum_last_day: n as i64 * as_of as i64 - sum_recency,
             sum_frequency,
             sum_micros,
             r_breaks: breaks(&self.recency),
@@ -128,16 +131,22 @@ mod tests {
         for i in 1..=10u32 {
             b.add(Some(i as i32), i, i as u64 * 10);
         }
-        let t = b.build(&s);
+        let t = b.build(&s, 100);
         // 10 customers: two per quintile.
-        assert_eq!((1..=10).map(|f| t.f_score(f)).collect::<Vec<_>>(), [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]);
-        assert_eq!((1..=10).map(|r| t.r_score(r)).collect::<Vec<_>>(), [5, 5, 4, 4, 3, 3, 2, 2, 1, 1]);
+        assert_eq!(
+            (1..=10).map(|f| t.f_score(f)).collect::<Vec<_>>(),
+            [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+        );
+        assert_eq!(
+            (1..=10).map(|r| t.r_score(r)).collect::<Vec<_>>(),
+            [5, 5, 4, 4, 3, 3, 2, 2, 1, 1]
+        );
         // Ties share the score of b = strictly-worse count.
         let mut b = ThresholdsBuilder::default();
         for f in [1, 1, 1, 1, 2] {
             b.add(Some(0), f, 0);
         }
-        let t = b.build(&s);
+        let t = b.build(&s, 100);
         assert_eq!((t.f_score(1), t.f_score(2)), (1, 5));
     }
 
@@ -149,7 +158,7 @@ mod tests {
         for m in [500, 200, 100, 100, 50, 50] {
             b.add(Some(1), 1, m);
         }
-        let t = b.build(&s);
+        let t = b.build(&s, 100);
         assert_eq!(t.pareto_high, Some(100));
         // 95%: 950 reached at the 5th (900+50).
         assert_eq!(t.pareto_medium, Some(50));

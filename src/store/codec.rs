@@ -5,7 +5,7 @@
 //! well under 200 bytes. A record with an unknown version or a truncated body is a
 //! corrupt store: the caller stops with a clear error rather than guessing.
 
-use crate::customer::{Bucket, CustomerState, Episode, Seen};
+use crate::customer::{Bucket, CustomerState, Episode, Indexed, Seen};
 use crate::day::Day;
 use crate::policy::{Lifecycle, RuleSet, Segment, Severity, Tiers, ValueTier};
 
@@ -155,10 +155,21 @@ pub fn encode_customer(c: &CustomerState, out: &mut Vec<u8>) {
             put_ivarint(out, d as i64);
         }
     }
+    match c.indexed {
+        None => out.push(0),
+        Some(i) => {
+            out.push(1);
+            put_ivarint(out, i.last_day as i64);
+            put_uvarint(out, i.frequency as u64);
+            put_uvarint(out, i.micros);
+        }
+    }
 }
 
 fn code<T: Copy>(all: &[T], c: u8) -> Result<T, CodecError> {
-    all.get(c as usize).copied().ok_or(CodecError("unknown enum code"))
+    all.get(c as usize)
+        .copied()
+        .ok_or(CodecError("unknown enum code"))
 }
 
 pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
@@ -176,14 +187,22 @@ pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
     c.purchase_days.reserve(n.min(4096));
     let mut prev: Day = 0;
     for i in 0..n {
-        let d = if i == 0 { r.day()? } else { prev + r.u32()? as Day };
+        let d = if i == 0 {
+            r.day()?
+        } else {
+            prev + r.u32()? as Day
+        };
         c.purchase_days.push(d);
         prev = d;
     }
     let n = r.uvarint()? as usize;
     c.buckets.reserve(n.min(4096));
     for i in 0..n {
-        let day = if i == 0 { r.day()? } else { prev + r.u32()? as Day };
+        let day = if i == 0 {
+            r.day()?
+        } else {
+            prev + r.u32()? as Day
+        };
         prev = day;
         c.buckets.push(Bucket {
             day,
@@ -216,6 +235,13 @@ pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
     if r.u8()? == 1 {
         c.timer = Some(r.day()?);
     }
+    if r.u8()? == 1 {
+        c.indexed = Some(Indexed {
+            last_day: r.day()?,
+            frequency: r.u32()?,
+            micros: r.uvarint()?,
+        });
+    }
     if !r.is_empty() {
         return Err(CodecError("trailing bytes"));
     }
@@ -225,7 +251,7 @@ pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
 /// Timer keys sort by due day, then customer: `(day as u32 ^ sign bit) BE ++ id`.
 pub fn timer_key(day: Day, customer_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + customer_id.len());
-    k.extend_from_slice(&((day as u32) ^ 0x8000_0000).to_be_bytes());
+    k.extend_from_slice(&day_be(day));
     k.extend_from_slice(customer_id.as_bytes());
     k
 }
@@ -237,6 +263,50 @@ pub fn decode_timer_key(k: &[u8]) -> Result<(Day, String), CodecError> {
     let day = (u32::from_be_bytes(k[..4].try_into().unwrap()) ^ 0x8000_0000) as i32;
     let id = String::from_utf8(k[4..].to_vec()).map_err(|_| CodecError("timer key not UTF-8"))?;
     Ok((day, id))
+}
+
+fn day_be(day: Day) -> [u8; 4] {
+    ((day as u32) ^ 0x8000_0000).to_be_bytes()
+}
+
+/// Index keys: the figure, big-endian so keys sort by it, then the customer id.
+/// Monetary is stored as `u64::MAX − micros` so a forward scan walks the biggest
+/// spenders first (the Pareto walk).
+pub fn index_key(kind: crate::store::Cf, idx: &Indexed, customer_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + customer_id.len());
+    match kind {
+        crate::store::Cf::ByLastDay => k.extend_from_slice(&day_be(idx.last_day)),
+        crate::store::Cf::ByFrequency => k.extend_from_slice(&idx.frequency.to_be_bytes()),
+        crate::store::Cf::ByMonetary => k.extend_from_slice(&(u64::MAX - idx.micros).to_be_bytes()),
+        other => panic!("{other:?} is not an index"),
+    }
+    k.extend_from_slice(customer_id.as_bytes());
+    k
+}
+
+pub fn last_day_prefix(day: Day) -> [u8; 4] {
+    day_be(day)
+}
+
+/// Split an index key into its figure (as u64, monetary un-inverted) and customer id.
+pub fn decode_index_key(kind: crate::store::Cf, k: &[u8]) -> Result<(i64, &str), CodecError> {
+    let width = if kind == crate::store::Cf::ByMonetary {
+        8
+    } else {
+        4
+    };
+    if k.len() < width {
+        return Err(CodecError("short index key"));
+    }
+    let id = std::str::from_utf8(&k[width..]).map_err(|_| CodecError("index key not UTF-8"))?;
+    let v = match kind {
+        crate::store::Cf::ByLastDay => {
+            ((u32::from_be_bytes(k[..4].try_into().unwrap()) ^ 0x8000_0000) as i32) as i64
+        }
+        crate::store::Cf::ByFrequency => u32::from_be_bytes(k[..4].try_into().unwrap()) as i64,
+        _ => (u64::MAX - u64::from_be_bytes(k[..8].try_into().unwrap())) as i64,
+    };
+    Ok((v, id))
 }
 
 /// Archived event-id hash key: `customer_id ++ 0x00 ++ hash BE`.
@@ -262,17 +332,43 @@ mod tests {
             lifetime_micros: 12_345_678,
             purchase_days: vec![-5, 10, 20_000],
             buckets: vec![
-                Bucket { day: 10, purchases: 1, micros: 5, interactions: 2, complaints: 1, high_complaints: 1 },
-                Bucket { day: 20_000, purchases: 2, micros: 9, ..Bucket::default() },
+                Bucket {
+                    day: 10,
+                    purchases: 1,
+                    micros: 5,
+                    interactions: 2,
+                    complaints: 1,
+                    high_complaints: 1,
+                },
+                Bucket {
+                    day: 20_000,
+                    purchases: 2,
+                    micros: 9,
+                    ..Bucket::default()
+                },
             ],
-            seen: vec![Seen { hash: 1, day: 10 }, Seen { hash: u64::MAX, day: 20_000 }],
+            seen: vec![
+                Seen { hash: 1, day: 10 },
+                Seen {
+                    hash: u64::MAX,
+                    day: 20_000,
+                },
+            ],
             published: Some(Tiers {
                 rfm_segment: Segment::GeneralKeep,
                 value_tier: ValueTier::Medium,
                 lifecycle: Lifecycle::Lapsed,
             }),
-            episode: Some(Episode { reasons, severity: Severity::High }),
+            episode: Some(Episode {
+                reasons,
+                severity: Severity::High,
+            }),
             timer: Some(-3),
+            indexed: Some(Indexed {
+                last_day: 20_000,
+                frequency: 2,
+                micros: 9,
+            }),
         };
         let mut buf = Vec::new();
         encode_customer(&c, &mut buf);
@@ -285,12 +381,22 @@ mod tests {
 
     #[test]
     fn timer_keys_sort_by_day_then_id() {
-        let mut keys = vec![timer_key(5, "b"), timer_key(-1, "z"), timer_key(5, "a"), timer_key(300, "a")];
+        let mut keys = vec![
+            timer_key(5, "b"),
+            timer_key(-1, "z"),
+            timer_key(5, "a"),
+            timer_key(300, "a"),
+        ];
         keys.sort();
         let decoded: Vec<_> = keys.iter().map(|k| decode_timer_key(k).unwrap()).collect();
         assert_eq!(
             decoded,
-            vec![(-1, "z".into()), (5, "a".into()), (5, "b".into()), (300, "a".into())]
+            vec![
+                (-1, "z".into()),
+                (5, "a".into()),
+                (5, "b".into()),
+                (300, "a".into())
+            ]
         );
     }
 }

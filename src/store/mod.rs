@@ -8,6 +8,9 @@
 //! - `timers`: (due day, customer_id) → empty; the calendar of pending re-evaluations
 //! - `dedupe`: (customer_id, event-id hash) → empty; ids of events older than retention
 //! - `meta`: small singletons (stream clock, population summary, thresholds, offsets)
+//! - `by_last_day`, `by_frequency`, `by_monetary`: (figure, customer_id) → empty;
+//!   secondary indexes of purchasers, so a recalibration visits only the customers
+//!   between an old and a new threshold, and the Pareto walk reads keys only
 
 pub mod codec;
 pub mod rocks;
@@ -21,10 +24,22 @@ pub enum Cf {
     Timers,
     Dedupe,
     Meta,
+    ByLastDay,
+    ByFrequency,
+    ByMonetary,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 4] = [Cf::Customers, Cf::Timers, Cf::Dedupe, Cf::Meta];
+    pub const ALL: [Cf; 7] = [
+        Cf::Customers,
+        Cf::Timers,
+        Cf::Dedupe,
+        Cf::Meta,
+        Cf::ByLastDay,
+        Cf::ByFrequency,
+        Cf::ByMonetary,
+    ];
+    pub const INDEXES: [Cf; 3] = [Cf::ByLastDay, Cf::ByFrequency, Cf::ByMonetary];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -32,6 +47,9 @@ impl Cf {
             Cf::Timers => "timers",
             Cf::Dedupe => "dedupe",
             Cf::Meta => "meta",
+            Cf::ByLastDay => "by_last_day",
+            Cf::ByFrequency => "by_frequency",
+            Cf::ByMonetary => "by_monetary",
         }
     }
 }
@@ -74,11 +92,14 @@ pub trait Store: Send {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
     fn write(&self, batch: Batch) -> Result<(), StoreError>;
-    /// Visit keys ≥ `from` in order until `f` returns `false`.
+    /// Visit keys in `from..to` (`to` exclusive, `None` = to the end) in order until
+    /// `f` returns `false`. A bound lets RocksDB stop at it rather than step over
+    /// deleted keys up to the next live one.
     fn scan(
         &self,
         cf: Cf,
         from: &[u8],
+        to: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError>;
 }
@@ -91,7 +112,12 @@ pub struct MemStore {
 
 impl Store for MemStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.cfs.lock().unwrap().get(&cf).and_then(|m| m.get(key).cloned()))
+        Ok(self
+            .cfs
+            .lock()
+            .unwrap()
+            .get(&cf)
+            .and_then(|m| m.get(key).cloned()))
     }
 
     fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
@@ -114,6 +140,7 @@ impl Store for MemStore {
         &self,
         cf: Cf,
         from: &[u8],
+        to: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         // Copy out so `f` may not deadlock by touching the store (it does not, but the
@@ -121,7 +148,11 @@ impl Store for MemStore {
         let items: Vec<(Vec<u8>, Vec<u8>)> = {
             let cfs = self.cfs.lock().unwrap();
             match cfs.get(&cf) {
-                Some(m) => m.range(from.to_vec()..).map(|(k, v)| (k.clone(), v.clone())).collect(),
+                Some(m) => m
+                    .range(from.to_vec()..)
+                    .take_while(|(k, _)| to.is_none_or(|t| k.as_slice() < t))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 None => Vec::new(),
             }
         };
@@ -150,8 +181,9 @@ impl<T: Store + Sync> Store for &T {
         &self,
         cf: Cf,
         from: &[u8],
+        to: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        (**self).scan(cf, from, f)
+        (**self).scan(cf, from, to, f)
     }
 }

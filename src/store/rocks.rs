@@ -9,7 +9,9 @@
 
 use std::path::Path;
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, ReadOptions, WriteBatch, DB,
+};
 
 use super::{Batch, Cf, Store, StoreError};
 
@@ -22,9 +24,14 @@ fn backend(e: rocksdb::Error) -> StoreError {
 }
 
 impl RocksStore {
-    pub fn open(path: &Path, block_cache_mb: usize, write_buffer_mb: usize) -> Result<RocksStore, StoreError> {
-        std::fs::create_dir_all(path)
-            .map_err(|e| StoreError::Backend(format!("cannot create state dir {}: {e}", path.display())))?;
+    pub fn open(
+        path: &Path,
+        block_cache_mb: usize,
+        write_buffer_mb: usize,
+    ) -> Result<RocksStore, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| {
+            StoreError::Backend(format!("cannot create state dir {}: {e}", path.display()))
+        })?;
         let cache = Cache::new_lru_cache(block_cache_mb.max(1) * 1024 * 1024);
         let cf_opts = |cf: Cf| {
             let mut table = BlockBasedOptions::default();
@@ -58,14 +65,21 @@ impl RocksStore {
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(cf.name()).expect("column families are created at open")
+        self.db
+            .cf_handle(cf.name())
+            .expect("column families are created at open")
     }
 
     /// A RocksDB integer property summed over the column families (for metrics/docs).
     pub fn property(&self, name: &str) -> u64 {
         Cf::ALL
             .iter()
-            .filter_map(|&cf| self.db.property_int_value_cf(self.cf(cf), name).ok().flatten())
+            .filter_map(|&cf| {
+                self.db
+                    .property_int_value_cf(self.cf(cf), name)
+                    .ok()
+                    .flatten()
+            })
             .sum()
     }
 }
@@ -84,7 +98,11 @@ impl Store for RocksStore {
             .collect()
     }
 
-    fn write(&self, batch: Batch) -> Result<(), StoreError> {
+    fn write(&self, mut batch: Batch) -> Result<(), StoreError> {
+        // Inserting into the memtable's skip list in key order lets each insert start
+        // from the previous one's position. The sort is stable, so several writes to
+        // one key keep their order (last wins, as written).
+        batch.ops.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         let mut wb = WriteBatch::default();
         for (cf, k, v) in &batch.ops {
             let h = self.cf(*cf);
@@ -100,9 +118,14 @@ impl Store for RocksStore {
         &self,
         cf: Cf,
         from: &[u8],
+        to: Option<&[u8]>,
         f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let mut it = self.db.raw_iterator_cf(self.cf(cf));
+        let mut opts = ReadOptions::default();
+        if let Some(t) = to {
+            opts.set_iterate_upper_bound(t.to_vec());
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), opts);
         it.seek(from);
         while it.valid() {
             if !f(it.key().unwrap(), it.value().unwrap())? {

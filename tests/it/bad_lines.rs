@@ -8,8 +8,25 @@ use crate::util::*;
 fn bad_lines_go_to_the_dead_letter_and_change_nothing() {
     let tmp = tempdir();
     let gen = tmp.path().join("g.jsonl");
-    run_ok(strata().args(["gen", "--customers", "200", "--days", "90", "--seed", "8", "--out"]).arg(&gen));
-    let good: Vec<String> = std::fs::read_to_string(&gen).unwrap().lines().map(String::from).collect();
+    run_ok(
+        strata()
+            .args([
+                "gen",
+                "--customers",
+                "200",
+                "--days",
+                "90",
+                "--seed",
+                "8",
+                "--out",
+            ])
+            .arg(&gen),
+    );
+    let good: Vec<String> = std::fs::read_to_string(&gen)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     let bad = bad_lines();
     let mut mixed = Vec::new();
     let mut expected = Vec::new();
@@ -32,7 +49,12 @@ fn bad_lines_go_to_the_dead_letter_and_change_nothing() {
     let (out_mixed, dead, stderr) = replay(&tmp.path().join("mixed"), &[&input], &[]);
     let got: Vec<(u64, String)> = dead
         .iter()
-        .map(|d| (d["line"].as_u64().unwrap(), d["reason"].as_str().unwrap().to_string()))
+        .map(|d| {
+            (
+                d["line"].as_u64().unwrap(),
+                d["reason"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let want: Vec<(u64, String)> = expected.iter().map(|(l, r)| (*l, r.to_string())).collect();
     assert_eq!(got, want);
@@ -40,10 +62,16 @@ fn bad_lines_go_to_the_dead_letter_and_change_nothing() {
         assert_eq!(d["source"], input.display().to_string());
         assert!(!d["detail"].as_str().unwrap().is_empty());
     }
-    assert!(stderr.contains(&format!("{} bad", expected.len())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} bad", expected.len())),
+        "{stderr}"
+    );
 
     let (out_good, dead_good, _) = replay(&tmp.path().join("good"), &[&gen], &[]);
     assert!(dead_good.is_empty());
     assert_eq!(out_mixed, out_good, "bad lines must not change any output");
-    assert_eq!(dump(&tmp.path().join("mixed"), None, &[]), dump(&tmp.path().join("good"), None, &[]));
+    assert_eq!(
+        dump(&tmp.path().join("mixed"), None, &[]),
+        dump(&tmp.path().join("good"), None, &[])
+    );
 }

@@ -34,30 +34,53 @@ fn config_check_prints_defaults_and_env_overrides() {
 fn config_file_values_and_errors_name_the_key() {
     let tmp = tempdir();
     let good = tmp.path().join("good.toml");
-    std::fs::write(&good, "[churn]\noverdue_min_days = 21\n[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n").unwrap();
+    std::fs::write(
+        &good,
+        "[churn]\noverdue_min_days = 21\n[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n",
+    )
+    .unwrap();
     let (ok, out, err) = stderr_of(strata().args(["config", "check", "--config"]).arg(&good));
     assert!(ok, "{err}");
-    assert!(out.contains("overdue_min_days = 21") && out.contains("SASL_SSL"), "{out}");
+    assert!(
+        out.contains("overdue_min_days = 21") && out.contains("SASL_SSL"),
+        "{out}"
+    );
 
     let typo = tmp.path().join("typo.toml");
     std::fs::write(&typo, "[engine]\nwindow_dayz = 30\n").unwrap();
     let (ok, _, err) = stderr_of(strata().args(["config", "check", "--config"]).arg(&typo));
     assert!(!ok);
-    assert!(err.contains("window_dayz") && err.contains("engine"), "{err}");
+    assert!(
+        err.contains("window_dayz") && err.contains("engine"),
+        "{err}"
+    );
 
-    let (ok, _, err) = stderr_of(strata().args(["config", "check"]).env("STRATA_VALUE_TIERS__HIGH_SHARE", "1.5"));
+    let (ok, _, err) = stderr_of(
+        strata()
+            .args(["config", "check"])
+            .env("STRATA_VALUE_TIERS__HIGH_SHARE", "1.5"),
+    );
     assert!(!ok);
     assert!(err.contains("value_tiers.high_share"), "{err}");
 
-    let (ok, _, err) = stderr_of(strata().args(["config", "check"]).env("STRATA_ENGINE__WINDOW_DAYS", "many"));
+    let (ok, _, err) = stderr_of(
+        strata()
+            .args(["config", "check"])
+            .env("STRATA_ENGINE__WINDOW_DAYS", "many"),
+    );
     assert!(!ok);
     assert!(err.contains("engine.window_days"), "{err}");
 
-    let (ok, _, err) = stderr_of(strata().args(["config", "check"]).env("STRATA_SEGMENTS__THRESHOLDS", "median"));
+    let (ok, _, err) = stderr_of(
+        strata()
+            .args(["config", "check"])
+            .env("STRATA_SEGMENTS__THRESHOLDS", "median"),
+    );
     assert!(!ok);
     assert!(err.contains("segments.thresholds"), "{err}");
 
-    let (ok, _, err) = stderr_of(strata().args(["config", "check", "--config", "/nonexistent/strata.toml"]));
+    let (ok, _, err) =
+        stderr_of(strata().args(["config", "check", "--config", "/nonexistent/strata.toml"]));
     assert!(!ok);
     assert!(err.contains("/nonexistent/strata.toml"), "{err}");
 }
@@ -67,15 +90,34 @@ fn helpful_errors_for_missing_inputs_and_state() {
     let tmp = tempdir();
     let (ok, _, err) = stderr_of(
         strata()
-            .args(["replay", "--input", "/nonexistent/events.jsonl", "--state-dir"])
+            .args([
+                "replay",
+                "--input",
+                "/nonexistent/events.jsonl",
+                "--state-dir",
+            ])
             .arg(tmp.path().join("s")),
     );
     assert!(!ok);
     assert!(err.contains("/nonexistent/events.jsonl"), "{err}");
-    let (ok, _, err) = stderr_of(strata().args(["state", "dump", "--state-dir"]).arg(tmp.path().join("nothing")));
+    let (ok, _, err) = stderr_of(
+        strata()
+            .args(["state", "dump", "--state-dir"])
+            .arg(tmp.path().join("nothing")),
+    );
     assert!(!ok);
     assert!(err.contains("not a strata state dir"), "{err}");
-    let (ok, _, err) = stderr_of(strata().args(["gen", "--customers", "1", "--days", "1", "--seed", "1", "--start", "tomorrow"]));
+    let (ok, _, err) = stderr_of(strata().args([
+        "gen",
+        "--customers",
+        "1",
+        "--days",
+        "1",
+        "--seed",
+        "1",
+        "--start",
+        "tomorrow",
+    ]));
     assert!(!ok);
     assert!(err.contains("YYYY-MM-DD"), "{err}");
 }
@@ -84,7 +126,20 @@ fn helpful_errors_for_missing_inputs_and_state() {
 fn state_get_matches_the_dump_and_reads_stdin_replays() {
     let tmp = tempdir();
     let gen = tmp.path().join("g.jsonl");
-    run_ok(strata().args(["gen", "--customers", "50", "--days", "60", "--seed", "4", "--out"]).arg(&gen));
+    run_ok(
+        strata()
+            .args([
+                "gen",
+                "--customers",
+                "50",
+                "--days",
+                "60",
+                "--seed",
+                "4",
+                "--out",
+            ])
+            .arg(&gen),
+    );
     let state = tmp.path().join("state");
     let o = run_ok(
         strata()
@@ -92,13 +147,24 @@ fn state_get_matches_the_dump_and_reads_stdin_replays() {
             .arg(&state)
             .stdin(std::fs::File::open(&gen).unwrap()),
     );
-    assert!(!json_lines(&o.stdout).is_empty(), "outputs default to stdout");
+    assert!(
+        !json_lines(&o.stdout).is_empty(),
+        "outputs default to stdout"
+    );
     let d = dump(&state, None, &[]);
     let first = &d[0];
     let id = first["customer_id"].as_str().unwrap();
-    let g = run_ok(strata().args(["state", "get", id, "--state-dir"]).arg(&state));
+    let g = run_ok(
+        strata()
+            .args(["state", "get", id, "--state-dir"])
+            .arg(&state),
+    );
     assert_eq!(&json_lines(&g.stdout)[0], first);
-    let (ok, _, err) = stderr_of(strata().args(["state", "get", "nobody", "--state-dir"]).arg(&state));
+    let (ok, _, err) = stderr_of(
+        strata()
+            .args(["state", "get", "nobody", "--state-dir"])
+            .arg(&state),
+    );
     assert!(!ok && err.contains("nobody"), "{err}");
 }
 
@@ -109,5 +175,8 @@ fn demo_runs_without_kafka_and_prints_outputs() {
     assert!(outs.iter().any(|v| v["type"] == "tier_changed"));
     assert!(outs.iter().any(|v| v["type"] == "churn_warning"));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("population as of") && err.contains("rfm_segment"), "{err}");
+    assert!(
+        err.contains("population as of") && err.contains("rfm_segment"),
+        "{err}"
+    );
 }

@@ -5,16 +5,16 @@
 
 mod util;
 
+/// Bad lines land in the dead letter with their reason; good ones are unaffected.
+mod bad_lines;
+/// Config file, env overrides, unknown keys; CLI errors.
+mod cli;
 /// Replays of a generated stream and of real CDNOW transactions, compared customer by
 /// customer with figures recomputed here from the raw events.
 mod oracle;
 /// Order independence, idempotent re-replay, split replay (proptest + CLI).
 mod properties;
-/// Timers: churn warnings and tier changes driven by the calendar alone.
-mod timers;
-/// Bad lines land in the dead letter with their reason; good ones are unaffected.
-mod bad_lines;
 /// JSON Schemas agree with the parser; outputs and dumps validate.
 mod schemas;
-/// Config file, env overrides, unknown keys; CLI errors.
-mod cli;
+/// Timers: churn warnings and tier changes driven by the calendar alone.
+mod timers;

@@ -150,15 +150,26 @@ fn expected(events: &[Ev], as_of: i64) -> BTreeMap<String, Value> {
             by_customer.entry(&e.customer).or_default().push(e);
         }
     }
-    let figs: BTreeMap<&str, Figs> = by_customer.iter().map(|(c, evs)| (*c, figures(evs, as_of))).collect();
+    let figs: BTreeMap<&str, Figs> = by_customer
+        .iter()
+        .map(|(c, evs)| (*c, figures(evs, as_of)))
+        .collect();
     let buyers: Vec<&Figs> = figs.values().filter(|f| f.recency.is_some()).collect();
     let n = buyers.len() as f64;
-    let mean_r = buyers.iter().map(|f| f.recency.unwrap() as f64).sum::<f64>() / n;
+    let mean_r = buyers
+        .iter()
+        .map(|f| f.recency.unwrap() as f64)
+        .sum::<f64>()
+        / n;
     let mean_f = buyers.iter().map(|f| f.frequency as f64).sum::<f64>() / n;
     let mean_m = buyers.iter().map(|f| f.monetary as f64).sum::<f64>() / n;
     let score = |worse: usize| 1 + (5 * worse) / buyers.len();
     // Pareto cut-offs.
-    let mut desc: Vec<i64> = figs.values().map(|f| f.monetary).filter(|&m| m > 0).collect();
+    let mut desc: Vec<i64> = figs
+        .values()
+        .map(|f| f.monetary)
+        .filter(|&m| m > 0)
+        .collect();
     desc.sort_unstable_by(|a, b| b.cmp(a));
     let total: i64 = desc.iter().sum();
     let cutoff = |share: f64| {
@@ -218,7 +229,11 @@ fn expected(events: &[Ev], as_of: i64) -> BTreeMap<String, Value> {
             risk.push("complaints");
         }
         if let Some(r) = f.recency {
-            let limit = if f.purchase_days >= 2 { (14f64).max(3.0 * f.mip.unwrap()) } else { 60.0 };
+            let limit = if f.purchase_days >= 2 {
+                (14f64).max(3.0 * f.mip.unwrap())
+            } else {
+                60.0
+            };
             if r as f64 > limit {
                 risk.push("overdue");
             }
@@ -267,7 +282,9 @@ fn compare(dump: &[Value], want: &BTreeMap<String, Value>) {
     let mut mismatches = Vec::new();
     for got in dump {
         let id = got["customer_id"].as_str().unwrap();
-        let exp = want.get(id).unwrap_or_else(|| panic!("unexpected customer {id}"));
+        let exp = want
+            .get(id)
+            .unwrap_or_else(|| panic!("unexpected customer {id}"));
         for (k, v) in exp.as_object().unwrap() {
             if !close(&got[k], v) {
                 mismatches.push(format!("{id}.{k}: got {} want {}", got[k], v));
@@ -377,19 +394,39 @@ fn messy(clean: Vec<Value>, offset_hours: i32, seed: u64) -> Stream {
 }
 
 fn check_dead_letters(dead: &[Value], want: &[&'static str]) {
-    let mut got: Vec<String> = dead.iter().map(|d| d["reason"].as_str().unwrap().to_string()).collect();
+    let mut got: Vec<String> = dead
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap().to_string())
+        .collect();
     let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
     got.sort();
     want.sort();
     assert_eq!(got, want);
-    assert!(dead.iter().all(|d| d["raw"].is_string() && d["line"].as_u64().unwrap() > 0));
+    assert!(dead
+        .iter()
+        .all(|d| d["raw"].is_string() && d["line"].as_u64().unwrap() > 0));
 }
 
 #[test]
 fn generated_stream_matches_the_oracle() {
     let tmp = tempdir();
     let gen = tmp.path().join("gen.jsonl");
-    run_ok(strata().args(["gen", "--customers", "5000", "--days", "365", "--seed", "11", "--start", "2025-06-01", "--out"]).arg(&gen));
+    run_ok(
+        strata()
+            .args([
+                "gen",
+                "--customers",
+                "5000",
+                "--days",
+                "365",
+                "--seed",
+                "11",
+                "--start",
+                "2025-06-01",
+                "--out",
+            ])
+            .arg(&gen),
+    );
     let clean = read_json_lines(&gen);
     let stream = messy(clean, 0, 5);
     assert!(stream.events >= 50_000, "only {} events", stream.events);
@@ -421,8 +458,13 @@ fn cdnow_real_transactions_match_the_oracle_in_shanghai() {
         let cols: Vec<&str> = line.split_whitespace().collect();
         let date = NaiveDate::parse_from_str(cols[1], "%Y%m%d").unwrap();
         let secs = (i as u32 * 7919) % 86_400;
-        let local = date.and_hms_opt(secs / 3600, (secs / 60) % 60, secs % 60).unwrap();
-        let t = FixedOffset::east_opt(8 * 3600).unwrap().from_local_datetime(&local).unwrap();
+        let local = date
+            .and_hms_opt(secs / 3600, (secs / 60) % 60, secs % 60)
+            .unwrap();
+        let t = FixedOffset::east_opt(8 * 3600)
+            .unwrap()
+            .from_local_datetime(&local)
+            .unwrap();
         // Stored as UTC ("Z"): a purchase before 08:00 Shanghai time is on the
         // previous UTC day, which must not matter.
         clean.push(json!({
@@ -444,6 +486,9 @@ fn cdnow_real_transactions_match_the_oracle_in_shanghai() {
     check_dead_letters(&dead, &stream.bad);
     for as_of in ["1998-06-30", "1998-10-15"] {
         let day = epoch_day(NaiveDate::parse_from_str(as_of, "%Y-%m-%d").unwrap());
-        compare(&dump(&state, Some(as_of), &env), &expected(&stream.good, day));
+        compare(
+            &dump(&state, Some(as_of), &env),
+            &expected(&stream.good, day),
+        );
     }
 }

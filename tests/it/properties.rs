@@ -9,7 +9,7 @@ use serde_json::Value;
 use strata::config::Settings;
 use strata::dump::{self, DumpRecord};
 use strata::event::{ComplaintSeverity, Event, EventKind};
-use strata::processor::Processor;
+use strata::processor::{Audit, Processor};
 use strata::store::MemStore;
 
 use crate::util::*;
@@ -58,7 +58,13 @@ fn run(store: &MemStore, parts: &[&[Event]]) -> usize {
         }
         p.flush().unwrap();
         outputs += p.take_outputs().len();
-        assert_eq!(p.counters.population_drift, 0, "incremental population sums drifted");
+        // The incremental machinery (population sums, monetary histogram, indexes that
+        // steer recalibration) must agree with brute force.
+        assert_eq!(
+            p.audit().unwrap(),
+            Audit::default(),
+            "incremental state disagrees with a full scan"
+        );
     }
     outputs
 }
@@ -119,8 +125,25 @@ proptest! {
 fn cli_replay_is_idempotent_and_splittable() {
     let tmp = tempdir();
     let gen = tmp.path().join("g.jsonl");
-    run_ok(strata().args(["gen", "--customers", "300", "--days", "200", "--seed", "3", "--out"]).arg(&gen));
-    let lines: Vec<String> = std::fs::read_to_string(&gen).unwrap().lines().map(String::from).collect();
+    run_ok(
+        strata()
+            .args([
+                "gen",
+                "--customers",
+                "300",
+                "--days",
+                "200",
+                "--seed",
+                "3",
+                "--out",
+            ])
+            .arg(&gen),
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&gen)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     let (a, b) = lines.split_at(lines.len() / 2);
     let first = tmp.path().join("first.jsonl");
     let second = tmp.path().join("second.jsonl");
@@ -131,16 +154,31 @@ fn cli_replay_is_idempotent_and_splittable() {
     let (out_whole, _, _) = replay(&whole, &[&gen], &[]);
     let dump_whole = dump(&whole, None, &[]);
     let (again, _, stderr) = replay(&whole, &[&gen], &[]);
-    assert!(again.is_empty(), "second replay published {} events", again.len());
-    assert!(stderr.contains(&format!("0 applied, {} duplicate", lines.len())), "{stderr}");
+    assert!(
+        again.is_empty(),
+        "second replay published {} events",
+        again.len()
+    );
+    assert!(
+        stderr.contains(&format!("0 applied, {} duplicate", lines.len())),
+        "{stderr}"
+    );
     assert_eq!(dump(&whole, None, &[]), dump_whole);
 
     let split = tmp.path().join("split");
     let (out1, _, _) = replay(&split, &[&first], &[]);
     let (out2, _, _) = replay(&split, &[&second], &[]);
     assert_eq!(dump(&split, None, &[]), dump_whole);
-    let ids = |v: &[Value]| v.iter().map(|o| o["event_id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let ids = |v: &[Value]| {
+        v.iter()
+            .map(|o| o["event_id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
     let mut joined = ids(&out1);
     joined.extend(ids(&out2));
-    assert_eq!(joined, ids(&out_whole), "same outputs with the same deterministic ids");
+    assert_eq!(
+        joined,
+        ids(&out_whole),
+        "same outputs with the same deterministic ids"
+    );
 }

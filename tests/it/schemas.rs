@@ -92,7 +92,11 @@ fn corpus() -> Vec<Value> {
 
 #[test]
 fn parser_and_input_schemas_agree() {
-    let validators = [("purchase", schema("purchase")), ("interaction", schema("interaction")), ("complaint", schema("complaint"))];
+    let validators = [
+        ("purchase", schema("purchase")),
+        ("interaction", schema("interaction")),
+        ("complaint", schema("complaint")),
+    ];
     let ctx = ParseContext::for_files(&Settings::defaults());
     let mut accepted = 0;
     for ev in corpus() {
@@ -119,22 +123,48 @@ fn outputs_and_dumps_validate() {
     let dump_schema = schema("state_dump");
     let tmp = tempdir();
     let gen = tmp.path().join("g.jsonl");
-    run_ok(strata().args(["gen", "--customers", "400", "--days", "240", "--seed", "21", "--out"]).arg(&gen));
+    run_ok(
+        strata()
+            .args([
+                "gen",
+                "--customers",
+                "400",
+                "--days",
+                "240",
+                "--seed",
+                "21",
+                "--out",
+            ])
+            .arg(&gen),
+    );
     let state = tmp.path().join("state");
     let (outputs, _, _) = replay(&state, &[&gen], &[]);
     let mut seen = std::collections::BTreeSet::new();
     for o in &outputs {
         let t = o["type"].as_str().unwrap();
-        let (_, v) = outs.iter().find(|(n, _)| *n == t).unwrap_or_else(|| panic!("unknown output type {t}"));
+        let (_, v) = outs
+            .iter()
+            .find(|(n, _)| *n == t)
+            .unwrap_or_else(|| panic!("unknown output type {t}"));
         let errors: Vec<String> = v.iter_errors(o).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "{o} does not match its schema: {errors:?}");
+        assert!(
+            errors.is_empty(),
+            "{o} does not match its schema: {errors:?}"
+        );
         seen.insert(t.to_string());
     }
-    assert_eq!(seen.len(), 3, "the stream should produce all three output types: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        3,
+        "the stream should produce all three output types: {seen:?}"
+    );
     let d = dump(&state, Some("2026-12-31"), &[]);
     assert!(!d.is_empty());
     for r in &d {
         let errors: Vec<String> = dump_schema.iter_errors(r).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "{r} does not match state_dump: {errors:?}");
+        assert!(
+            errors.is_empty(),
+            "{r} does not match state_dump: {errors:?}"
+        );
     }
 }

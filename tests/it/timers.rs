@@ -45,7 +45,10 @@ fn overdue_fires_from_the_timer_alone_then_recovers() {
     assert_eq!(w["triggers"]["overdue"]["threshold_days"], 30.0);
     assert_eq!(w["severity"], "high");
 
-    let recovered: Vec<&&Value> = x.iter().filter(|o| o["type"] == "churn_recovered").collect();
+    let recovered: Vec<&&Value> = x
+        .iter()
+        .filter(|o| o["type"] == "churn_recovered")
+        .collect();
     assert_eq!(recovered.len(), 1);
     assert_eq!(recovered[0]["cause_event_id"], "x-60");
     assert_eq!(recovered[0]["reasons"], json!(["overdue"]));
@@ -65,15 +68,27 @@ fn window_expiry_and_lapse_follow_the_calendar() {
     write_lines(&input, &lines);
     let state = tmp.path().join("state");
     let (outputs, _, _) = replay(&state, &[&input], &[]);
-    let y: Vec<&Value> = outputs.iter().filter(|o| o["customer_id"] == "Y" && o["type"] == "tier_changed").collect();
-    let lapsed = y.iter().find(|o| o["to"]["lifecycle"] == "lapsed").expect("Y lapses");
+    let y: Vec<&Value> = outputs
+        .iter()
+        .filter(|o| o["customer_id"] == "Y" && o["type"] == "tier_changed")
+        .collect();
+    let lapsed = y
+        .iter()
+        .find(|o| o["to"]["lifecycle"] == "lapsed")
+        .expect("Y lapses");
     assert_eq!(lapsed["as_of"], date(180));
     assert_eq!(lapsed["cause_event_id"], "timer");
     // The day-0 purchase leaves the 365-day window on day 365: frequency drops to 0.
-    let expired = y.iter().find(|o| o["rfm"]["frequency"] == 0).expect("the purchase expires");
+    let expired = y
+        .iter()
+        .find(|o| o["rfm"]["frequency"] == 0)
+        .expect("the purchase expires");
     assert_eq!(expired["as_of"], date(365));
     let d = dump(&state, None, &[]);
     let yd = d.iter().find(|r| r["customer_id"] == "Y").unwrap();
-    assert_eq!((yd["frequency"].as_u64(), yd["lifetime_purchases"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (yd["frequency"].as_u64(), yd["lifetime_purchases"].as_u64()),
+        (Some(0), Some(1))
+    );
     assert_eq!(yd["recency_days"], 370);
 }

@@ -40,13 +40,23 @@ pub fn read_json_lines(path: &Path) -> Vec<Value> {
 }
 
 /// `strata replay` over `inputs` into `state`; returns (outputs, dead letters, stderr).
-pub fn replay(state: &Path, inputs: &[&Path], extra_env: &[(&str, &str)]) -> (Vec<Value>, Vec<Value>, String) {
+pub fn replay(
+    state: &Path,
+    inputs: &[&Path],
+    extra_env: &[(&str, &str)],
+) -> (Vec<Value>, Vec<Value>, String) {
     let dir = state.parent().unwrap();
     let tag = state.file_name().unwrap().to_string_lossy().to_string();
     let out = dir.join(format!("{tag}.out.jsonl"));
     let dl = dir.join(format!("{tag}.dead.jsonl"));
     let mut cmd = strata();
-    cmd.arg("replay").arg("--state-dir").arg(state).arg("--out").arg(&out).arg("--dead-letter").arg(&dl);
+    cmd.arg("replay")
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--out")
+        .arg(&out)
+        .arg("--dead-letter")
+        .arg(&dl);
     for i in inputs {
         cmd.arg("--input").arg(i);
     }
@@ -54,7 +64,11 @@ pub fn replay(state: &Path, inputs: &[&Path], extra_env: &[(&str, &str)]) -> (Ve
         cmd.env(k, v);
     }
     let o = run_ok(&mut cmd);
-    (read_json_lines(&out), read_json_lines(&dl), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        read_json_lines(&out),
+        read_json_lines(&dl),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// `strata state dump` as a list of objects (in key order).

@@ -239,41 +239,42 @@ fn parse_ts(v: Option<&RawValue>) -> Result<i64, Rejection> {
     let raw =
         present(v).ok_or_else(|| reject(Reason::MissingField("ts"), "field ts is required"))?;
     let text = raw.get();
-    let ms =
-        if text.starts_with('"') {
-            let s: Cow<str> = serde_json::from_str(text)
-                .map_err(|e| reject(Reason::BadTimestamp, format!("ts: {e}")))?;
-            // RFC 3339 proper: date and time joined by `T` (chrono would also take a space).
-            if !matches!(s.as_bytes().get(10), Some(b'T' | b't')) {
-                return Err(reject(
+    let ms = if text.starts_with('"') {
+        let s: Cow<str> = serde_json::from_str(text)
+            .map_err(|e| reject(Reason::BadTimestamp, format!("ts: {e}")))?;
+        // RFC 3339 proper: date and time joined by `T` (chrono would also take a space).
+        if !matches!(s.as_bytes().get(10), Some(b'T' | b't')) {
+            return Err(reject(
+                Reason::BadTimestamp,
+                format!("ts {s:?} is not RFC 3339 (YYYY-MM-DDThh:mm:ss with Z or an offset)"),
+            ));
+        }
+        DateTime::parse_from_rfc3339(&s)
+            .map_err(|e| {
+                reject(
                     Reason::BadTimestamp,
-                    format!("ts {s:?} is not RFC 3339 (YYYY-MM-DDThh:mm:ss with Z or an offset)"),
-                ));
-            }
-            DateTime::parse_from_rfc3339(&s)
-                .map_err(|e| {
-                    reject(
-                        Reason::BadTimestamp,
-                        format!("ts {s:?} is not RFC 3339 with an offset: {e}"),
-                    )
-                })?
-                .timestamp_millis()
-        } else {
-            // An integer, possibly written with an exponent or a zero fraction (JSON
-            // Schema's notion of "integer", e.g. 1.7e12).
-            match text.parse::<i64>() {
-                Ok(v) => v,
-                Err(_) => match text.parse::<f64>() {
-                    Ok(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 => x as i64,
-                    _ => return Err(reject(
+                    format!("ts {s:?} is not RFC 3339 with an offset: {e}"),
+                )
+            })?
+            .timestamp_millis()
+    } else {
+        // An integer, possibly written with an exponent or a zero fraction (JSON
+        // Schema's notion of "integer", e.g. 1.7e12).
+        match text.parse::<i64>() {
+            Ok(v) => v,
+            Err(_) => match text.parse::<f64>() {
+                Ok(x) if x.is_finite() && x.fract() == 0.0 && x.abs() < 9.0e15 => x as i64,
+                _ => {
+                    return Err(reject(
                         Reason::BadTimestamp,
                         format!(
                             "ts {text} must be an RFC 3339 string or integer epoch milliseconds"
                         ),
-                    )),
-                },
-            }
-        };
+                    ))
+                }
+            },
+        }
+    };
     if DateTime::from_timestamp_millis(ms).is_none() {
         return Err(reject(
             Reason::BadTimestamp,

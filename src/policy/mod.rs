@@ -394,6 +394,86 @@ mod tests {
     }
 
     #[test]
+    fn fixed_thresholds_and_fixed_value_tiers() {
+        let mut c = crate::config::Config::default();
+        c.segments.thresholds = ThresholdMode::Fixed;
+        c.value_tiers.method = ValueMethod::Fixed;
+        let s = Settings::new(c, crate::config::Clock::Event).unwrap();
+        let t = Thresholds::default();
+        let m = |x: f64| crate::config::to_micros(x);
+        // recency ≤ 30, frequency ≥ 4, monetary ≥ 1000 are "high".
+        assert_eq!(
+            segment(&figs(Some(30), 4, m(1000.0)), &t, &s),
+            Segment::ImportantValue
+        );
+        assert_eq!(
+            segment(&figs(Some(31), 4, m(999.99)), &t, &s),
+            Segment::GeneralKeep
+        );
+        assert_eq!(
+            value_tier(&figs(Some(1), 1, m(5000.0)), &t, &s),
+            ValueTier::High
+        );
+        assert_eq!(
+            value_tier(&figs(Some(1), 1, m(4999.99)), &t, &s),
+            ValueTier::Medium
+        );
+        assert_eq!(
+            value_tier(&figs(Some(1), 1, m(1000.0)), &t, &s),
+            ValueTier::Medium
+        );
+        assert_eq!(
+            value_tier(&figs(Some(1), 1, m(999.0)), &t, &s),
+            ValueTier::Low
+        );
+        assert_eq!(value_tier(&figs(Some(1), 1, 0), &t, &s), ValueTier::Low);
+    }
+
+    #[test]
+    fn switched_off_rules_never_fire() {
+        let mut c = crate::config::Config::default();
+        c.churn.overdue = false;
+        c.churn.complaints = false;
+        c.churn.spend_drop = false;
+        let s = Settings::new(c, crate::config::Clock::Event).unwrap();
+        let mut f = figs(Some(400), 2, 1);
+        f.mean_interpurchase_days = Some(1.0);
+        f.recent_complaints = 9;
+        f.drop_previous_micros = 100;
+        assert!(churn_rules(&f, ValueTier::High, &s).is_empty());
+        let d = Settings::defaults();
+        assert_eq!(
+            churn_rules(&f, ValueTier::High, &d).names(),
+            vec!["complaints", "overdue", "spend_drop"]
+        );
+    }
+
+    #[test]
+    fn severity_follows_tiers() {
+        let t = |rfm_segment, value_tier| Tiers {
+            rfm_segment,
+            value_tier,
+            lifecycle: Lifecycle::Repeat,
+        };
+        assert_eq!(
+            severity(&t(Segment::GeneralValue, ValueTier::High)),
+            Severity::High
+        );
+        assert_eq!(
+            severity(&t(Segment::ImportantRetain, ValueTier::Low)),
+            Severity::High
+        );
+        assert_eq!(
+            severity(&t(Segment::GeneralKeep, ValueTier::Medium)),
+            Severity::Medium
+        );
+        assert_eq!(
+            severity(&t(Segment::GeneralKeep, ValueTier::Low)),
+            Severity::Low
+        );
+    }
+
+    #[test]
     fn lifecycle_first_match_wins() {
         let s = Settings::defaults();
         assert_eq!(lifecycle(&figs(None, 0, 0), &s), Lifecycle::New);

@@ -2,7 +2,8 @@
 //!
 //! Memory is bounded by configuration, not by the number of customers: one shared
 //! LRU block cache (`engine.block_cache_mb`, index and filter blocks charged to it) and
-//! per-column-family memtables (`engine.write_buffer_mb`, at most two each). Point
+//! memtables (`engine.write_buffer_mb` each, all of them together capped at four
+//! times that). Point
 //! lookups on `customers` and `dedupe` use bloom filters, so a miss (a new customer, a
 //! new event id) rarely touches disk. The WAL stays on: a batch is the unit of
 //! exactly-once (state + offsets), and it must survive a crash once written.
@@ -51,6 +52,9 @@ impl RocksStore {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
+        // One cap on all memtables together, so memory does not grow with the number of
+        // column families either.
+        db_opts.set_db_write_buffer_size(write_buffer_mb.max(1) * 4 * 1024 * 1024);
         db_opts.set_max_background_jobs(2);
         db_opts.set_max_open_files(256);
         let cfs = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_opts(cf)));

@@ -180,3 +180,16 @@ fn demo_runs_without_kafka_and_prints_outputs() {
         "{err}"
     );
 }
+
+#[test]
+fn the_example_config_is_valid_and_complete() {
+    let path = repo_file("deploy/strata.example.toml");
+    let (ok, out, err) = stderr_of(strata().args(["config", "check", "--config"]).arg(&path));
+    assert!(ok, "{err}");
+    // Every key the example sets is printed back with the same value (it lists the defaults).
+    let (_, defaults, _) = stderr_of(strata().args(["config", "check"]));
+    assert_eq!(
+        out, defaults,
+        "the example should hold exactly the defaults"
+    );
+}

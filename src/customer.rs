@@ -240,15 +240,38 @@ impl CustomerState {
         f
     }
 
-    /// The next day after `as_of` on which this customer's own figures or rules can
-    /// change with no new event: a bucket leaving a window, the overdue or lapsed day.
-    /// Thresholds moving with the population are the recalibration's job, not a timer's.
+    /// Spend over the latest `dw` days and the `dw` days before, as of `day`.
+    fn drop_halves(&self, day: Day, dw: i32) -> (u64, u64) {
+        let (mut recent, mut previous) = (0u64, 0u64);
+        for b in self
+            .buckets
+            .iter()
+            .filter(|b| b.purchases > 0 && b.day <= day)
+        {
+            if within(b.day, day, dw) {
+                recent = recent.saturating_add(b.micros);
+            } else if within(b.day, day - dw, dw) {
+                previous = previous.saturating_add(b.micros);
+            }
+        }
+        (recent, previous)
+    }
+
+    /// The next day after `as_of` on which something this customer's published events
+    /// depend on can change with no new event from them:
+    /// - a purchase leaves the W window (frequency and monetary: tiers, indexes);
+    /// - the first day the spend-drop rule would turn on, as purchases move from the
+    ///   recent half into the earlier one;
+    /// - the overdue day; the lapse day.
+    ///
+    /// Windows closing over complaints or interactions, or a purchase leaving the
+    /// earlier spend-drop half, can only turn a rule off, which publishes nothing (an
+    /// episode ends with a purchase), so they need no timer; `state dump` computes those
+    /// figures exactly at any day. Thresholds moving with the population are the
+    /// recalibration's job.
     pub fn next_change(&self, f: &Figures, s: &Settings) -> Option<Day> {
         let w = s.window_days;
-        let iw = s.raw.windows.interactions_days as i32;
-        let cw = s.raw.windows.complaints_days as i32;
         let dw = s.raw.churn.drop_window_days as i32;
-        let spend_drop = s.raw.churn.spend_drop;
         let as_of = f.as_of;
         let mut next: Option<Day> = None;
         let mut consider = |d: Day| {
@@ -256,19 +279,26 @@ impl CustomerState {
                 next = Some(d);
             }
         };
-        for b in &self.buckets {
-            if b.purchases > 0 {
-                consider(b.day + w);
-                if spend_drop {
-                    consider(b.day + dw);
-                    consider(b.day + 2 * dw);
-                }
-            }
-            if b.interactions > 0 {
-                consider(b.day + iw);
-            }
-            if b.complaints > 0 {
-                consider(b.day + cw);
+        for b in self.buckets.iter().filter(|b| b.purchases > 0) {
+            consider(b.day + w);
+        }
+        let c = &s.raw.churn;
+        let drop_holds = |d: Day| {
+            let (recent, previous) = self.drop_halves(d, dw);
+            previous > 0 && (recent as f64) < c.drop_ratio * previous as f64
+        };
+        if c.spend_drop && !drop_holds(as_of) {
+            // The rule's inputs only change on the days a purchase crosses a boundary;
+            // buckets are in day order, so the first crossing day where it holds wins.
+            if let Some(d) = self
+                .buckets
+                .iter()
+                .filter(|b| b.purchases > 0 && b.day <= as_of)
+                .map(|b| b.day + dw)
+                .filter(|&d| d > as_of)
+                .find(|&d| drop_holds(d))
+            {
+                consider(d);
             }
         }
         if let Some(last) = f.last_purchase_day {
@@ -313,6 +343,30 @@ mod tests {
         assert_eq!((f.frequency, f.monetary_micros), (1, 7));
         assert_eq!(f.mean_interpurchase_days, Some(364.0));
         assert_eq!(c.next_change(&c.figures(464, &s), &s), Some(465));
+    }
+
+    #[test]
+    fn timers_only_for_days_that_can_publish() {
+        let s = Settings::defaults();
+        let mut c = CustomerState::default();
+        // 100 on day 0, 10 on day 60: on day 90 the 100 moves into the earlier half and
+        // recent (10) < 0.5 × 100, so spend_drop turns on that day.
+        c.apply(&ev(0, EventKind::Purchase { amount_micros: 100 }), 1, 0);
+        c.apply(&ev(60, EventKind::Purchase { amount_micros: 10 }), 2, 0);
+        c.apply(&ev(61, EventKind::Interaction), 3, 0);
+        let f = c.figures(61, &s);
+        // Overdue: mean gap 60 → limit 180 → day 241; lapse 240; expiry 365, 425.
+        assert_eq!(c.next_change(&f, &s), Some(90));
+        // With equal spends it first holds on day 150, when the recent half is empty.
+        let mut d = CustomerState::default();
+        d.apply(&ev(0, EventKind::Purchase { amount_micros: 100 }), 1, 0);
+        d.apply(&ev(60, EventKind::Purchase { amount_micros: 100 }), 2, 0);
+        assert_eq!(d.next_change(&d.figures(61, &s), &s), Some(150));
+        // Without the rule, the next day is the lapse day (before overdue on 241).
+        let mut c2 = crate::config::Config::default();
+        c2.churn.spend_drop = false;
+        let s2 = Settings::new(c2, crate::config::Clock::Event).unwrap();
+        assert_eq!(d.next_change(&d.figures(61, &s2), &s2), Some(240));
     }
 
     #[test]

@@ -300,7 +300,13 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("STRATA_").split("__"));
+        // Config variables are exactly STRATA_<SECTION>__<KEY>; others (STRATA_LOG, the
+        // log filter) are not config.
+        fig = fig.merge(
+            Env::prefixed("STRATA_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
         fig.extract::<Config>()
             .map_err(|e| ConfigError::Invalid(figment_message(e)))
     }

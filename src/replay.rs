@@ -285,5 +285,13 @@ pub fn replay(settings: Arc<Settings>, args: ReplayArgs) -> Result<Summary, Repl
         .clone()
         .unwrap_or_else(|| args.state_dir.join("dead_letter.jsonl"));
     let mut dead = create(&dl_path, args.dead_letter.is_none())?;
-    run(&mut proc, sources, &mut out, &mut dead)
+    let summary = run(&mut proc, sources, &mut out, &mut dead)?;
+    let (memtables, block_cache, table_readers) = proc.store().memory();
+    tracing::debug!(
+        memtables,
+        block_cache,
+        table_readers,
+        "RocksDB memory at the end of the replay."
+    );
+    Ok(summary)
 }

@@ -74,6 +74,23 @@ impl RocksStore {
             .expect("column families are created at open")
     }
 
+    /// Memory RocksDB holds now: (memtables, block cache, table readers outside the
+    /// cache), in bytes.
+    pub fn memory(&self) -> (u64, u64, u64) {
+        let one = |name: &str| {
+            self.db
+                .property_int_value_cf(self.cf(Cf::Customers), name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        (
+            self.property("rocksdb.cur-size-all-mem-tables"),
+            one("rocksdb.block-cache-usage"),
+            self.property("rocksdb.estimate-table-readers-mem"),
+        )
+    }
+
     /// A RocksDB integer property summed over the column families (for metrics/docs).
     pub fn property(&self, name: &str) -> u64 {
         Cf::ALL

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::config::Settings;
+use crate::config::{Clock, Settings};
 use crate::event::{parse_event, Event, ParseContext};
 use crate::output::{Output, OutputType};
 use crate::processor::Processor;
@@ -143,7 +143,8 @@ pub fn run<S: Store>(
     dead: &mut dyn Write,
 ) -> Result<Summary, ReplayError> {
     let started = Instant::now();
-    let ctx = ParseContext::for_files(proc.settings());
+    let mut ctx = ParseContext::for_files(proc.settings());
+    let wall = proc.settings().clock == Clock::Wall;
     let total = sources.iter().map(|s| s.len).sum::<Option<u64>>();
     let pb = progress(total);
     let mut sum = Summary::default();
@@ -156,6 +157,16 @@ pub fn run<S: Store>(
         let mut line_no = 0u64;
         let mut eof = false;
         while !eof {
+            // With the wall clock the as-of day is today, and events from the future
+            // (beyond the allowed skew) are bad.
+            if wall {
+                let s = proc.settings();
+                let now = chrono::Utc::now().timestamp_millis();
+                ctx.future_limit_millis = Some(now + s.raw.engine.max_future_skew_seconds as i64 * 1000);
+                let today = crate::day::today(s.tz);
+                proc.advance_to(today)?;
+                write_outputs(out, proc.take_outputs()).map_err(out_err("the output"))?;
+            }
             // Read and parse one chunk.
             let mut events: Vec<Event> = Vec::with_capacity(CHUNK);
             let mut buf = Vec::with_capacity(256);

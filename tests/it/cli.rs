@@ -193,3 +193,24 @@ fn the_example_config_is_valid_and_complete() {
         "the example should hold exactly the defaults"
     );
 }
+
+/// With `clock = "wall"` the as-of day is today: figures age to today, and events
+/// stamped beyond the allowed skew are `future_timestamp`.
+#[test]
+fn wall_clock_replay_uses_today_and_rejects_the_future() {
+    let tmp = tempdir();
+    let now = chrono::Utc::now();
+    let lines = vec![
+        serde_json::json!({"event_id": "a", "customer_id": "c", "type": "purchase", "amount": 5, "ts": (now - chrono::Duration::days(10)).to_rfc3339()}).to_string(),
+        serde_json::json!({"event_id": "b", "customer_id": "c", "type": "purchase", "amount": 5, "ts": (now + chrono::Duration::hours(3)).to_rfc3339()}).to_string(),
+    ];
+    let input = tmp.path().join("in.jsonl");
+    write_lines(&input, &lines);
+    let env = [("STRATA_ENGINE__CLOCK", "wall")];
+    let (_, dead, _) = replay(&tmp.path().join("state"), &[&input], &env);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "future_timestamp");
+    let d = dump(&tmp.path().join("state"), None, &env);
+    assert_eq!(d[0]["recency_days"], 10);
+    assert_eq!(d[0]["as_of"], now.date_naive().to_string());
+}

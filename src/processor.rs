@@ -87,6 +87,8 @@ pub struct Processor<S: Store> {
     current_day: Option<Day>,
     outputs: Vec<Output>,
     since_flush: usize,
+    /// The clock, population or thresholds changed since the last write.
+    meta_dirty: bool,
     pub counters: Counters,
 }
 
@@ -123,6 +125,7 @@ impl<S: Store> Processor<S> {
             current_day,
             outputs: Vec::new(),
             since_flush: 0,
+            meta_dirty: false,
             counters: Counters::default(),
         })
     }
@@ -255,10 +258,7 @@ impl<S: Store> Processor<S> {
     /// Apply one validated event (advancing the clock first if it is a later day).
     pub fn process(&mut self, ev: &Event) -> Result<Applied, StoreError> {
         match self.pop.clock {
-            None => {
-                let h = self.horizon(ev.day);
-                self.pop.advance(ev.day, self.settings.window_days, h);
-            }
+            None => self.advance_to(ev.day)?,
             Some(c) if ev.day > c => self.advance_to(ev.day)?,
             Some(_) => {}
         }
@@ -333,6 +333,7 @@ impl<S: Store> Processor<S> {
         let Some(start) = self.pop.clock else {
             let h = self.horizon(day);
             self.pop.advance(day, self.settings.window_days, h);
+            self.meta_dirty = true;
             return Ok(());
         };
         if day <= start {
@@ -348,6 +349,7 @@ impl<S: Store> Processor<S> {
         if self.current_day.is_none_or(|c| day - c >= every) {
             self.recalibrate(day)?;
         }
+        self.meta_dirty = true;
         self.flush()
     }
 
@@ -622,7 +624,7 @@ impl<S: Store> Processor<S> {
                 slot.dirty = false;
             }
         }
-        if batch.is_empty() && self.since_flush == 0 {
+        if batch.is_empty() && self.since_flush == 0 && !self.meta_dirty {
             return Ok(());
         }
         let mut meta = Vec::new();
@@ -636,6 +638,7 @@ impl<S: Store> Processor<S> {
         self.store.write(batch)?;
         self.pending_archive.clear();
         self.since_flush = 0;
+        self.meta_dirty = false;
         let cap = self.settings.raw.engine.customer_cache;
         if self.cache.len() > cap {
             // Every slot is clean now; drop arbitrary ones down to 3/4 of the cap.

@@ -162,7 +162,8 @@ pub fn run<S: Store>(
             if wall {
                 let s = proc.settings();
                 let now = chrono::Utc::now().timestamp_millis();
-                ctx.future_limit_millis = Some(now + s.raw.engine.max_future_skew_seconds as i64 * 1000);
+                ctx.future_limit_millis =
+                    Some(now + s.raw.engine.max_future_skew_seconds as i64 * 1000);
                 let today = crate::day::today(s.tz);
                 proc.advance_to(today)?;
                 write_outputs(out, proc.take_outputs()).map_err(out_err("the output"))?;

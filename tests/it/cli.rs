@@ -214,3 +214,20 @@ fn wall_clock_replay_uses_today_and_rejects_the_future() {
     assert_eq!(d[0]["recency_days"], 10);
     assert_eq!(d[0]["as_of"], now.date_naive().to_string());
 }
+
+/// The wall clock moves the stored as-of day even when a replay brings no event.
+#[test]
+fn wall_clock_advance_is_persisted_without_events() {
+    let tmp = tempdir();
+    let state = tmp.path().join("state");
+    let old = (chrono::Utc::now() - chrono::Duration::days(40)).to_rfc3339();
+    let input = tmp.path().join("in.jsonl");
+    write_lines(&input, &[serde_json::json!({"event_id": "a", "customer_id": "c", "type": "purchase", "amount": 5, "ts": old}).to_string()]);
+    replay(&state, &[&input], &[]); // event clock: as-of is the event's day
+    assert_eq!(dump(&state, None, &[])[0]["recency_days"], 0);
+    let empty = tmp.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let env = [("STRATA_ENGINE__CLOCK", "wall")];
+    replay(&state, &[&empty], &env);
+    assert_eq!(dump(&state, None, &env)[0]["recency_days"], 40);
+}

@@ -87,7 +87,7 @@ fn in_window(day: i64, as_of: i64, w: i64) -> bool {
     day <= as_of && day > as_of - w
 }
 
-fn figures(evs: &[&Ev], as_of: i64) -> Figs {
+fn figures(evs: &[&Ev], as_of: i64, w: i64) -> Figs {
     let mut days = std::collections::BTreeSet::new();
     let mut f = Figs {
         recency: None,
@@ -111,7 +111,7 @@ fn figures(evs: &[&Ev], as_of: i64) -> Figs {
                 days.insert(e.day);
                 f.lifetime_purchases += 1;
                 f.lifetime_monetary += c;
-                if in_window(e.day, as_of, 365) {
+                if in_window(e.day, as_of, w) {
                     f.frequency += 1;
                     f.monetary += c;
                 }
@@ -143,6 +143,11 @@ fn figures(evs: &[&Ev], as_of: i64) -> Figs {
 
 /// Expected dump objects for every customer, default config.
 fn expected(events: &[Ev], as_of: i64) -> BTreeMap<String, Value> {
+    expected_w(events, as_of, 365)
+}
+
+/// Expected dump objects with window W = `w` days, other settings default.
+fn expected_w(events: &[Ev], as_of: i64, w: i64) -> BTreeMap<String, Value> {
     let mut seen = HashSet::new();
     let mut by_customer: BTreeMap<&str, Vec<&Ev>> = BTreeMap::new();
     for e in events {
@@ -152,7 +157,7 @@ fn expected(events: &[Ev], as_of: i64) -> BTreeMap<String, Value> {
     }
     let figs: BTreeMap<&str, Figs> = by_customer
         .iter()
-        .map(|(c, evs)| (*c, figures(evs, as_of)))
+        .map(|(c, evs)| (*c, figures(evs, as_of, w)))
         .collect();
     let buyers: Vec<&Figs> = figs.values().filter(|f| f.recency.is_some()).collect();
     let n = buyers.len() as f64;
@@ -489,6 +494,45 @@ fn cdnow_real_transactions_match_the_oracle_in_shanghai() {
         compare(
             &dump(&state, Some(as_of), &env),
             &expected(&stream.good, day),
+        );
+    }
+}
+
+/// A 90-day window is shorter than the spend-drop rule's 180-day look-back: the
+/// engine must keep enough history for both. Same messy stream, W = 90.
+#[test]
+fn short_window_matches_the_oracle() {
+    let tmp = tempdir();
+    let gen = tmp.path().join("gen.jsonl");
+    run_ok(
+        strata()
+            .args([
+                "gen",
+                "--customers",
+                "1500",
+                "--days",
+                "300",
+                "--seed",
+                "12",
+                "--start",
+                "2025-03-01",
+                "--out",
+            ])
+            .arg(&gen),
+    );
+    let stream = messy(read_json_lines(&gen), 0, 6);
+    let input = tmp.path().join("messy.jsonl");
+    write_lines(&input, &stream.lines);
+    let state = tmp.path().join("state");
+    let env = [("STRATA_ENGINE__WINDOW_DAYS", "90")];
+    let (_, dead, _) = replay(&state, &[&input], &env);
+    check_dead_letters(&dead, &stream.bad);
+    let last = stream.good.iter().map(|e| e.day).max().unwrap();
+    for as_of in [last, last + 30, last + 120] {
+        let d = day_str(as_of);
+        compare(
+            &dump(&state, Some(&d), &env),
+            &expected_w(&stream.good, as_of, 90),
         );
     }
 }

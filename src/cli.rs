@@ -163,6 +163,26 @@ fn existing_state_dir(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Settings, the opened state dir, and the as-of day (`--as-of`, else the stored
+/// clock; `None` when nothing was ever applied).
+fn open_state(
+    dir: Option<PathBuf>,
+    config: Option<&PathBuf>,
+    as_of: Option<&String>,
+) -> Result<(
+    Arc<Settings>,
+    strata::store::rocks::RocksStore,
+    Option<i32>,
+    PathBuf,
+)> {
+    let s = settings(config, Clock::Event)?;
+    let dir = state_dir(dir, &s);
+    existing_state_dir(&dir)?;
+    let store = open_store(&s, &dir)?;
+    let day = as_of_day(as_of, dump::stored_clock(&store)?)?;
+    Ok((s, store, day, dir))
+}
+
 fn execute(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Replay {
@@ -216,11 +236,8 @@ fn execute(cli: Cli) -> Result<()> {
                 as_of,
                 config,
             } => {
-                let s = settings(config.as_ref(), Clock::Event)?;
-                let dir = state_dir(dir, &s);
-                existing_state_dir(&dir)?;
-                let store = open_store(&s, &dir)?;
-                let Some(day) = as_of_day(as_of.as_ref(), dump::stored_clock(&store)?)? else {
+                let (s, store, day, _) = open_state(dir, config.as_ref(), as_of.as_ref())?;
+                let Some(day) = day else {
                     return Ok(()); // nothing was ever applied: an empty dump
                 };
                 let stdout = io::stdout();
@@ -237,11 +254,7 @@ fn execute(cli: Cli) -> Result<()> {
                 as_of,
                 config,
             } => {
-                let s = settings(config.as_ref(), Clock::Event)?;
-                let dir = state_dir(dir, &s);
-                existing_state_dir(&dir)?;
-                let store = open_store(&s, &dir)?;
-                let day = as_of_day(as_of.as_ref(), dump::stored_clock(&store)?)?;
+                let (s, store, day, dir) = open_state(dir, config.as_ref(), as_of.as_ref())?;
                 match day
                     .map(|d| dump::get(&store, &s, &customer_id, d))
                     .transpose()?

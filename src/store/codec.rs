@@ -381,7 +381,7 @@ mod tests {
 
     #[test]
     fn timer_keys_sort_by_day_then_id() {
-        let mut keys = vec![
+        let mut keys = [
             timer_key(5, "b"),
             timer_key(-1, "z"),
             timer_key(5, "a"),

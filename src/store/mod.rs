@@ -67,6 +67,9 @@ pub enum StoreError {
     },
 }
 
+/// The callback of [`Store::scan`]: sees each (key, value); returns whether to go on.
+pub type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>;
+
 /// One atomic write.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -100,14 +103,16 @@ pub trait Store: Send {
         cf: Cf,
         from: &[u8],
         to: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+        f: Visitor<'_>,
     ) -> Result<(), StoreError>;
 }
 
 /// In-memory store for tests: same semantics, no durability.
+type Table = BTreeMap<Vec<u8>, Vec<u8>>;
+
 #[derive(Debug, Default)]
 pub struct MemStore {
-    cfs: Mutex<BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    cfs: Mutex<BTreeMap<Cf, Table>>,
 }
 
 impl Store for MemStore {
@@ -141,7 +146,7 @@ impl Store for MemStore {
         cf: Cf,
         from: &[u8],
         to: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+        f: Visitor<'_>,
     ) -> Result<(), StoreError> {
         // Copy out so `f` may not deadlock by touching the store (it does not, but the
         // rocks scan is also snapshot-based).
@@ -182,7 +187,7 @@ impl<T: Store + Sync> Store for &T {
         cf: Cf,
         from: &[u8],
         to: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+        f: Visitor<'_>,
     ) -> Result<(), StoreError> {
         (**self).scan(cf, from, to, f)
     }

@@ -14,7 +14,7 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, ReadOptions, WriteBatch, DB,
 };
 
-use super::{Batch, Cf, Store, StoreError};
+use super::{Batch, Cf, Store, StoreError, Visitor};
 
 pub struct RocksStore {
     db: DB,
@@ -140,7 +140,7 @@ impl Store for RocksStore {
         cf: Cf,
         from: &[u8],
         to: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+        f: Visitor<'_>,
     ) -> Result<(), StoreError> {
         let mut opts = ReadOptions::default();
         if let Some(t) = to {

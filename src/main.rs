@@ -3,6 +3,12 @@
 
 mod cli;
 
+/// jemalloc returns freed memtable and compaction buffers to the system where glibc's
+/// allocator kept them, which kept RSS growing with the write load (BENCHMARKS.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     std::process::exit(cli::main());
 }

@@ -89,6 +89,9 @@ pub struct Processor<S: Store> {
     since_flush: usize,
     /// The clock, population or thresholds changed since the last write.
     meta_dirty: bool,
+    /// The thresholds stored in the last write, with their day: during a recalibration
+    /// these stay the previous ones, so a crash mid-pass is resumed by `open`.
+    persisted: Option<(Day, Thresholds)>,
     pub counters: Counters,
 }
 
@@ -113,7 +116,7 @@ impl<S: Store> Processor<S> {
             }
             None => (None, Thresholds::default()),
         };
-        Ok(Processor {
+        let mut p = Processor {
             settings,
             store,
             cache: HashMap::new(),
@@ -126,8 +129,19 @@ impl<S: Store> Processor<S> {
             outputs: Vec::new(),
             since_flush: 0,
             meta_dirty: false,
+            persisted: None,
             counters: Counters::default(),
-        })
+        };
+        p.persisted = p.current_day.map(|d| (d, p.current.clone()));
+        // A recalibration is due but was not completed (a crash mid-pass, after part
+        // of it was written): run it again. Re-evaluating customers it already did
+        // publishes nothing new.
+        if let (Some(clock), Some(day)) = (p.pop.clock, p.current_day) {
+            if clock - day >= p.settings.raw.engine.recalibrate_every_days as Day {
+                p.recalibrate(clock)?;
+            }
+        }
+        Ok(p)
     }
 
     pub fn settings(&self) -> &Settings {
@@ -317,7 +331,10 @@ impl<S: Store> Processor<S> {
         }
         self.record(&ev.customer_id, fx);
         self.since_flush += 1;
-        if self.since_flush >= self.settings.raw.engine.batch_events {
+        // Also flush when the cache has outgrown its cap by two read chunks: the cache
+        // is trimmed only at a flush.
+        let e = &self.settings.raw.engine;
+        if self.since_flush >= e.batch_events || self.cache.len() > e.customer_cache + 2 * 4096 {
             self.flush()?;
         }
         Ok(applied)
@@ -561,11 +578,22 @@ impl<S: Store> Processor<S> {
                     self.record(id, fx);
                 }
             }
-            if self.dirty.len() >= self.settings.raw.engine.batch_events {
-                self.flush()?;
-            }
+            self.flush_if_full()?;
         }
+        self.persisted = Some((day, new));
+        self.meta_dirty = true;
         self.flush()
+    }
+
+    /// Flush (which also trims the cache) when the cache is over its cap or the batch
+    /// is full. Long passes (a recalibration, a day's timers) call this, so the cache
+    /// stays bounded by configuration however many customers they visit.
+    fn flush_if_full(&mut self) -> Result<(), StoreError> {
+        let e = &self.settings.raw.engine;
+        if self.cache.len() > e.customer_cache || self.dirty.len() >= e.batch_events {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// Check the incremental machinery against brute force (tests and debugging):
@@ -630,9 +658,9 @@ impl<S: Store> Processor<S> {
         let mut meta = Vec::new();
         self.pop.encode(&mut meta);
         batch.put(Cf::Meta, META_POPULATION.to_vec(), meta);
-        if let Some(d) = self.current_day {
+        if let Some((d, current)) = &self.persisted {
             let mut t = Vec::new();
-            encode_thresholds(d, &self.current, &mut t);
+            encode_thresholds(*d, current, &mut t);
             batch.put(Cf::Meta, META_THRESHOLDS.to_vec(), t);
         }
         self.store.write(batch)?;

@@ -223,3 +223,44 @@ fn recalibration_misses_nobody_on_a_generated_year() {
     assert!(audits >= 10);
     assert!(p.counters.recalibration_visits > 0);
 }
+
+/// A crash after the clock's advance was written but before that day's recalibration
+/// finished: reopening the store runs the recalibration again, and the audit holds.
+#[test]
+fn an_interrupted_recalibration_is_resumed_on_open() {
+    use strata::population::Population;
+    use strata::store::{Batch, Cf, Store};
+
+    let store = MemStore::default();
+    let evs: Vec<Event> = (0..40)
+        .map(|i| Event {
+            event_id: format!("e{i}"),
+            customer_id: format!("c{}", i % 7),
+            kind: EventKind::Purchase {
+                amount_micros: (i as u64 % 5 + 1) * 1_000_000,
+            },
+            ts_millis: (20_000 + i as i64 / 4) * DAY_MS,
+            day: 20_000 + i / 4,
+        })
+        .collect();
+    run(&store, &[&evs]);
+    // Move the stored clock one day on, as the first flush of the next day's work would.
+    let mut pop =
+        Population::decode(&store.get(Cf::Meta, b"population").unwrap().unwrap()).unwrap();
+    let next = pop.clock.unwrap() + 1;
+    pop.advance(next, 365, next - 364);
+    let mut buf = Vec::new();
+    pop.encode(&mut buf);
+    let mut b = Batch::default();
+    b.put(Cf::Meta, b"population".to_vec(), buf);
+    store.write(b).unwrap();
+
+    let mut p = Processor::open(settings(), &store).unwrap();
+    assert_eq!(
+        p.counters.recalibrations, 1,
+        "open resumes the due recalibration"
+    );
+    assert_eq!(p.audit().unwrap(), Audit::default());
+    let again = Processor::open(settings(), &store).unwrap();
+    assert_eq!(again.counters.recalibrations, 0, "and only once");
+}

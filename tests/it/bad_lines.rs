@@ -7,20 +7,10 @@ use crate::util::*;
 #[test]
 fn bad_lines_go_to_the_dead_letter_and_change_nothing() {
     let tmp = tempdir();
-    let gen = tmp.path().join("g.jsonl");
-    run_ok(
-        strata()
-            .args([
-                "gen",
-                "--customers",
-                "200",
-                "--days",
-                "90",
-                "--seed",
-                "8",
-                "--out",
-            ])
-            .arg(&gen),
+    let gen = gen_file(
+        tmp.path(),
+        "g.jsonl",
+        &["--customers", "200", "--days", "90", "--seed", "8"],
     );
     let good: Vec<String> = std::fs::read_to_string(&gen)
         .unwrap()

@@ -125,20 +125,10 @@ fn helpful_errors_for_missing_inputs_and_state() {
 #[test]
 fn state_get_matches_the_dump_and_reads_stdin_replays() {
     let tmp = tempdir();
-    let gen = tmp.path().join("g.jsonl");
-    run_ok(
-        strata()
-            .args([
-                "gen",
-                "--customers",
-                "50",
-                "--days",
-                "60",
-                "--seed",
-                "4",
-                "--out",
-            ])
-            .arg(&gen),
+    let gen = gen_file(
+        tmp.path(),
+        "g.jsonl",
+        &["--customers", "50", "--days", "60", "--seed", "4"],
     );
     let state = tmp.path().join("state");
     let o = run_ok(

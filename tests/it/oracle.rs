@@ -415,22 +415,19 @@ fn check_dead_letters(dead: &[Value], want: &[&'static str]) {
 #[test]
 fn generated_stream_matches_the_oracle() {
     let tmp = tempdir();
-    let gen = tmp.path().join("gen.jsonl");
-    run_ok(
-        strata()
-            .args([
-                "gen",
-                "--customers",
-                "5000",
-                "--days",
-                "365",
-                "--seed",
-                "11",
-                "--start",
-                "2025-06-01",
-                "--out",
-            ])
-            .arg(&gen),
+    let gen = gen_file(
+        tmp.path(),
+        "gen.jsonl",
+        &[
+            "--customers",
+            "5000",
+            "--days",
+            "365",
+            "--seed",
+            "11",
+            "--start",
+            "2025-06-01",
+        ],
     );
     let clean = read_json_lines(&gen);
     let stream = messy(clean, 0, 5);
@@ -503,22 +500,19 @@ fn cdnow_real_transactions_match_the_oracle_in_shanghai() {
 #[test]
 fn short_window_matches_the_oracle() {
     let tmp = tempdir();
-    let gen = tmp.path().join("gen.jsonl");
-    run_ok(
-        strata()
-            .args([
-                "gen",
-                "--customers",
-                "1500",
-                "--days",
-                "300",
-                "--seed",
-                "12",
-                "--start",
-                "2025-03-01",
-                "--out",
-            ])
-            .arg(&gen),
+    let gen = gen_file(
+        tmp.path(),
+        "gen.jsonl",
+        &[
+            "--customers",
+            "1500",
+            "--days",
+            "300",
+            "--seed",
+            "12",
+            "--start",
+            "2025-03-01",
+        ],
     );
     let stream = messy(read_json_lines(&gen), 0, 6);
     let input = tmp.path().join("messy.jsonl");

@@ -124,20 +124,10 @@ proptest! {
 #[test]
 fn cli_replay_is_idempotent_and_splittable() {
     let tmp = tempdir();
-    let gen = tmp.path().join("g.jsonl");
-    run_ok(
-        strata()
-            .args([
-                "gen",
-                "--customers",
-                "300",
-                "--days",
-                "200",
-                "--seed",
-                "3",
-                "--out",
-            ])
-            .arg(&gen),
+    let gen = gen_file(
+        tmp.path(),
+        "g.jsonl",
+        &["--customers", "300", "--days", "200", "--seed", "3"],
     );
     let lines: Vec<String> = std::fs::read_to_string(&gen)
         .unwrap()

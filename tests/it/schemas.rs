@@ -122,20 +122,10 @@ fn outputs_and_dumps_validate() {
     ];
     let dump_schema = schema("state_dump");
     let tmp = tempdir();
-    let gen = tmp.path().join("g.jsonl");
-    run_ok(
-        strata()
-            .args([
-                "gen",
-                "--customers",
-                "400",
-                "--days",
-                "240",
-                "--seed",
-                "21",
-                "--out",
-            ])
-            .arg(&gen),
+    let gen = gen_file(
+        tmp.path(),
+        "g.jsonl",
+        &["--customers", "400", "--days", "240", "--seed", "21"],
     );
     let state = tmp.path().join("state");
     let (outputs, _, _) = replay(&state, &[&gen], &[]);

@@ -97,3 +97,10 @@ pub fn tempdir() -> tempfile::TempDir {
 pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// `strata gen ARGS --out DIR/NAME`; returns the file's path.
+pub fn gen_file(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    run_ok(strata().arg("gen").args(args).arg("--out").arg(&path));
+    path
+}

@@ -354,8 +354,6 @@ pub struct Settings {
     /// Days of day-buckets a customer keeps: the longest look-back any figure or rule
     /// needs (W, 2 × drop window, interaction and complaint windows).
     pub retention_days: i32,
-    /// Largest amount accepted, in currency units: keeps integer micro-unit sums exact.
-    pub max_amount: f64,
     pub segment_fixed_monetary_micros: u64,
     pub high_min_micros: u64,
     pub medium_min_micros: u64,
@@ -364,6 +362,10 @@ pub struct Settings {
 
 /// Amounts are kept as integer micro-units so sums are exact and order-independent.
 pub const MICROS: f64 = 1_000_000.0;
+
+/// The largest amount accepted (an event's `amount`, a configured threshold), in
+/// currency units: 10¹² in micro-units stays far inside u64, so sums stay exact.
+pub const MAX_AMOUNT: f64 = 1e12;
 
 pub fn to_micros(amount: f64) -> u64 {
     (amount * MICROS).round() as u64
@@ -430,10 +432,10 @@ impl Settings {
             ));
         }
         let money = |key: &'static str, x: f64| {
-            if !(x.is_finite() && (0.0..=1e12).contains(&x)) {
+            if !(x.is_finite() && (0.0..=MAX_AMOUNT).contains(&x)) {
                 Err(key_err(
                     key,
-                    format!("must be a finite amount in [0, 1e12], got {x}"),
+                    format!("must be a finite amount in [0, {MAX_AMOUNT:e}], got {x}"),
                 ))
             } else {
                 Ok(())
@@ -491,7 +493,6 @@ impl Settings {
             clock,
             window_days,
             retention_days,
-            max_amount: 1e12,
             segment_fixed_monetary_micros: to_micros(raw.segments.monetary),
             high_min_micros: to_micros(v.high_min_monetary),
             medium_min_micros: to_micros(v.medium_min_monetary),

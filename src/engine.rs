@@ -242,148 +242,93 @@ mod tests {
     use super::*;
     use crate::event::ComplaintSeverity;
 
-    fn ev(id: &str, day: Day, kind: EventKind) -> Event {
-        Event {
-            event_id: id.into(),
-            customer_id: "c".into(),
-            kind,
-            ts_millis: day as i64 * 86_400_000,
-            day,
+    /// One customer fed through the engine at a fixed clock, with empty thresholds.
+    struct Harness {
+        settings: Settings,
+        state: CustomerState,
+        pop: Population,
+        fresh: bool,
+        clock: Day,
+    }
+
+    impl Harness {
+        fn new(clock: Day) -> Harness {
+            let settings = Settings::defaults();
+            let mut pop = Population::default();
+            pop.advance(clock, settings.window_days, 0);
+            Harness {
+                settings,
+                state: CustomerState::default(),
+                pop,
+                fresh: true,
+                clock,
+            }
+        }
+
+        fn apply(&mut self, id: &str, kind: EventKind) -> (Applied, Vec<Output>) {
+            let ev = Event {
+                event_id: id.into(),
+                customer_id: "c".into(),
+                kind,
+                ts_millis: self.clock as i64 * 86_400_000,
+                day: self.clock,
+            };
+            let mut fx = Effects::default();
+            let engine = Engine::new(&self.settings);
+            let t = Thresholds::default();
+            let applied = engine.apply_event(
+                &mut self.state,
+                self.fresh,
+                &ev,
+                false,
+                self.clock,
+                &t,
+                &mut self.pop,
+                &mut fx,
+            );
+            self.fresh = false;
+            (applied, fx.outputs)
         }
     }
 
     #[test]
     fn first_appearance_publishes_from_null_then_only_changes() {
-        let s = Settings::defaults();
-        let e = Engine::new(&s);
-        let mut st = CustomerState::default();
-        let mut pop = Population::default();
-        pop.advance(100, s.window_days, 0);
-        let t = Thresholds::default();
-        let mut fx = Effects::default();
-        e.apply_event(
-            &mut st,
-            true,
-            &ev("a", 100, EventKind::Interaction),
-            false,
-            100,
-            &t,
-            &mut pop,
-            &mut fx,
-        );
-        assert_eq!(fx.outputs.len(), 1);
-        let j: serde_json::Value = serde_json::from_str(&fx.outputs[0].to_json()).unwrap();
+        let mut h = Harness::new(100);
+        let (_, outputs) = h.apply("a", EventKind::Interaction);
+        assert_eq!(outputs.len(), 1);
+        let j: serde_json::Value = serde_json::from_str(&outputs[0].to_json()).unwrap();
         assert_eq!(j["from"], serde_json::Value::Null);
         assert_eq!(j["to"]["lifecycle"], "new");
         assert_eq!(j["changed"].as_array().unwrap().len(), 3);
-        let mut fx = Effects::default();
-        e.apply_event(
-            &mut st,
-            false,
-            &ev("b", 100, EventKind::Interaction),
-            false,
-            100,
-            &t,
-            &mut pop,
-            &mut fx,
-        );
-        assert!(fx.outputs.is_empty());
-        let mut fx = Effects::default();
-        assert_eq!(
-            e.apply_event(
-                &mut st,
-                false,
-                &ev("b", 100, EventKind::Interaction),
-                false,
-                100,
-                &t,
-                &mut pop,
-                &mut fx
-            ),
-            Applied::Duplicate
-        );
+        let (_, outputs) = h.apply("b", EventKind::Interaction);
+        assert!(outputs.is_empty());
+        assert_eq!(h.apply("b", EventKind::Interaction).0, Applied::Duplicate);
     }
 
     #[test]
     fn complaints_open_an_episode_and_a_purchase_ends_it() {
-        let s = Settings::defaults();
-        let e = Engine::new(&s);
-        let mut st = CustomerState::default();
-        let mut pop = Population::default();
-        pop.advance(10, s.window_days, 0);
-        let t = Thresholds::default();
+        let mut h = Harness::new(10);
         let complaint = EventKind::Complaint {
             severity: ComplaintSeverity::Low,
         };
-        let mut fx = Effects::default();
-        e.apply_event(
-            &mut st,
-            true,
-            &ev("p", 10, EventKind::Purchase { amount_micros: 1 }),
-            false,
-            10,
-            &t,
-            &mut pop,
-            &mut fx,
-        );
-        e.apply_event(
-            &mut st,
-            false,
-            &ev("c1", 10, complaint),
-            false,
-            10,
-            &t,
-            &mut pop,
-            &mut fx,
-        );
-        assert!(!fx
-            .outputs
-            .iter()
-            .any(|o| o.kind == OutputType::ChurnWarning));
-        e.apply_event(
-            &mut st,
-            false,
-            &ev("c2", 10, complaint),
-            false,
-            10,
-            &t,
-            &mut pop,
-            &mut fx,
-        );
+        let mut outputs = h.apply("p", EventKind::Purchase { amount_micros: 1 }).1;
+        outputs.extend(h.apply("c1", complaint).1);
+        assert!(!outputs.iter().any(|o| o.kind == OutputType::ChurnWarning));
+        outputs.extend(h.apply("c2", complaint).1);
         assert_eq!(
-            fx.outputs
+            outputs
                 .iter()
                 .filter(|o| o.kind == OutputType::ChurnWarning)
                 .count(),
             1
         );
-        let mut fx = Effects::default();
-        e.apply_event(
-            &mut st,
-            false,
-            &ev("c3", 10, complaint),
-            false,
-            10,
-            &t,
-            &mut pop,
-            &mut fx,
-        );
+        let (_, outputs) = h.apply("c3", complaint);
         assert!(
-            fx.outputs.is_empty(),
+            outputs.is_empty(),
             "same reason, same severity: no new warning"
         );
-        let mut fx = Effects::default();
-        e.apply_event(
-            &mut st,
-            false,
-            &ev("p2", 10, EventKind::Purchase { amount_micros: 1 }),
-            false,
-            10,
-            &t,
-            &mut pop,
-            &mut fx,
-        );
-        let kinds: Vec<_> = fx.outputs.iter().map(|o| o.kind).collect();
+        let (_, outputs) = h.apply("p2", EventKind::Purchase { amount_micros: 1 });
+        let kinds: Vec<_> = outputs.iter().map(|o| o.kind).collect();
         // The purchase ends the episode; the complaints still stand, so a new one opens.
         assert!(kinds.contains(&OutputType::ChurnRecovered));
         assert_eq!(kinds.last(), Some(&OutputType::ChurnWarning));

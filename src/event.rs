@@ -13,7 +13,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::{to_micros, Settings};
+use crate::config::{to_micros, Settings, MAX_AMOUNT};
 use crate::day::{day_of_millis, Day};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -108,7 +108,7 @@ pub enum Reason {
     BadTimestamp,
     FutureTimestamp,
     NegativeAmount,
-    /// Not finite, or above the largest accepted amount (1e12).
+    /// Not finite, or above the largest accepted amount ([`MAX_AMOUNT`]).
     InvalidAmount,
     InvalidSeverity,
 }
@@ -386,7 +386,7 @@ pub fn parse_event(bytes: &[u8], ctx: &ParseContext) -> Result<Event, Rejection>
     }
     let kind = match ty {
         EventType::Purchase => {
-            let amount_micros = parse_amount(raw.amount, 1e12)?;
+            let amount_micros = parse_amount(raw.amount, MAX_AMOUNT)?;
             string_field(raw.currency, "currency")?;
             string_field(raw.order_id, "order_id")?;
             EventKind::Purchase { amount_micros }

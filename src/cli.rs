@@ -14,6 +14,8 @@ use strata::demo::{demo, DemoArgs};
 use strata::dump;
 use strata::gen::{generate, GenArgs};
 use strata::replay::{open_store, replay, ReplayArgs};
+use strata::store::rocks::RocksStore;
+use strata::store::Union;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +33,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The service: Kafka in, Kafka out, HTTP for operations (SPEC §6, §7).
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run JSON Lines files through the engine; outputs as JSON Lines.
     Replay {
         /// Input file (JSON Lines); `-` is stdin. Repeatable; read in order.
@@ -58,6 +65,9 @@ enum Command {
         /// Keep the state here (default: a temporary dir, removed afterwards).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Keep serving /metrics (on http.listen) after the run, until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -78,8 +88,15 @@ enum Command {
         #[arg(long, default_value = "2025-11-21")]
         start: String,
         /// Output file (default: stdout).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "topic")]
         out: Option<PathBuf>,
+        /// Produce to Kafka instead (kafka.brokers); `{type}` is replaced by each
+        /// event's type: `--topic '{type}s'` fills the default input topics.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Configuration for --topic (brokers, [kafka.client]).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Configuration tools.
     Config {
@@ -127,14 +144,9 @@ fn settings(config: Option<&PathBuf>, clock: Clock) -> Result<Arc<Settings>> {
 }
 
 fn init_logging(format: &str) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr);
     match format {
-        "text" => builder.init(),
-        "json" => builder.json().init(),
+        "text" => strata::telemetry::init_logging(false),
+        "json" => strata::telemetry::init_logging(true),
         other => bail!("--log-format must be \"text\" or \"json\", got {other:?}"),
     }
     Ok(())
@@ -153,14 +165,33 @@ fn state_dir(arg: Option<PathBuf>, s: &Settings) -> PathBuf {
     arg.unwrap_or_else(|| s.raw.engine.state_dir.clone())
 }
 
-fn existing_state_dir(dir: &std::path::Path) -> Result<()> {
+/// The stores of a state dir: one (replay, demo) or one per partition (`run`).
+fn open_stores(s: &Settings, dir: &std::path::Path) -> Result<Vec<RocksStore>> {
+    let parts = dir.join("partitions");
+    if parts.is_dir() {
+        let mut stores = Vec::new();
+        let mut entries: Vec<_> = std::fs::read_dir(&parts)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("CURRENT").exists())
+            .collect();
+        entries.sort_by_key(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .parse::<i64>()
+                .unwrap_or(i64::MAX)
+        });
+        for e in entries {
+            stores.push(open_store(s, &e.path())?);
+        }
+        return Ok(stores);
+    }
     if !dir.join("CURRENT").exists() {
         bail!(
             "{} is not a strata state dir (no RocksDB files there): pass --state-dir, or run `strata replay` first",
             dir.display()
         );
     }
-    Ok(())
+    Ok(vec![open_store(s, dir)?])
 }
 
 /// Settings, the opened state dir, and the as-of day (`--as-of`, else the stored
@@ -169,22 +200,21 @@ fn open_state(
     dir: Option<PathBuf>,
     config: Option<&PathBuf>,
     as_of: Option<&String>,
-) -> Result<(
-    Arc<Settings>,
-    strata::store::rocks::RocksStore,
-    Option<i32>,
-    PathBuf,
-)> {
+) -> Result<(Arc<Settings>, Union<RocksStore>, Option<i32>, PathBuf)> {
     let s = settings(config, Clock::Event)?;
     let dir = state_dir(dir, &s);
-    existing_state_dir(&dir)?;
-    let store = open_store(&s, &dir)?;
-    let day = as_of_day(as_of, dump::stored_clock(&store)?)?;
-    Ok((s, store, day, dir))
+    let stores = open_stores(&s, &dir)?;
+    let day = as_of_day(as_of, dump::latest_clock(&stores)?)?;
+    Ok((s, Union(stores), day, dir))
 }
 
 fn execute(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run { config } => {
+            let s = settings(config.as_ref(), Clock::Wall)?;
+            let shutdown = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            strata::service::run(s, shutdown)?;
+        }
         Command::Replay {
             inputs,
             out,
@@ -210,6 +240,7 @@ fn execute(cli: Cli) -> Result<()> {
             days,
             seed,
             state_dir,
+            serve,
             config,
         } => {
             let s = settings(config.as_ref(), Clock::Event)?;
@@ -226,6 +257,7 @@ fn execute(cli: Cli) -> Result<()> {
                         start,
                     },
                     state_dir,
+                    serve,
                 },
                 &mut out,
             )?;
@@ -271,6 +303,8 @@ fn execute(cli: Cli) -> Result<()> {
             seed,
             start,
             out,
+            topic,
+            config,
         } => {
             let start = parse_day(&start)
                 .with_context(|| format!("--start {start:?} is not a date: use YYYY-MM-DD"))?;
@@ -280,13 +314,21 @@ fn execute(cli: Cli) -> Result<()> {
                 seed,
                 start,
             };
-            let stats = match out {
-                Some(p) => {
+            let stats = match (out, topic) {
+                (_, Some(topic)) => {
+                    let s = settings(config.as_ref(), Clock::Event)?;
+                    let mut buf = Vec::new();
+                    let stats = generate(&args, &mut buf)?;
+                    let n = strata::kafka::produce_lines(&s, &mut io::Cursor::new(buf), &topic)?;
+                    eprintln!("produced {n} events to {topic}");
+                    stats
+                }
+                (Some(p), None) => {
                     let f = std::fs::File::create(&p)
                         .with_context(|| format!("cannot create {}", p.display()))?;
                     generate(&args, &mut BufWriter::with_capacity(1 << 20, f))?
                 }
-                None => {
+                (None, None) => {
                     let stdout = io::stdout();
                     generate(&args, &mut BufWriter::with_capacity(1 << 20, stdout.lock()))?
                 }

@@ -236,6 +236,20 @@ pub struct KafkaConfig {
     pub group_id: String,
     pub processing_guarantee: Guarantee,
     pub topics: TopicsConfig,
+    /// The three input topics are bound to their event type: a message without `type`
+    /// is that type, one with another `type` is `type_mismatch`. Off: `type` required.
+    pub bind_topic_types: bool,
+    /// Most messages taken from the consumer for one batch (one atomic state write
+    /// per partition). Larger batches amortise the write and the producer flush;
+    /// smaller ones lower output latency.
+    pub max_batch_events: usize,
+    /// How long a batch waits for more messages before it is processed, ms.
+    pub batch_wait_ms: u64,
+    /// Used for the producer's `transactional.id` with `exactly_once`
+    /// (`<group_id>-<instance_id>`); must be stable across restarts of one instance
+    /// and unique in the group. Default: the `HOSTNAME` variable (a StatefulSet pod
+    /// name), else the host name.
+    pub instance_id: String,
     /// Passed through to librdkafka verbatim (`security.protocol`, `sasl.*`, ...).
     pub client: BTreeMap<String, String>,
 }
@@ -247,6 +261,10 @@ impl Default for KafkaConfig {
             group_id: "strata".into(),
             processing_guarantee: Guarantee::AtLeastOnce,
             topics: TopicsConfig::default(),
+            bind_topic_types: true,
+            max_batch_events: 10_000,
+            batch_wait_ms: 50,
+            instance_id: String::new(),
             client: BTreeMap::new(),
         }
     }
@@ -261,6 +279,10 @@ pub struct TopicsConfig {
     pub tier_changes: String,
     pub churn_warnings: String,
     pub dead_letter: String,
+    /// Compacted changelog of every state partition (created if missing).
+    pub changelog: String,
+    /// Compacted topic of per-partition population summaries (created if missing).
+    pub stats: String,
 }
 
 impl Default for TopicsConfig {
@@ -272,6 +294,8 @@ impl Default for TopicsConfig {
             tier_changes: "tier_changes".into(),
             churn_warnings: "churn_warnings".into(),
             dead_letter: "strata_dead_letter".into(),
+            changelog: "strata_changelog".into(),
+            stats: "strata_stats".into(),
         }
     }
 }
@@ -280,12 +304,16 @@ impl Default for TopicsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: String,
+    /// When set, `/v1/*` requires `Authorization: Bearer <token>`. Never logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:9898".into(),
+            token: None,
         }
     }
 }
@@ -472,6 +500,44 @@ impl Settings {
         }
         if raw.kafka.group_id.trim().is_empty() {
             return Err(key_err("kafka.group_id", "must not be empty"));
+        }
+        if raw.kafka.max_batch_events == 0 {
+            return Err(key_err("kafka.max_batch_events", "must be at least 1"));
+        }
+        {
+            let t = &raw.kafka.topics;
+            let names = [
+                ("kafka.topics.purchases", &t.purchases),
+                ("kafka.topics.interactions", &t.interactions),
+                ("kafka.topics.complaints", &t.complaints),
+                ("kafka.topics.tier_changes", &t.tier_changes),
+                ("kafka.topics.churn_warnings", &t.churn_warnings),
+                ("kafka.topics.dead_letter", &t.dead_letter),
+                ("kafka.topics.changelog", &t.changelog),
+                ("kafka.topics.stats", &t.stats),
+            ];
+            for (i, (key, name)) in names.iter().enumerate() {
+                if name.trim().is_empty() {
+                    return Err(key_err(key, "must not be empty"));
+                }
+                // Inputs, changelog and stats must be distinct from everything.
+                if let Some((other, _)) = names[..i].iter().find(|(_, n)| n == name) {
+                    if !(key.ends_with("churn_warnings") && other.ends_with("tier_changes")) {
+                        return Err(key_err(
+                            key,
+                            format!("names the same topic {name:?} as {other}"),
+                        ));
+                    }
+                }
+            }
+        }
+        if raw
+            .http
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(key_err("http.token", "must not be empty when set"));
         }
         let clock = match e.clock {
             ClockMode::Auto => default_clock,

@@ -11,13 +11,54 @@ use std::sync::Arc;
 use crate::config::Settings;
 use crate::dump;
 use crate::gen::{generate, GenArgs};
+use crate::http::AppState;
+use crate::kafka::SharedStatus;
 use crate::processor::Processor;
-use crate::replay::{open_store, run, ReplayError, Source, Summary};
+use crate::replay::{open_store, run_with_metrics, ReplayError, Source, Summary};
+use crate::telemetry::Metrics;
 
 pub struct DemoArgs {
     pub gen: GenArgs,
     /// Kept after the run when given; otherwise a temporary dir removed at the end.
     pub state_dir: Option<PathBuf>,
+    /// Keep serving `/metrics` (and `/v1/customers/{id}`) after the run, until
+    /// Ctrl-C.
+    pub serve: bool,
+}
+
+/// The HTTP endpoints on `http.listen` for the demo: a busy port only costs the
+/// endpoints (with a warning), never the demo.
+fn start_http(
+    settings: &Arc<Settings>,
+    metrics: Arc<Metrics>,
+    status: SharedStatus,
+) -> Option<(tokio::runtime::Runtime, tokio::sync::oneshot::Sender<()>)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .ok()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let listen = settings.raw.http.listen.clone();
+    let state = AppState {
+        settings: settings.clone(),
+        metrics,
+        status,
+    };
+    let h = rt.spawn(async move {
+        crate::http::serve(&listen, state, async {
+            rx.await.ok();
+        })
+        .await
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    if h.is_finished() {
+        if let Ok(Err(e)) = rt.block_on(h) {
+            tracing::warn!(error = %e, "The demo runs without its HTTP endpoints.");
+        }
+        return None;
+    }
+    Some((rt, tx))
 }
 
 pub fn demo(
@@ -39,8 +80,18 @@ pub fn demo(
         ),
     };
     let result = (|| -> anyhow::Result<Summary> {
-        let store = open_store(&settings, &dir).map_err(ReplayError::from)?;
-        let mut proc = Processor::open(settings.clone(), store).map_err(ReplayError::from)?;
+        let store = Arc::new(open_store(&settings, &dir).map_err(ReplayError::from)?);
+        let metrics = Arc::new(Metrics::new());
+        let status = SharedStatus::default();
+        {
+            let mut st = status.lock().unwrap();
+            st.running = true;
+            st.assigned.insert(0);
+            st.stores.insert(0, store.clone());
+        }
+        let http = start_http(&settings, metrics.clone(), status.clone());
+        let mut proc =
+            Processor::open(settings.clone(), store.clone()).map_err(ReplayError::from)?;
         let len = data.len() as u64;
         let source = Source {
             name: "demo".into(),
@@ -48,7 +99,7 @@ pub fn demo(
             len: Some(len),
         };
         let mut dead = io::sink();
-        let summary = run(&mut proc, vec![source], out, &mut dead)?;
+        let summary = run_with_metrics(&mut proc, vec![source], out, &mut dead, &metrics)?;
         summary.print_human(&mut io::stderr())?;
         if let Some(as_of) = proc.clock() {
             let mut seg: BTreeMap<&str, u64> = BTreeMap::new();
@@ -68,6 +119,20 @@ pub fn demo(
             eprintln!("  lifecycle:   {life:?}");
             eprintln!("  at churn risk: {at_risk}");
         }
+        if let Some((rt, stop)) = http {
+            if args.serve {
+                eprintln!(
+                    "demo: serving http://{}/metrics and /v1/customers/{{id}}; Ctrl-C to stop",
+                    settings.raw.http.listen
+                );
+                rt.block_on(async {
+                    tokio::signal::ctrl_c().await.ok();
+                });
+            }
+            stop.send(()).ok();
+            drop(rt);
+        }
+        status.lock().unwrap().stores.clear();
         Ok(summary)
     })();
     if temporary {

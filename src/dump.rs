@@ -84,6 +84,16 @@ pub fn stored_clock<S: Store>(store: &S) -> Result<Option<Day>, StoreError> {
     })
 }
 
+/// The latest stored clock of several partitions' stores: the day a dump of all of
+/// them is evaluated at by default.
+pub fn latest_clock<S: Store>(stores: &[S]) -> Result<Option<Day>, StoreError> {
+    let mut latest = None;
+    for s in stores {
+        latest = latest.max(stored_clock(s)?);
+    }
+    Ok(latest)
+}
+
 fn scan_states<S: Store>(
     store: &S,
     from: &[u8],

@@ -156,7 +156,7 @@ impl<'a> Engine<'a> {
                 Some(ep) => !rules.is_subset(ep.reasons) || severity > ep.severity,
             };
             if warn {
-                fx.outputs.push(out(
+                let mut o = out(
                     OutputType::ChurnWarning,
                     Body::ChurnWarning {
                         reasons: rules.names(),
@@ -164,7 +164,9 @@ impl<'a> Engine<'a> {
                         rfm: Rfm::from(&f),
                         triggers: self.triggers(&f, rules, &tiers),
                     },
-                ));
+                );
+                o.opens_episode = state.episode.is_none();
+                fx.outputs.push(o);
                 state.episode = Some(match state.episode {
                     None => Episode {
                         reasons: rules,

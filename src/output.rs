@@ -127,6 +127,10 @@ pub struct Output {
     pub schema_version: u32,
     #[serde(flatten)]
     pub body: Body,
+    /// A `churn_warning` that opens an episode (not an escalation); for the
+    /// `strata_customers_at_risk` gauge, not part of the event.
+    #[serde(skip)]
+    pub opens_episode: bool,
 }
 
 /// Why an output was produced: an input event, a timer, or a recalibration.
@@ -177,6 +181,7 @@ impl Output {
             cause_event_id: cause.id().to_string(),
             schema_version: SCHEMA_VERSION,
             body,
+            opens_episode: false,
         }
     }
 

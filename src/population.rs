@@ -150,6 +150,24 @@ impl Population {
             .fold((0, 0), |(p, m), (_, (dp, dm))| (p + dp, m + *dm as u128))
     }
 
+    /// This summary plus another partition's (SPEC §3: statistics cover all partitions).
+    /// Sums and histograms add; the clock and the day histogram stay this one's (they
+    /// drive this partition's window sliding, not the thresholds).
+    pub fn merged(&self, other: &Population) -> Population {
+        let mut m = self.clone();
+        m.customers += other.customers;
+        m.purchasers += other.purchasers;
+        m.sum_last_day += other.sum_last_day;
+        m.window_purchases += other.window_purchases;
+        m.window_micros += other.window_micros;
+        for (b, (n, sum)) in &other.monetary_hist {
+            let e = m.monetary_hist.entry(*b).or_default();
+            e.0 += n;
+            e.1 += sum;
+        }
+        m
+    }
+
     /// Thresholds with the current means and the given Pareto cut-offs.
     pub fn thresholds(&self, pareto_high: Option<u64>, pareto_medium: Option<u64>) -> Thresholds {
         Thresholds {

@@ -69,6 +69,12 @@ pub struct Audit {
     pub population_drift: u64,
 }
 
+/// Called by [`Processor::flush`] with the batch about to be written and the outputs
+/// produced since the last write. The Kafka shell adds consumed offsets, moves the
+/// outputs into an outbox and copies the batch to its changelog, all in the same
+/// atomic write. Without a hook, outputs stay until [`Processor::take_outputs`].
+pub type FlushHook = Box<dyn FnMut(&mut Batch, &mut Vec<Output>) + Send>;
+
 struct Slot {
     state: CustomerState,
     dirty: bool,
@@ -93,6 +99,10 @@ pub struct Processor<S: Store> {
     /// these stay the previous ones, so a crash mid-pass is resumed by `open`.
     persisted: Option<(Day, Thresholds)>,
     pub counters: Counters,
+    hook: Option<FlushHook>,
+    /// Merged population summaries of the other partitions of a cluster: thresholds
+    /// cover them too (SPEC §3). `None` outside a cluster.
+    peers: Option<Population>,
 }
 
 fn corrupt(key: &[u8], e: crate::store::codec::CodecError) -> StoreError {
@@ -131,6 +141,8 @@ impl<S: Store> Processor<S> {
             meta_dirty: false,
             persisted: None,
             counters: Counters::default(),
+            hook: None,
+            peers: None,
         };
         p.persisted = p.current_day.map(|d| (d, p.current.clone()));
         // A recalibration is due but was not completed (a crash mid-pass, after part
@@ -168,6 +180,23 @@ impl<S: Store> Processor<S> {
             Some(_) => self.current.clone(),
             None => self.pop.thresholds(None, None),
         }
+    }
+
+    /// See [`FlushHook`].
+    pub fn set_flush_hook(&mut self, hook: FlushHook) {
+        self.hook = Some(hook);
+    }
+
+    /// Make the next [`flush`](Self::flush) write even if no state changed (the shell
+    /// has progress of its own to record, e.g. offsets past bad or duplicate events).
+    pub fn mark_dirty(&mut self) {
+        self.meta_dirty = true;
+    }
+
+    /// The other partitions' population summaries, merged; used by the next
+    /// recalibration.
+    pub fn set_peers(&mut self, peers: Option<Population>) {
+        self.peers = peers;
     }
 
     pub fn take_outputs(&mut self) -> Vec<Output> {
@@ -422,9 +451,17 @@ impl<S: Store> Processor<S> {
     /// monetary of the first customer at which the running total reaches each share.
     /// The monetary histogram says which bucket holds the cut-off and the total above
     /// it, so only that bucket's index keys are read.
-    fn pareto_cutoffs(&self) -> Result<(Option<u64>, Option<u64>), StoreError> {
+    ///
+    /// With peers (a cluster), the other partitions' customers are known only through
+    /// their histograms: the cut-off is then the lower bound of the merged histogram's
+    /// bucket that holds it (at most 1/16 below the exact figure; ties go up).
+    fn pareto_cutoffs(
+        &self,
+        merged: &Population,
+    ) -> Result<(Option<u64>, Option<u64>), StoreError> {
         let vt = &self.settings.raw.value_tiers;
-        let hist = &self.pop.monetary_hist;
+        let hist = &merged.monetary_hist;
+        let approximate = self.peers.as_ref().is_some_and(|p| p.purchasers > 0);
         let total: u128 = hist.values().map(|(_, sum)| *sum).sum();
         if vt.method != ValueMethod::Pareto || total == 0 {
             return Ok((None, None));
@@ -439,6 +476,9 @@ impl<S: Store> Processor<S> {
                 let (lo, hi) = bucket_range(b);
                 if lo == 0 {
                     break; // zero spend never holds a cut-off
+                }
+                if approximate {
+                    return Ok(Some(lo));
                 }
                 let from = (u64::MAX - hi).to_be_bytes();
                 let to = (u64::MAX - lo + 1).to_be_bytes();
@@ -493,9 +533,14 @@ impl<S: Store> Processor<S> {
     /// New thresholds as of `day`; re-evaluate every customer they can move.
     pub fn recalibrate(&mut self, day: Day) -> Result<(), StoreError> {
         self.flush()?;
-        let (high, medium) = self.pareto_cutoffs()?;
-        let new = self.pop.thresholds(high, medium);
+        let merged = match &self.peers {
+            Some(p) => self.pop.merged(p),
+            None => self.pop.clone(),
+        };
+        let (high, medium) = self.pareto_cutoffs(&merged)?;
+        let new = merged.thresholds(high, medium);
         let old = std::mem::replace(&mut self.current, new.clone());
+        let prev_day = self.current_day;
         let first = self.current_day.is_none() || old.purchasers == 0;
         self.current_day = Some(day);
         self.counters.recalibrations += 1;
@@ -538,6 +583,15 @@ impl<S: Store> Processor<S> {
                     ceil(new.sum_micros as i128, n1),
                     &mut visit,
                 )?;
+            }
+            // Fixed recency: R is high while last purchase day ≥ as-of − recency_days,
+            // a bound that moves with the calendar: customers whose last purchase day
+            // it passed since the previous recalibration turn R-low.
+            if self.settings.raw.segments.thresholds == ThresholdMode::Fixed {
+                if let Some(prev) = prev_day {
+                    let r = self.settings.raw.segments.recency_days as i128;
+                    flips(Cf::ByLastDay, prev as i128 - r, day as i128 - r, &mut visit)?;
+                }
             }
             // A missing cut-off means "nobody": as if it were above every figure.
             let cut = |c: Option<u64>| c.map_or(i64::MAX as i128, |v| v as i128);
@@ -652,7 +706,8 @@ impl<S: Store> Processor<S> {
                 slot.dirty = false;
             }
         }
-        if batch.is_empty() && self.since_flush == 0 && !self.meta_dirty {
+        if batch.is_empty() && self.since_flush == 0 && !self.meta_dirty && self.outputs.is_empty()
+        {
             return Ok(());
         }
         let mut meta = Vec::new();
@@ -662,6 +717,9 @@ impl<S: Store> Processor<S> {
             let mut t = Vec::new();
             encode_thresholds(*d, current, &mut t);
             batch.put(Cf::Meta, META_THRESHOLDS.to_vec(), t);
+        }
+        if let Some(hook) = &mut self.hook {
+            hook(&mut batch, &mut self.outputs);
         }
         self.store.write(batch)?;
         self.pending_archive.clear();

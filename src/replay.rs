@@ -22,6 +22,7 @@ use crate::output::{Output, OutputType};
 use crate::processor::Processor;
 use crate::store::rocks::RocksStore;
 use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -142,6 +143,20 @@ pub fn run<S: Store>(
     out: &mut dyn Write,
     dead: &mut dyn Write,
 ) -> Result<Summary, ReplayError> {
+    run_with_metrics(proc, sources, out, dead, &Metrics::new())
+}
+
+/// [`run`], counting into `metrics` as the Kafka service does (an output counts as
+/// published when it is written).
+pub fn run_with_metrics<S: Store>(
+    proc: &mut Processor<S>,
+    sources: Vec<Source>,
+    out: &mut dyn Write,
+    dead: &mut dyn Write,
+    metrics: &Metrics,
+) -> Result<Summary, ReplayError> {
+    metrics.add_population(proc.store(), 1)?;
+    let counters_before = proc.counters.clone();
     let started = Instant::now();
     let mut ctx = ParseContext::for_files(proc.settings());
     let wall = proc.settings().clock == Clock::Wall;
@@ -166,7 +181,9 @@ pub fn run<S: Store>(
                     Some(now + s.raw.engine.max_future_skew_seconds as i64 * 1000);
                 let today = crate::day::today(s.tz);
                 proc.advance_to(today)?;
-                write_outputs(out, proc.take_outputs()).map_err(out_err("the output"))?;
+                let outputs = proc.take_outputs();
+                metrics.observe_written(outputs.iter());
+                write_outputs(out, outputs).map_err(out_err("the output"))?;
             }
             // Read and parse one chunk.
             let mut events: Vec<Event> = Vec::with_capacity(CHUNK);
@@ -195,8 +212,12 @@ pub fn run<S: Store>(
                 }
                 sum.events_read += 1;
                 match parse_event(line, &ctx) {
-                    Ok(ev) => events.push(ev),
+                    Ok(ev) => {
+                        metrics.consumed(ev.kind.event_type());
+                        events.push(ev)
+                    }
                     Err(rej) => {
+                        metrics.rejected(&rej.reason.to_string());
                         sum.bad += 1;
                         *sum.bad_by_reason.entry(rej.reason.to_string()).or_default() += 1;
                         let raw = String::from_utf8_lossy(line);
@@ -217,11 +238,14 @@ pub fn run<S: Store>(
             proc.prefetch(events.iter().map(|e| e.customer_id.as_str()))?;
             for ev in &events {
                 proc.process(ev)?;
-                write_outputs(out, proc.take_outputs()).map_err(out_err("the output"))?;
+                let outputs = proc.take_outputs();
+                metrics.observe_written(outputs.iter());
+                write_outputs(out, outputs).map_err(out_err("the output"))?;
             }
         }
     }
     proc.flush()?;
+    metrics.record_counters(&counters_before, &proc.counters);
     pb.finish_and_clear();
     let c = &proc.counters;
     sum.applied = c.applied;

@@ -11,6 +11,7 @@
 //! - `by_last_day`, `by_frequency`, `by_monetary`: (figure, customer_id) → empty;
 //!   secondary indexes of purchasers, so a recalibration visits only the customers
 //!   between an old and a new threshold, and the Pareto walk reads keys only
+//! - `outbox`: sequence number → a record the Kafka shell still has to publish
 
 pub mod codec;
 pub mod rocks;
@@ -27,10 +28,13 @@ pub enum Cf {
     ByLastDay,
     ByFrequency,
     ByMonetary,
+    /// The Kafka shell's outbox: outputs and changelog records written with the state
+    /// that produced them, deleted once the broker acknowledged them.
+    Outbox,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 7] = [
+    pub const ALL: [Cf; 8] = [
         Cf::Customers,
         Cf::Timers,
         Cf::Dedupe,
@@ -38,6 +42,7 @@ impl Cf {
         Cf::ByLastDay,
         Cf::ByFrequency,
         Cf::ByMonetary,
+        Cf::Outbox,
     ];
     pub const INDEXES: [Cf; 3] = [Cf::ByLastDay, Cf::ByFrequency, Cf::ByMonetary];
 
@@ -50,6 +55,7 @@ impl Cf {
             Cf::ByLastDay => "by_last_day",
             Cf::ByFrequency => "by_frequency",
             Cf::ByMonetary => "by_monetary",
+            Cf::Outbox => "outbox",
         }
     }
 }
@@ -190,5 +196,72 @@ impl<T: Store + Sync> Store for &T {
         f: Visitor<'_>,
     ) -> Result<(), StoreError> {
         (**self).scan(cf, from, to, f)
+    }
+}
+
+/// A shared store is a store: the Kafka shell's processor and its HTTP endpoint read
+/// one partition's RocksDB together (RocksDB is safe for concurrent use).
+impl<T: Store + Sync + ?Sized> Store for std::sync::Arc<T> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).get(cf, key)
+    }
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        (**self).multi_get(cf, keys)
+    }
+    fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        (**self).write(batch)
+    }
+    fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: Visitor<'_>,
+    ) -> Result<(), StoreError> {
+        (**self).scan(cf, from, to, f)
+    }
+}
+
+/// Several partitions' stores read as one (`state dump` of a `strata run` state dir,
+/// `GET /v1/customers/{id}`). Customer keys are disjoint across partitions; a scan
+/// visits the members one after the other (in key order within each). Read-only.
+pub struct Union<S>(pub Vec<S>);
+
+impl<S: Store> Store for Union<S> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        for s in &self.0 {
+            if let Some(v) = s.get(cf, key)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get(cf, k)).collect()
+    }
+    fn write(&self, _: Batch) -> Result<(), StoreError> {
+        Err(StoreError::Backend(
+            "a union of partition stores is read-only".into(),
+        ))
+    }
+    fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: Visitor<'_>,
+    ) -> Result<(), StoreError> {
+        let mut stopped = false;
+        for s in &self.0 {
+            s.scan(cf, from, to, &mut |k, v| {
+                let go = f(k, v)?;
+                stopped = !go;
+                Ok(go)
+            })?;
+            if stopped {
+                break;
+            }
+        }
+        Ok(())
     }
 }

@@ -91,6 +91,15 @@ impl RocksStore {
         )
     }
 
+    /// RocksDB's estimate of the keys in one column family (for gauges).
+    pub fn estimate_keys(&self, cf: Cf) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(cf), "rocksdb.estimate-num-keys")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
     /// A RocksDB integer property summed over the column families (for metrics/docs).
     pub fn property(&self, name: &str) -> u64 {
         Cf::ALL

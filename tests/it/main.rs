@@ -3,12 +3,22 @@
 //! Tests that need the `strata` binary run it as a subprocess on temp dirs; tests of
 //! engine properties drive the library over the in-memory store for speed.
 
+/// The test broker (tansu) and Kafka client helpers.
+mod broker;
 mod util;
 
 /// Bad lines land in the dead letter with their reason; good ones are unaffected.
 mod bad_lines;
 /// Config file, env overrides, unknown keys; CLI errors.
 mod cli;
+/// `exactly_once` with transactions, on librdkafka's mock cluster.
+mod exactly_once;
+/// `strata run` against the broker: end to end, crashes, cluster failover, poison
+/// messages, co-partitioning.
+mod kafka;
+/// HTTP endpoints, exact metrics, dashboard and alerts against live metrics,
+/// Kubernetes manifests.
+mod ops;
 /// Replays of a generated stream and of real CDNOW transactions, compared customer by
 /// customer with figures recomputed here from the raw events.
 mod oracle;

@@ -1,0 +1,1034 @@
+//! `strata run`: the Kafka shell around the same [`Processor`] that `replay` drives.
+//!
+//! One loop on one thread (librdkafka and RocksDB calls block; the HTTP server runs
+//! on its own runtime):
+//!
+//! 1. **Rebalance.** The group subscribes to the purchases topic only, with
+//!    cooperative-sticky assignment; when it assigns purchases partition p, the
+//!    rebalance callback also assigns partition p of the interactions and complaints
+//!    topics (co-partitioned, checked at startup), so state partition p is consumed
+//!    by exactly one instance. New partitions are paused, their state opened — or
+//!    restored from the changelog when local state is missing or behind it — then
+//!    sought to the offsets stored *in the state* and resumed. The group's committed
+//!    offsets are only a progress hint for lag dashboards.
+//! 2. **Batch.** Up to `kafka.max_batch_events` messages are polled and queued per
+//!    partition; each partition applies them in event-time order ([`partition`]) and
+//!    writes state, consumed offsets and an outbox (outputs, dead letters, changelog
+//!    records, its population summary) in one atomic RocksDB batch.
+//! 3. **Publish.** The outboxes are sent by an idempotent producer (in one Kafka
+//!    transaction with the consumed offsets under `exactly_once`) and deleted only
+//!    after the broker acknowledged them. A crash can re-publish, with the same
+//!    `event_id`s; it cannot lose anything.
+//!
+//! Revocation happens inside `poll`, between batches: the batch in hand has already
+//! been written and published, so the partition is simply closed. Shutdown stops
+//! polling, finishes the batch, publishes, commits and leaves the group.
+
+pub mod changelog;
+pub mod partition;
+pub mod stats;
+pub mod topics;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::config::{Clock, Guarantee, Settings};
+use crate::event::{parse_event, EventType, ParseContext};
+use crate::store::rocks::RocksStore;
+use crate::store::{Batch, Cf, Store, StoreError};
+use crate::telemetry::Metrics;
+
+use changelog::{Dest, Marker, OutboxRecord, Restorer, PUBLISHED_KEY};
+use partition::{local_markers, peers_of, Msg, Partition, PeerStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// The topics are not as strata needs them: an operator must act.
+    #[error("{0}")]
+    Topology(String),
+    #[error("Kafka: {0}")]
+    Broker(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn broker(what: &str) -> impl Fn(rdkafka::error::KafkaError) -> KafkaError + '_ {
+    move |e| KafkaError::Broker(format!("{what}: {e}"))
+}
+
+/// What the HTTP endpoints see of the service.
+#[derive(Default)]
+pub struct Status {
+    /// Consuming: the group assigned partitions (or none) and startup is done.
+    pub running: bool,
+    pub assigned: BTreeSet<i32>,
+    pub restoring: BTreeSet<i32>,
+    /// Stores of the assigned partitions, for `GET /v1/customers/{id}`.
+    pub stores: BTreeMap<i32, Arc<RocksStore>>,
+}
+
+pub type SharedStatus = Arc<Mutex<Status>>;
+
+/// The state dir of partition p.
+pub fn partition_dir(state_dir: &std::path::Path, p: i32) -> PathBuf {
+    state_dir.join("partitions").join(p.to_string())
+}
+
+enum Change {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Consumer context: extends each assignment of the lead (purchases) topic to the
+/// same partitions of the other input topics, pauses new partitions until their
+/// state is ready, and hands the change to the loop.
+struct Ctx {
+    inputs: Vec<String>,
+    changes: Mutex<Vec<Change>>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let parts: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.inputs[0])
+            .map(|e| e.partition())
+            .collect();
+        let mut full = TopicPartitionList::new();
+        for p in &parts {
+            for t in &self.inputs {
+                full.add_partition(t, *p);
+            }
+        }
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let r = if cooperative {
+                    c.incremental_assign(&full)
+                } else {
+                    c.assign(&full)
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "Could not take the assigned partitions.");
+                }
+                if let Err(e) = c.pause(&full) {
+                    tracing::warn!(error = %e, "Could not pause newly assigned partitions.");
+                }
+                tracing::info!(partitions = ?parts, "Partitions assigned.");
+                self.changes.lock().unwrap().push(Change::Assigned(parts));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(partitions = ?parts, lost = c.assignment_lost(), "Partitions revoked.");
+                self.changes.lock().unwrap().push(Change::Revoked(parts));
+                let r = if cooperative {
+                    c.incremental_unassign(&full)
+                } else {
+                    c.unassign()
+                };
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "Could not release revoked partitions.");
+                }
+            }
+            other => tracing::error!(error = ?other, "Rebalance failed."),
+        }
+    }
+}
+
+/// Producer context: counts failed deliveries, so an outbox is deleted only when
+/// everything sent since the last check was acknowledged.
+#[derive(Default)]
+struct PCtx {
+    failed: AtomicU64,
+}
+
+impl ClientContext for PCtx {}
+
+impl ProducerContext for PCtx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = r {
+            // Counted here, reported once per round by `publish` (aborted
+            // transactions purge every record they held).
+            tracing::debug!(error = %e, "A record was not delivered.");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// librdkafka's last known high watermark of a partition (no broker round trip).
+fn cached_high_watermark(c: &BaseConsumer<Ctx>, topic: &str, p: i32) -> Option<i64> {
+    let t = CString::new(topic).ok()?;
+    let (mut lo, mut hi) = (-1i64, -1i64);
+    // SAFETY: a valid client handle and NUL-terminated topic; librdkafka only reads
+    // its cache and writes the two out-parameters.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            c.client().native_ptr(),
+            t.as_ptr(),
+            p,
+            &mut lo,
+            &mut hi,
+        )
+    };
+    (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0).then_some(hi)
+}
+
+fn random_nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    xxhash_rust::xxh3::xxh3_64(format!("{t}-{}", std::process::id()).as_bytes())
+}
+
+/// The base librdkafka configuration: brokers, then `[kafka.client]` verbatim.
+pub fn client_config(settings: &Settings) -> ClientConfig {
+    let k = &settings.raw.kafka;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers);
+    for (key, v) in &k.client {
+        c.set(key, v);
+    }
+    c
+}
+
+fn instance_id(settings: &Settings) -> String {
+    let k = &settings.raw.kafka;
+    if !k.instance_id.is_empty() {
+        return k.instance_id.clone();
+    }
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| format!("pid{}", std::process::id()))
+}
+
+/// Reads one changelog partition (no group).
+struct ChangelogReader {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl ChangelogReader {
+    fn new(base: &ClientConfig, topic: &str, eos: bool) -> Result<Self, KafkaError> {
+        let mut c = base.clone();
+        c.set("group.id", "strata-changelog-reader-unused")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.max.bytes", "52428800")
+            .set(
+                "isolation.level",
+                if eos {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            );
+        Ok(ChangelogReader {
+            consumer: c
+                .create()
+                .map_err(broker("cannot create a changelog reader"))?,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Visit records of partition p from `from` to the end; returns whether the
+    /// partition holds any record at all.
+    fn read(
+        &self,
+        p: i32,
+        from_end: Option<i64>,
+        f: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), KafkaError>,
+    ) -> Result<bool, KafkaError> {
+        let (lo, hi) = self
+            .consumer
+            .fetch_watermarks(&self.topic, p, Duration::from_secs(15))
+            .map_err(broker("cannot read the changelog's offsets"))?;
+        if hi <= lo {
+            return Ok(false);
+        }
+        let start = match from_end {
+            Some(n) => (hi - n).max(lo),
+            None => lo,
+        };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, p, Offset::Offset(start))
+            .map_err(broker("changelog offset"))?;
+        self.consumer
+            .assign(&tpl)
+            .map_err(broker("cannot read the changelog"))?;
+        loop {
+            match self.consumer.poll(Duration::from_secs(5)) {
+                Some(Ok(m)) => {
+                    if let Some(k) = m.key() {
+                        f(k, m.payload())?;
+                    }
+                    if m.offset() + 1 >= hi {
+                        break;
+                    }
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => {
+                    return Err(KafkaError::Broker(format!("reading the changelog: {e}")))
+                }
+                None => {}
+            }
+        }
+        self.consumer.unassign().ok();
+        Ok(true)
+    }
+}
+
+/// The running service.
+struct Service {
+    settings: Arc<Settings>,
+    inputs: Vec<String>,
+    contexts: Vec<ParseContext>,
+    consumer: BaseConsumer<Ctx>,
+    producer: ThreadedProducer<PCtx>,
+    eos: bool,
+    changelog: ChangelogReader,
+    parts: BTreeMap<i32, Partition>,
+    /// Next offset expected per (input index, partition): messages must arrive
+    /// contiguously from it; anything else is a prefetch from before a seek.
+    expected: BTreeMap<(usize, i32), i64>,
+    /// When each partition's queue `i` first waited on an empty queue.
+    waiting_since: BTreeMap<(usize, i32), Instant>,
+    stats: PeerStats,
+    status: SharedStatus,
+    metrics: Arc<Metrics>,
+    nonce: u64,
+    /// Offsets last committed to the group, to commit only what moved.
+    hinted: BTreeMap<(String, i32), i64>,
+    gauges_at: Instant,
+}
+
+/// How long a partition waits for an input topic that is behind (Kafka Streams'
+/// `max.task.idle.ms`), before applying the others' events without it.
+const MAX_IDLE: Duration = Duration::from_secs(2);
+
+impl Service {
+    fn open_partition(&mut self, p: i32) -> Result<(), KafkaError> {
+        let started = Instant::now();
+        self.status.lock().unwrap().restoring.insert(p);
+        self.metrics.partitions_restoring.inc();
+        let s = &self.settings;
+        let dir = partition_dir(&s.raw.engine.state_dir, p);
+        let open = |dir: &std::path::Path| -> Result<Arc<RocksStore>, KafkaError> {
+            Ok(Arc::new(RocksStore::open(
+                dir,
+                (s.raw.engine.block_cache_mb / 4).max(8),
+                (s.raw.engine.write_buffer_mb / 4).max(4),
+            )?))
+        };
+        let mut store = open(&dir)?;
+        let (local, published) = local_markers(&store)?;
+        // The changelog's last whole batch (its marker is the batch's last record).
+        let mut tail: Option<Marker> = None;
+        let has_records = self.changelog.read(p, Some(4096), &mut |k, v| {
+            if let Some((cf, key)) = changelog::parse_changelog_key(k) {
+                if changelog::is_marker(cf, key) {
+                    tail = v.and_then(Marker::decode);
+                }
+            }
+            Ok(())
+        })?;
+        let keep = match (&tail, has_records) {
+            (_, false) => true,
+            (None, true) => false,
+            (Some(cl), true) => {
+                let same = |m: &Option<Marker>| m.as_ref().is_some_and(|m| m.same_batch(cl));
+                let within = local.as_ref().is_some_and(|l| {
+                    l.nonce == cl.nonce
+                        && cl.seq <= l.seq
+                        && published.as_ref().is_none_or(|pb| pb.seq < cl.seq)
+                });
+                same(&local) || same(&published) || within
+            }
+        };
+        if keep {
+            if let Some(cl) = &tail {
+                // Outbox batches up to the changelog's last marker were published.
+                let mut b = Batch::default();
+                store.scan(Cf::Outbox, &[], None, &mut |k, v| {
+                    if OutboxRecord::decode(v).is_some_and(|r| r.batch_seq <= cl.seq) {
+                        b.delete(Cf::Outbox, k.to_vec());
+                    }
+                    Ok(true)
+                })?;
+                if !b.is_empty() {
+                    store.write(b)?;
+                }
+            }
+            tracing::info!(
+                partition = p,
+                "Partition state is current; no restore needed."
+            );
+        } else {
+            tracing::info!(
+                partition = p,
+                "Restoring partition state from the changelog."
+            );
+            drop(store);
+            std::fs::remove_dir_all(&dir).ok();
+            store = open(&dir)?;
+            let mut r = Restorer::default();
+            let metrics = self.metrics.clone();
+            let st = store.clone();
+            self.changelog.read(p, None, &mut |k, v| {
+                metrics.restore_records.inc();
+                if let Some(b) = r.push(k, v) {
+                    st.write(b)?;
+                }
+                Ok(())
+            })?;
+            let mut b = r.finish();
+            if let Some(m) = &r.last_marker {
+                b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), m.encode());
+            }
+            store.write(b)?;
+            tracing::info!(
+                partition = p,
+                records = r.records,
+                seconds = started.elapsed().as_secs_f64(),
+                "Restored partition state from the changelog."
+            );
+        }
+        self.metrics.add_population(&store, 1)?;
+        let part = Partition::open(
+            s.clone(),
+            p,
+            store.clone(),
+            self.nonce,
+            self.inputs.len(),
+            self.metrics.clone(),
+        )?;
+        // Seek every input to the offsets stored with the state.
+        let mut tpl = TopicPartitionList::new();
+        for (i, t) in self.inputs.iter().enumerate() {
+            let next = match part.next_offset(t) {
+                Some(o) => o,
+                None => {
+                    self.consumer
+                        .fetch_watermarks(t, p, Duration::from_secs(15))
+                        .map_err(broker("cannot read input offsets"))?
+                        .0
+                }
+            };
+            self.expected.insert((i, p), next);
+            tpl.add_partition_offset(t, p, Offset::Offset(next))
+                .map_err(broker("offset"))?;
+        }
+        self.consumer
+            .seek_partitions(tpl.clone(), Duration::from_secs(15))
+            .map_err(broker("cannot seek to the stored offsets"))?;
+        self.consumer
+            .resume(&tpl)
+            .map_err(broker("cannot resume partitions"))?;
+        self.parts.insert(p, part);
+        let mut st = self.status.lock().unwrap();
+        st.restoring.remove(&p);
+        st.assigned.insert(p);
+        st.stores.insert(p, store);
+        self.metrics.partitions_restoring.dec();
+        self.metrics
+            .partitions_assigned
+            .set(st.assigned.len() as i64);
+        Ok(())
+    }
+
+    fn close_partition(&mut self, p: i32) {
+        if let Some(part) = self.parts.remove(&p) {
+            if let Err(e) = self.metrics.add_population(&part.store, -1) {
+                tracing::warn!(error = %e, partition = p, "Could not read the released partition's populations.");
+            }
+        }
+        for i in 0..self.inputs.len() {
+            self.expected.remove(&(i, p));
+            self.waiting_since.remove(&(i, p));
+        }
+        self.hinted.retain(|(_, q), _| *q != p);
+        let mut st = self.status.lock().unwrap();
+        st.assigned.remove(&p);
+        st.stores.remove(&p);
+        self.metrics
+            .partitions_assigned
+            .set(st.assigned.len() as i64);
+        tracing::info!(partition = p, "Released partition.");
+    }
+
+    fn apply_changes(&mut self) -> Result<(), KafkaError> {
+        let changes = std::mem::take(&mut *self.consumer.context().changes.lock().unwrap());
+        for c in changes {
+            match c {
+                Change::Revoked(ps) => ps.into_iter().for_each(|p| self.close_partition(p)),
+                Change::Assigned(ps) => {
+                    for p in ps {
+                        self.open_partition(p)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Take up to `max_batch_events` messages, waiting at most `batch_wait_ms`.
+    fn poll_batch(&mut self) -> Result<usize, KafkaError> {
+        let (wait, max) = {
+            let k = &self.settings.raw.kafka;
+            (k.batch_wait_ms, k.max_batch_events)
+        };
+        let deadline = Instant::now() + Duration::from_millis(wait);
+        let mut n = 0;
+        let mut reseek: BTreeSet<(usize, i32)> = BTreeSet::new();
+        while n < max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // A rebalance happens inside poll: apply it before routing more messages.
+            if !self.consumer.context().changes.lock().unwrap().is_empty() {
+                self.apply_changes()?;
+            }
+            let Some(r) = self.consumer.poll(left) else {
+                break;
+            };
+            let m = match r {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Consumer error; librdkafka retries.");
+                    continue;
+                }
+            };
+            let Some(i) = self.inputs.iter().position(|t| t == m.topic()) else {
+                continue;
+            };
+            let p = m.partition();
+            let Some(exp) = self.expected.get_mut(&(i, p)) else {
+                continue; // not ours (any more)
+            };
+            if m.offset() < *exp {
+                continue; // already applied
+            }
+            if m.offset() > *exp {
+                reseek.insert((i, p)); // fetched from before our seek
+                continue;
+            }
+            *exp += 1;
+            let raw = m.payload().unwrap_or_default().to_vec();
+            let parsed = parse_event(&raw, &self.contexts[i]);
+            match &parsed {
+                Ok(e) => self.metrics.consumed(e.kind.event_type()),
+                Err(r) => self.metrics.rejected(&r.reason.to_string()),
+            }
+            let msg = Msg {
+                offset: m.offset(),
+                parsed,
+                key: m.key().map(|k| k.to_vec()),
+                raw,
+            };
+            let topic = self.inputs[i].clone();
+            if let Some(part) = self.parts.get_mut(&p) {
+                part.enqueue(i, &topic, msg);
+                n += 1;
+            }
+        }
+        for (i, p) in reseek {
+            if let Some(&o) = self.expected.get(&(i, p)) {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(&self.inputs[i], p, Offset::Offset(o))
+                    .map_err(broker("offset"))?;
+                if let Err(e) = self.consumer.seek_partitions(tpl, Duration::from_secs(5)) {
+                    tracing::warn!(error = %e, partition = p, "Seek failed; retrying.");
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Apply what each partition can, then write each partition's batch.
+    fn process(&mut self) -> Result<(), KafkaError> {
+        let wall = self.settings.clock == Clock::Wall;
+        if wall {
+            let s = &self.settings;
+            let limit = chrono::Utc::now().timestamp_millis()
+                + s.raw.engine.max_future_skew_seconds as i64 * 1000;
+            for c in &mut self.contexts {
+                c.future_limit_millis = Some(limit);
+            }
+        }
+        let today = crate::day::today(self.settings.tz);
+        let ids: Vec<i32> = self.parts.keys().copied().collect();
+        for p in ids {
+            // Which inputs have nothing more to fetch (or waited long enough)?
+            let mut caught = vec![false; self.inputs.len()];
+            for (i, t) in self.inputs.iter().enumerate() {
+                let exp = self.expected.get(&(i, p)).copied().unwrap_or(0);
+                let hw = cached_high_watermark(&self.consumer, t, p);
+                let empty = self.parts[&p].queues[i].is_empty();
+                let idle = if empty && hw.is_none_or(|h| exp < h) {
+                    let since = *self
+                        .waiting_since
+                        .entry((i, p))
+                        .or_insert_with(Instant::now);
+                    since.elapsed() >= MAX_IDLE
+                } else {
+                    self.waiting_since.remove(&(i, p));
+                    false
+                };
+                caught[i] = hw.is_some_and(|h| exp >= h) || idle;
+            }
+            let peers = peers_of(&self.stats, p);
+            let part = self.parts.get_mut(&p).unwrap();
+            part.proc.set_peers(peers);
+            if wall {
+                part.proc.advance_to(today)?;
+            }
+            let before = part.proc.counters.clone();
+            let metrics = &self.metrics;
+            let started = Instant::now();
+            let now = chrono::Utc::now().timestamp_millis();
+            tracing::trace!(partition = p, ?caught, queued = part.queued(), "Draining.");
+            let n = part.drain(&self.inputs, &|i| caught[i], &mut |ev| {
+                metrics
+                    .event_lag
+                    .observe(((now - ev.ts_millis) as f64 / 1000.0).max(0.0));
+            })?;
+            if n > 0 {
+                part.commit()?;
+            }
+            let after = &part.proc.counters;
+            metrics.record_counters(&before, after);
+            if n > 0 {
+                metrics
+                    .batch_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+
+    /// Send every outbox; delete what the broker acknowledged.
+    fn publish(&mut self) -> Result<(), KafkaError> {
+        let t = &self.settings.raw.kafka.topics;
+        let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
+        let mut sent: Vec<(i32, Vec<Vec<u8>>)> = Vec::new();
+        let mut any = false;
+        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for (&p, part) in &self.parts {
+            let recs = part.outbox()?;
+            if recs.is_empty() {
+                continue;
+            }
+            if !any && self.eos {
+                self.producer
+                    .begin_transaction()
+                    .map_err(broker("cannot begin a transaction"))?;
+            }
+            any = true;
+            let mut keys = Vec::with_capacity(recs.len());
+            for (k, r) in recs {
+                let (topic, partition) = match r.dest {
+                    Dest::TierChanges => (&t.tier_changes, None),
+                    Dest::ChurnWarnings | Dest::ChurnRecovered => (&t.churn_warnings, None),
+                    Dest::DeadLetter => (&t.dead_letter, None),
+                    Dest::Changelog => (&t.changelog, Some(p)),
+                    Dest::Stats => (&t.stats, Some(p)),
+                };
+                if let Some(ty) = r.dest.output_type() {
+                    *counts.entry(ty).or_default() += 1;
+                }
+                let mut headers = OwnedHeaders::new();
+                for (hk, hv) in &r.headers {
+                    headers = headers.insert(Header {
+                        key: hk,
+                        value: Some(hv.as_slice()),
+                    });
+                }
+                let mut rec: BaseRecord<'_, [u8], [u8]> =
+                    BaseRecord::to(topic).key(r.key.as_slice()).headers(headers);
+                if let Some(v) = &r.value {
+                    rec = rec.payload(v.as_slice());
+                }
+                if let Some(pp) = partition {
+                    rec = rec.partition(pp);
+                }
+                loop {
+                    match self.producer.send(rec) {
+                        Ok(()) => break,
+                        Err((
+                            rdkafka::error::KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull,
+                            ),
+                            back,
+                        )) => {
+                            rec = back;
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err((e, _)) => {
+                            return Err(KafkaError::Broker(format!(
+                                "cannot send to {topic:?}: {e}"
+                            )))
+                        }
+                    }
+                }
+                keys.push(k);
+            }
+            sent.push((p, keys));
+        }
+        if !any {
+            return Ok(());
+        }
+        let in_flight: usize = sent.iter().map(|(_, k)| k.len()).sum();
+        self.metrics.outbox_pending.set(in_flight as i64);
+        if self.eos {
+            // Consumed offsets join the transaction (the group's view), with outputs
+            // and changelog records; read_committed consumers see all or nothing.
+            let mut tpl = TopicPartitionList::new();
+            for (p, part) in &self.parts {
+                for (topic, o) in part.marker().offsets {
+                    tpl.add_partition_offset(&topic, *p, Offset::Offset(o)).ok();
+                }
+            }
+            let gm = self
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| KafkaError::Broker("no consumer group metadata".into()))?;
+            let r = self
+                .producer
+                .send_offsets_to_transaction(&tpl, &gm, Duration::from_secs(30))
+                .and_then(|_| self.producer.commit_transaction(Duration::from_secs(60)));
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "Transaction failed; aborting. The outbox is kept and sent again in the next transaction.");
+                self.producer
+                    .abort_transaction(Duration::from_secs(60))
+                    .map_err(broker("cannot abort the transaction"))?;
+                self.metrics.transactions_aborted.inc();
+                return Ok(());
+            }
+        } else {
+            self.producer
+                .flush(Duration::from_secs(60))
+                .map_err(broker(
+                    "the producer did not deliver in 60 s (is the broker up?)",
+                ))?;
+        }
+        let failed = self.producer.context().failed.load(Ordering::Relaxed) - failed_before;
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "Records were not delivered; they stay in the outbox and are sent again."
+            );
+            return Ok(());
+        }
+        for (p, keys) in sent {
+            if let Some(part) = self.parts.get(&p) {
+                part.published(&keys)?;
+            }
+        }
+        self.metrics.outbox_pending.set(0);
+        tracing::debug!(records = in_flight, "Published the outboxes.");
+        for (ty, n) in counts {
+            self.metrics
+                .outputs_published
+                .with_label_values(&[ty])
+                .inc_by(n);
+        }
+        Ok(())
+    }
+
+    /// The group's committed offsets: a progress hint for lag dashboards only,
+    /// committed after the work they cover is written and published.
+    fn commit_hint(&mut self) {
+        if self.eos {
+            return; // committed inside the transaction
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, part) in &self.parts {
+            for (topic, o) in part.marker().offsets {
+                if self.hinted.insert((topic.clone(), *p), o) != Some(o) {
+                    tpl.add_partition_offset(&topic, *p, Offset::Offset(o)).ok();
+                }
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "Offset commit (progress hint) failed.");
+            }
+        }
+    }
+
+    fn update_gauges(&mut self) {
+        if self.gauges_at.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.gauges_at = Instant::now();
+        let mut timers = 0i64;
+        for part in self.parts.values() {
+            timers += part.store.estimate_keys(Cf::Timers) as i64;
+            for (i, t) in self.inputs.iter().enumerate() {
+                let exp = self.expected.get(&(i, part.id)).copied().unwrap_or(0);
+                if let Some(hw) = cached_high_watermark(&self.consumer, t, part.id) {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[t.as_str(), &part.id.to_string()])
+                        .set((hw - exp).max(0) as i64);
+                }
+            }
+        }
+        self.metrics.timers_pending.set(timers);
+        let sum = |name: &str| -> i64 {
+            self.parts
+                .values()
+                .map(|p| p.store.property(name) as i64)
+                .sum()
+        };
+        self.metrics
+            .rocksdb_live_data
+            .set(sum("rocksdb.estimate-live-data-size"));
+        self.metrics
+            .rocksdb_pending_compaction
+            .set(sum("rocksdb.estimate-pending-compaction-bytes"));
+        self.metrics
+            .rocksdb_block_cache
+            .set(self.parts.values().map(|p| p.store.memory().1 as i64).sum());
+    }
+}
+
+/// Run the service until `shutdown` is set (SIGTERM/SIGINT in the binary).
+pub fn run(
+    settings: Arc<Settings>,
+    status: SharedStatus,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), KafkaError> {
+    let k = &settings.raw.kafka;
+    let eos = k.processing_guarantee == Guarantee::ExactlyOnce;
+    let t = &k.topics;
+    let inputs = vec![
+        t.purchases.clone(),
+        t.interactions.clone(),
+        t.complaints.clone(),
+    ];
+    let base = client_config(&settings);
+
+    let mut cc = ClientConfig::new();
+    cc.set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "isolation.level",
+            if eos {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        );
+    for (key, v) in base.config_map() {
+        cc.set(key, v);
+    }
+    let consumer: BaseConsumer<Ctx> = cc
+        .create_with_context(Ctx {
+            inputs: inputs.clone(),
+            changes: Mutex::new(Vec::new()),
+        })
+        .map_err(broker("cannot create the consumer (check [kafka.client])"))?;
+    let partitions = topics::check_copartitioned(&consumer, &inputs)?;
+    topics::ensure_topics(&base, &consumer, t, partitions)?;
+    tracing::info!(partitions, topics = ?inputs, "Input topics are co-partitioned.");
+
+    let mut pc = ClientConfig::new();
+    pc.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.max.bytes", "4194304");
+    if eos {
+        pc.set(
+            "transactional.id",
+            format!("{}-{}", k.group_id, instance_id(&settings)),
+        );
+    }
+    for (key, v) in base.config_map() {
+        pc.set(key, v);
+    }
+    let producer: ThreadedProducer<PCtx> = pc
+        .create_with_context(PCtx::default())
+        .map_err(broker("cannot create the producer (check [kafka.client])"))?;
+    if eos {
+        producer
+            .init_transactions(Duration::from_secs(60))
+            .map_err(broker("cannot initialise transactions (does the broker support them? use processing_guarantee = \"at_least_once\" otherwise)"))?;
+    }
+
+    let stats: PeerStats = Arc::default();
+    let stop_stats = Arc::new(AtomicBool::new(false));
+    let stats_thread = stats::spawn(
+        base.clone(),
+        t.stats.clone(),
+        partitions,
+        stats.clone(),
+        stop_stats.clone(),
+    )?;
+
+    let contexts = [
+        EventType::Purchase,
+        EventType::Interaction,
+        EventType::Complaint,
+    ]
+    .into_iter()
+    .map(|ty| {
+        let mut c = ParseContext::for_files(&settings);
+        if k.bind_topic_types {
+            c.bound_type = Some(ty);
+        }
+        c
+    })
+    .collect();
+    let mut svc = Service {
+        changelog: ChangelogReader::new(&base, &t.changelog, eos)?,
+        settings: settings.clone(),
+        inputs: inputs.clone(),
+        contexts,
+        consumer,
+        producer,
+        eos,
+        parts: BTreeMap::new(),
+        expected: BTreeMap::new(),
+        waiting_since: BTreeMap::new(),
+        stats,
+        status: status.clone(),
+        metrics,
+        nonce: random_nonce(),
+        hinted: BTreeMap::new(),
+        gauges_at: Instant::now(),
+    };
+    svc.consumer
+        .subscribe(&[inputs[0].as_str()])
+        .map_err(broker("cannot subscribe"))?;
+    status.lock().unwrap().running = true;
+    tracing::info!(group = %k.group_id, guarantee = ?k.processing_guarantee, "Consuming.");
+
+    let result = (|| -> Result<(), KafkaError> {
+        while !shutdown.load(Ordering::Relaxed) {
+            svc.apply_changes()?;
+            svc.poll_batch()?;
+            svc.process()?;
+            svc.publish()?;
+            svc.commit_hint();
+            svc.update_gauges();
+        }
+        // Finish the batch in hand, write, publish, commit, leave the group.
+        tracing::info!("Shutting down: finishing the batch in hand.");
+        svc.process()?;
+        svc.publish()?;
+        svc.commit_hint();
+        Ok(())
+    })();
+    status.lock().unwrap().running = false;
+    svc.consumer.unsubscribe();
+    svc.apply_changes().ok();
+    stop_stats.store(true, Ordering::Relaxed);
+    stats_thread.join().ok();
+    if result.is_ok() {
+        tracing::info!("Left the group; stopped.");
+    }
+    result
+}
+
+/// `strata gen --topic T`: produce JSON Lines to Kafka, keyed by `customer_id`.
+/// `{type}` in `T` is replaced by each event's type (`--topic '{type}s'` fills the
+/// default input topics). Kafka's default (murmur2) partitioner, as Java clients use,
+/// so every input topic places a customer in the same partition.
+pub fn produce_lines(
+    settings: &Settings,
+    input: &mut dyn std::io::BufRead,
+    topic_pattern: &str,
+) -> Result<u64, KafkaError> {
+    let mut pc = ClientConfig::new();
+    pc.set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("partitioner", "murmur2_random")
+        .set("queue.buffering.max.messages", "1000000");
+    for (key, v) in client_config(settings).config_map() {
+        pc.set(key, v);
+    }
+    let producer: ThreadedProducer<PCtx> = pc
+        .create_with_context(PCtx::default())
+        .map_err(broker("cannot create the producer (check kafka.brokers)"))?;
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "type")]
+        ty: Option<&'a str>,
+        customer_id: Option<&'a str>,
+    }
+    let mut n = 0u64;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if input
+            .read_line(&mut line)
+            .map_err(|e| KafkaError::Broker(format!("cannot read the generated events: {e}")))?
+            == 0
+        {
+            break;
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            continue;
+        }
+        let head: Head = serde_json::from_str(l).unwrap_or(Head {
+            ty: None,
+            customer_id: None,
+        });
+        let topic = topic_pattern.replace("{type}", head.ty.unwrap_or("unknown"));
+        let mut rec: BaseRecord<'_, str, str> = BaseRecord::to(&topic).payload(l);
+        if let Some(k) = head.customer_id {
+            rec = rec.key(k);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((e, _)) => {
+                    return Err(KafkaError::Broker(format!("cannot send to {topic:?}: {e}")))
+                }
+            }
+        }
+        n += 1;
+    }
+    producer
+        .flush(Duration::from_secs(120))
+        .map_err(broker("the producer did not deliver in 120 s"))?;
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        return Err(KafkaError::Broker(format!(
+            "{failed} of {n} events were not delivered (do the topics exist?)"
+        )));
+    }
+    Ok(n)
+}

@@ -1,0 +1,365 @@
+//! One state partition on this instance: partition p of every input topic feeds one
+//! RocksDB (`<state_dir>/partitions/<p>`) and one [`Processor`], so a partition is
+//! restored, dropped or handed over on its own.
+//!
+//! Messages wait in one queue per input topic and are applied in event-time order
+//! across the three (Kafka Streams' stream-time rule): the next event is the earliest
+//! head of the queues, and the partition waits while a queue is empty but its topic
+//! partition has more to fetch. So a partition's order is a function of its input
+//! topics alone, whatever the fetch interleaving — the same order `strata replay` sees
+//! when given the merged partition (what the end-to-end tests compare).
+//!
+//! The processor's [`FlushHook`](crate::processor::FlushHook) adds to every state
+//! write the batch marker (consumed offsets), and copies of the write, the outputs,
+//! the dead letters and the population summary into the outbox (see [`changelog`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use crate::config::Settings;
+use crate::event::{Event, Rejection};
+use crate::output::OutputType;
+use crate::population::Population;
+use crate::processor::Processor;
+use crate::store::rocks::RocksStore;
+use crate::store::{Batch, Cf, Store, StoreError};
+use crate::telemetry::Metrics;
+
+use super::changelog::{
+    changelog_key, outbox_key, Dest, Marker, OutboxRecord, MARKER_KEY, PUBLISHED_KEY,
+};
+
+/// One consumed message, parsed on arrival.
+pub struct Msg {
+    pub offset: i64,
+    pub parsed: Result<Event, Rejection>,
+    pub key: Option<Vec<u8>>,
+    pub raw: Vec<u8>,
+}
+
+impl Msg {
+    /// Event time for ordering; bad messages go first (they change nothing).
+    fn order_key(&self) -> i64 {
+        match &self.parsed {
+            Ok(e) => e.ts_millis,
+            Err(_) => i64::MIN,
+        }
+    }
+}
+
+/// What the flush hook shares with the shell.
+struct Pending {
+    partition: i32,
+    /// The marker the next write will carry (offsets are kept current).
+    marker: Marker,
+    nonce: u64,
+    dead: Vec<OutboxRecord>,
+    next_outbox: u64,
+}
+
+/// Dead-letter record (SPEC §2): the reason, the source, and the original bytes.
+#[derive(serde::Serialize)]
+struct DeadLetter<'a> {
+    reason: String,
+    detail: &'a str,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    /// The original message, as text when it is UTF-8.
+    raw: String,
+    /// Base64 would hide the reason a message is bad; bytes that are not UTF-8 are
+    /// given as a lossy string here and exactly in the Kafka record's value below.
+    raw_is_utf8: bool,
+}
+
+pub struct Partition {
+    pub id: i32,
+    pub store: Arc<RocksStore>,
+    pub proc: Processor<Arc<RocksStore>>,
+    pending: Arc<Mutex<Pending>>,
+    /// One queue per input topic, in [`super::Inputs`] order.
+    pub queues: Vec<VecDeque<Msg>>,
+}
+
+/// Input topic names, in queue order, used for markers and dead letters.
+pub type TopicNames = Vec<String>;
+
+impl Partition {
+    pub fn open(
+        settings: Arc<Settings>,
+        id: i32,
+        store: Arc<RocksStore>,
+        nonce: u64,
+        topics: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Partition, StoreError> {
+        let marker = match store.get(Cf::Meta, MARKER_KEY)? {
+            Some(b) => Marker::decode(&b).ok_or_else(|| StoreError::Backend(format!(
+                "partition {id}: the stored batch marker is unreadable (delete the partition's state dir to restore it from the changelog)"
+            )))?,
+            None => Marker::default(),
+        };
+        let mut next_outbox = 0;
+        store.scan(Cf::Outbox, &[], None, &mut |k, _| {
+            if let Ok(b) = <[u8; 8]>::try_from(k) {
+                next_outbox = u64::from_be_bytes(b) + 1;
+            }
+            Ok(true)
+        })?;
+        let pending = Arc::new(Mutex::new(Pending {
+            partition: id,
+            marker,
+            nonce,
+            dead: Vec::new(),
+            next_outbox,
+        }));
+        let mut proc = Processor::open(settings, store.clone())?;
+        let hook_pending = pending.clone();
+        proc.set_flush_hook(Box::new(move |batch, outputs| {
+            let mut p = hook_pending.lock().unwrap();
+            p.marker.seq += 1;
+            p.marker.nonce = p.nonce;
+            let seq = p.marker.seq;
+            batch.put(Cf::Meta, MARKER_KEY.to_vec(), p.marker.encode());
+            let mut recs: Vec<OutboxRecord> = Vec::with_capacity(batch.len() + outputs.len());
+            let mut stats = None;
+            for (cf, k, v) in &batch.ops {
+                if let Some(key) = changelog_key(*cf, k) {
+                    recs.push(OutboxRecord {
+                        dest: Dest::Changelog,
+                        batch_seq: seq,
+                        key,
+                        value: v.clone(),
+                        headers: Vec::new(),
+                    });
+                }
+                if *cf == Cf::Meta && k == b"population" {
+                    stats = v.clone();
+                }
+            }
+            metrics.observe_outputs(outputs.iter());
+            for o in outputs.drain(..) {
+                recs.push(OutboxRecord {
+                    dest: match o.kind {
+                        OutputType::TierChanged => Dest::TierChanges,
+                        OutputType::ChurnWarning => Dest::ChurnWarnings,
+                        OutputType::ChurnRecovered => Dest::ChurnRecovered,
+                    },
+                    batch_seq: seq,
+                    key: o.customer_id.clone().into_bytes(),
+                    value: Some(serde_json::to_vec(&o).expect("outputs serialise")),
+                    headers: Vec::new(),
+                });
+            }
+            let dead: Vec<_> = p.dead.drain(..).collect();
+            recs.extend(dead.into_iter().map(|mut d| {
+                d.batch_seq = seq;
+                d
+            }));
+            if let Some(v) = stats {
+                recs.push(OutboxRecord {
+                    dest: Dest::Stats,
+                    batch_seq: seq,
+                    key: p.partition.to_string().into_bytes(),
+                    value: Some(v),
+                    headers: Vec::new(),
+                });
+            }
+            for r in recs {
+                let k = outbox_key(p.next_outbox);
+                p.next_outbox += 1;
+                batch.put(Cf::Outbox, k, r.encode());
+            }
+        }));
+        Ok(Partition {
+            id,
+            store,
+            proc,
+            pending,
+            queues: (0..topics).map(|_| VecDeque::new()).collect(),
+        })
+    }
+
+    /// The marker of the last write (offsets consumed so far).
+    pub fn marker(&self) -> Marker {
+        self.pending.lock().unwrap().marker.clone()
+    }
+
+    /// Next offset to consume of an input topic (`None`: from the beginning).
+    pub fn next_offset(&self, topic: &str) -> Option<i64> {
+        self.pending
+            .lock()
+            .unwrap()
+            .marker
+            .offsets
+            .get(topic)
+            .copied()
+    }
+
+    /// Queue a message unless it was consumed already (a redelivery after a seek).
+    pub fn enqueue(&mut self, topic_idx: usize, topic: &str, msg: Msg) {
+        let next = self.next_offset(topic).unwrap_or(0);
+        let last_queued = self.queues[topic_idx].back().map(|m| m.offset);
+        if msg.offset < next || last_queued.is_some_and(|o| msg.offset <= o) {
+            return;
+        }
+        self.queues[topic_idx].push_back(msg);
+    }
+
+    /// Apply queued messages in event-time order while the order is certain:
+    /// `caught_up(i)` says whether topic i has nothing more to fetch right now, or
+    /// the partition has waited long enough for it. Returns how many messages were
+    /// taken (applied, duplicate or dead-lettered).
+    pub fn drain(
+        &mut self,
+        topics: &TopicNames,
+        caught_up: &dyn Fn(usize) -> bool,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<usize, StoreError> {
+        // Warm the cache for everything queued with one multi-get.
+        let ids: Vec<String> = self
+            .queues
+            .iter()
+            .flatten()
+            .filter_map(|m| m.parsed.as_ref().ok().map(|e| e.customer_id.clone()))
+            .collect();
+        self.proc.prefetch(ids.iter().map(|s| s.as_str()))?;
+        let mut n = 0;
+        loop {
+            let mut best: Option<usize> = None;
+            for (i, q) in self.queues.iter().enumerate() {
+                match q.front() {
+                    None if !caught_up(i) => return Ok(n),
+                    None => {}
+                    Some(m) => {
+                        if best.is_none_or(|b| {
+                            m.order_key() < self.queues[b].front().unwrap().order_key()
+                        }) {
+                            best = Some(i);
+                        }
+                    }
+                }
+            }
+            let Some(i) = best else { return Ok(n) };
+            let msg = self.queues[i].pop_front().unwrap();
+            let topic = &topics[i];
+            match &msg.parsed {
+                Ok(ev) => {
+                    // The offset moves after: a write inside `process` (before a
+                    // clock move) records offsets without this event, as its state;
+                    // one after applying it (a full cache) makes the redelivery a
+                    // duplicate, caught by event_id.
+                    self.proc.process(ev)?;
+                    on_event(ev);
+                }
+                Err(rej) => self.dead_letter(topic, &msg, rej),
+            }
+            self.pending
+                .lock()
+                .unwrap()
+                .marker
+                .offsets
+                .insert(topic.clone(), msg.offset + 1);
+            n += 1;
+        }
+    }
+
+    fn dead_letter(&mut self, topic: &str, msg: &Msg, rej: &Rejection) {
+        let text = std::str::from_utf8(&msg.raw);
+        let dl = DeadLetter {
+            reason: rej.reason.to_string(),
+            detail: &rej.detail,
+            topic,
+            partition: self.id,
+            offset: msg.offset,
+            raw: String::from_utf8_lossy(&msg.raw).into_owned(),
+            raw_is_utf8: text.is_ok(),
+        };
+        let headers = vec![
+            ("strata.reason".to_string(), dl.reason.clone().into_bytes()),
+            ("strata.source.topic".to_string(), topic.as_bytes().to_vec()),
+            (
+                "strata.source.partition".to_string(),
+                self.id.to_string().into_bytes(),
+            ),
+            (
+                "strata.source.offset".to_string(),
+                msg.offset.to_string().into_bytes(),
+            ),
+        ];
+        let value = serde_json::to_vec(&dl).expect("dead letters serialise");
+        self.pending.lock().unwrap().dead.push(OutboxRecord {
+            dest: Dest::DeadLetter,
+            batch_seq: 0,
+            key: msg.key.clone().unwrap_or_default(),
+            value: Some(value),
+            headers,
+        });
+        self.proc.mark_dirty();
+    }
+
+    /// Write everything applied so far (state, offsets, outbox) in one batch.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        self.proc.mark_dirty();
+        self.proc.flush()
+    }
+
+    /// Outbox records in write order, with their keys.
+    pub fn outbox(&self) -> Result<Vec<(Vec<u8>, OutboxRecord)>, StoreError> {
+        let mut out = Vec::new();
+        let id = self.id;
+        self.store.scan(Cf::Outbox, &[], None, &mut |k, v| {
+            let r = OutboxRecord::decode(v).ok_or_else(|| {
+                StoreError::Backend(format!(
+                    "partition {id}: an outbox record is unreadable (delete the partition's state dir to restore it from the changelog)"
+                ))
+            })?;
+            out.push((k.to_vec(), r));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// The broker acknowledged these outbox records: delete them, and remember the
+    /// last batch known to be published.
+    pub fn published(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        for k in keys {
+            b.delete(Cf::Outbox, k.clone());
+        }
+        b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), self.marker().encode());
+        self.store.write(b)
+    }
+
+    pub fn population(&self) -> &Population {
+        self.proc.population()
+    }
+
+    /// Messages waiting in the queues.
+    pub fn queued(&self) -> usize {
+        self.queues.iter().map(|q| q.len()).sum()
+    }
+}
+
+/// Stored markers of a partition's local state: (last written, last published).
+pub fn local_markers(store: &RocksStore) -> Result<(Option<Marker>, Option<Marker>), StoreError> {
+    let get = |k: &[u8]| -> Result<Option<Marker>, StoreError> {
+        Ok(store.get(Cf::Meta, k)?.and_then(|b| Marker::decode(&b)))
+    };
+    Ok((get(MARKER_KEY)?, get(PUBLISHED_KEY)?))
+}
+
+/// Per-partition summaries received from the stats topic.
+pub type PeerStats = Arc<Mutex<BTreeMap<i32, Population>>>;
+
+/// The other partitions' summaries, merged (`None` when there are none).
+pub fn peers_of(stats: &PeerStats, me: i32) -> Option<Population> {
+    let s = stats.lock().unwrap();
+    let mut merged: Option<Population> = None;
+    for (p, pop) in s.iter() {
+        if *p != me {
+            merged = Some(merged.unwrap_or_default().merged(pop));
+        }
+    }
+    merged
+}

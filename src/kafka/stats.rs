@@ -1,0 +1,69 @@
+//! Cluster population statistics (SPEC §3): every partition's owner publishes the
+//! partition's mergeable population summary (sums and a bounded histogram) to the
+//! compacted stats topic, keyed by partition. Each instance reads the whole topic on
+//! a thread of its own and keeps the latest summary of every partition; a
+//! recalibration merges the other partitions' summaries with its own live one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use super::partition::PeerStats;
+use super::KafkaError;
+use crate::population::Population;
+
+pub fn spawn(
+    mut client: ClientConfig,
+    topic: String,
+    partitions: usize,
+    stats: PeerStats,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, KafkaError> {
+    // Reads every partition itself: no group, nothing committed.
+    client.set("enable.auto.commit", "false");
+    client.set("group.id", "strata-stats-reader-unused");
+    let consumer: BaseConsumer = client
+        .create()
+        .map_err(|e| KafkaError::Broker(format!("cannot create the stats reader: {e}")))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&topic, p as i32, Offset::Beginning)
+            .map_err(|e| KafkaError::Broker(e.to_string()))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| KafkaError::Broker(format!("cannot read the stats topic {topic:?}: {e}")))?;
+    Ok(std::thread::Builder::new()
+        .name("strata-stats".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => {
+                        let part = m
+                            .key()
+                            .and_then(|k| std::str::from_utf8(k).ok())
+                            .and_then(|k| k.parse::<i32>().ok());
+                        match (part, m.payload().map(Population::decode)) {
+                            (Some(p), Some(Ok(pop))) => {
+                                stats.lock().unwrap().insert(p, pop);
+                            }
+                            _ => tracing::warn!(
+                                offset = m.offset(),
+                                partition = m.partition(),
+                                "Ignored an unreadable record on the stats topic."
+                            ),
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "Stats reader poll error.")
+                    }
+                    None => {}
+                }
+            }
+        })
+        .expect("spawn a thread"))
+}

@@ -1,0 +1,149 @@
+//! Startup checks and internal topics.
+//!
+//! The three input topics must exist and be co-partitioned (SPEC §7): partition p of
+//! each holds the same customers, so one state partition can own all three. The
+//! changelog and stats topics are strata's own: created compacted with the inputs'
+//! partition count when missing, refused when they exist with another count (their
+//! partition p *is* state partition p). Output and dead-letter topics are created with
+//! the broker's defaults when missing.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+use super::KafkaError;
+use crate::config::TopicsConfig;
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Partition count of a topic, `None` if it does not exist.
+pub fn partition_count(
+    consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+    topic: &str,
+) -> Result<Option<usize>, KafkaError> {
+    let md = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .map_err(|e| KafkaError::Broker(format!("cannot read metadata of topic {topic:?}: {e}")))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len()))
+}
+
+/// The input topics' common partition count, or an error naming each topic's count.
+pub fn check_copartitioned(
+    consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+    inputs: &[String],
+) -> Result<usize, KafkaError> {
+    let mut counts = Vec::new();
+    for t in inputs {
+        counts.push((t.clone(), partition_count(consumer, t)?));
+    }
+    let missing: Vec<&str> = counts
+        .iter()
+        .filter(|(_, c)| c.is_none())
+        .map(|(t, _)| t.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(KafkaError::Topology(format!(
+            "input topic(s) {} do not exist: create them with the same partition count (or set kafka.topics.*)",
+            missing.join(", ")
+        )));
+    }
+    let first = counts[0].1.unwrap();
+    if counts.iter().any(|(_, c)| *c != Some(first)) {
+        let list: Vec<String> = counts
+            .iter()
+            .map(|(t, c)| format!("{t}: {}", c.unwrap()))
+            .collect();
+        return Err(KafkaError::Topology(format!(
+            "input topics are not co-partitioned ({}): they must have the same partition count and be keyed by customer_id; repartition them to one count",
+            list.join(", ")
+        )));
+    }
+    Ok(first)
+}
+
+/// Create strata's internal topics (and missing output topics); check the internal
+/// ones' partition counts.
+pub fn ensure_topics(
+    client: &ClientConfig,
+    consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+    topics: &TopicsConfig,
+    partitions: usize,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client
+        .create()
+        .map_err(|e| KafkaError::Broker(format!("cannot create an admin client: {e}")))?;
+    let internal = [topics.changelog.as_str(), topics.stats.as_str()];
+    let mut outputs = vec![topics.tier_changes.as_str(), topics.dead_letter.as_str()];
+    if topics.churn_warnings != topics.tier_changes {
+        outputs.push(topics.churn_warnings.as_str());
+    }
+    let mut create = Vec::new();
+    for t in internal {
+        match partition_count(consumer, t)? {
+            Some(n) if n != partitions => {
+                return Err(KafkaError::Topology(format!(
+                    "internal topic {t:?} has {n} partitions but the input topics have {partitions}: delete it (it is rebuilt from the local state) or point kafka.topics at a new name"
+                )))
+            }
+            Some(_) => {}
+            None => create.push(
+                NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1))
+                    .set("cleanup.policy", "compact"),
+            ),
+        }
+    }
+    for t in outputs {
+        if partition_count(consumer, t)?.is_none() {
+            create.push(NewTopic::new(
+                t,
+                partitions as i32,
+                TopicReplication::Fixed(-1),
+            ));
+        }
+    }
+    if create.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = create.iter().map(|t| t.name.to_string()).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| KafkaError::Broker(e.to_string()))?;
+    let results = rt
+        .block_on(admin.create_topics(
+            &create,
+            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+        ))
+        .map_err(|e| KafkaError::Broker(format!("cannot create topics {names:?}: {e}")))?;
+    for r in results {
+        match r {
+            Ok(t) => tracing::info!(topic = %t, "Created topic."),
+            Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic = %t, "Topic exists already.")
+            }
+            Err((t, e)) => {
+                return Err(KafkaError::Broker(format!(
+                    "cannot create topic {t:?}: {e} (create it by hand, compacted for the changelog and stats topics)"
+                )))
+            }
+        }
+    }
+    // Metadata may lag creation for a moment.
+    for t in &names {
+        for _ in 0..50 {
+            if partition_count(consumer, t)?.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! Metrics (Prometheus) and logging (tracing) — one registry per process.
+//!
+//! Names are part of the contract (README "Operating strata"): base units, counters
+//! end in `_total`, labels are low-cardinality (event type, reason, tier, topic,
+//! partition; never a customer). Every shell feeds the same metrics from the same
+//! places: [`Metrics::record_counters`] from the processor's counters,
+//! [`Metrics::observe_outputs`] from the outputs as they are published (replay: as
+//! they are written), [`Metrics::consumed`] / [`Metrics::rejected`] from the parser's
+//! verdicts. Tier populations start from a scan of the stored published tiers
+//! ([`Metrics::add_population`]) and then follow the `tier_changed` events, so they
+//! always equal the published state.
+
+use std::collections::BTreeMap;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::customer::CustomerState;
+use crate::output::{Body, Output, OutputType};
+use crate::processor::Counters;
+use crate::store::codec::decode_customer;
+use crate::store::{Cf, Store, StoreError};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_consumed: IntCounterVec,
+    pub events_rejected: IntCounterVec,
+    pub events_duplicate: IntCounter,
+    pub events_late: IntCounter,
+    pub batch_duration: Histogram,
+    pub event_lag: Histogram,
+    pub consumer_lag: IntGaugeVec,
+    pub outputs_published: IntCounterVec,
+    pub outbox_pending: IntGauge,
+    pub tier_transitions: IntCounterVec,
+    pub customers: IntGaugeVec,
+    pub churn_warnings: IntCounterVec,
+    pub customers_at_risk: IntGauge,
+    pub timers_pending: IntGauge,
+    pub timers_fired: IntCounter,
+    pub recalibrations: IntCounter,
+    pub partitions_assigned: IntGauge,
+    pub partitions_restoring: IntGauge,
+    pub restore_records: IntCounter,
+    pub transactions_aborted: IntCounter,
+    pub rocksdb_live_data: IntGauge,
+    pub rocksdb_block_cache: IntGauge,
+    pub rocksdb_pending_compaction: IntGauge,
+    pub build_info: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let m = Metrics {
+            events_consumed: counter_vec(&r, "strata_events_consumed_total", "Valid input events read, by type.", &["type"]),
+            events_rejected: counter_vec(&r, "strata_events_rejected_total", "Bad input events sent to the dead letter, by reason.", &["reason"]),
+            events_duplicate: counter(&r, "strata_events_duplicate_total", "Redelivered events recognised by event_id and applied no second time."),
+            events_late: counter(&r, "strata_events_late_total", "Events older than the retention horizon (lifetime figures only)."),
+            batch_duration: histogram(&r, "strata_batch_duration_seconds", "Time to apply and write one partition's batch.", prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap()),
+            event_lag: histogram(&r, "strata_event_lag_seconds", "Processing time minus event time of applied events.", prometheus::exponential_buckets(0.01, 4.0, 14).unwrap()),
+            consumer_lag: gauge_vec(&r, "strata_consumer_lag", "Messages behind the high watermark, per input topic partition.", &["topic", "partition"]),
+            outputs_published: counter_vec(&r, "strata_outputs_published_total", "Output events published (acknowledged by the broker; written, in replay), by type.", &["type"]),
+            outbox_pending: gauge(&r, "strata_outbox_pending", "Records written with the state but not yet acknowledged by the broker (estimate)."),
+            tier_transitions: counter_vec(&r, "strata_tier_transitions_total", "Tier changes published, per dimension, from and to (\"none\" for a first appearance).", &["dimension", "from", "to"]),
+            customers: gauge_vec(&r, "strata_customers", "Customers per published tier, per dimension.", &["dimension", "tier"]),
+            churn_warnings: counter_vec(&r, "strata_churn_warnings_total", "Churn warnings published, per reason and severity.", &["reason", "severity"]),
+            customers_at_risk: gauge(&r, "strata_customers_at_risk", "Customers in an open churn episode."),
+            timers_pending: gauge(&r, "strata_timers_pending", "Scheduled re-evaluations (estimate)."),
+            timers_fired: counter(&r, "strata_timers_fired_total", "Timers fired as the calendar turned."),
+            recalibrations: counter(&r, "strata_recalibrations_total", "Population threshold recalibrations."),
+            partitions_assigned: gauge(&r, "strata_partitions_assigned", "State partitions this instance owns and consumes."),
+            partitions_restoring: gauge(&r, "strata_partitions_restoring", "State partitions being opened or restored from the changelog."),
+            restore_records: counter(&r, "strata_restore_records_total", "Changelog records read while restoring partitions."),
+            transactions_aborted: counter(&r, "strata_transactions_aborted_total", "Kafka transactions aborted (exactly_once); their outbox is sent again."),
+            rocksdb_live_data: gauge(&r, "strata_rocksdb_live_data_bytes", "RocksDB estimated live data size, all partitions."),
+            rocksdb_block_cache: gauge(&r, "strata_rocksdb_block_cache_usage_bytes", "RocksDB block cache usage, all partitions."),
+            rocksdb_pending_compaction: gauge(&r, "strata_rocksdb_pending_compaction_bytes", "RocksDB estimated bytes pending compaction, all partitions."),
+            build_info: gauge_vec(&r, "strata_build_info", "Always 1; the version as a label.", &["version"]),
+            registry: r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Series that exist from the start read 0 rather than "no data" on a
+        // dashboard (and rate() over them works from the first scrape).
+        for ty in crate::event::EventType::ALL {
+            m.events_consumed.with_label_values(&[ty.as_str()]);
+        }
+        for reason in [
+            "too_large",
+            "invalid_utf8",
+            "invalid_json",
+            "not_an_object",
+            "unknown_type",
+            "type_mismatch",
+            "bad_timestamp",
+            "future_timestamp",
+            "negative_amount",
+            "invalid_amount",
+            "invalid_severity",
+        ] {
+            m.events_rejected.with_label_values(&[reason]);
+        }
+        for ty in OutputType::ALL {
+            m.outputs_published.with_label_values(&[ty.as_str()]);
+        }
+        m
+    }
+
+    /// The Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding never fails");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+
+    pub fn consumed(&self, ty: crate::event::EventType) {
+        self.events_consumed.with_label_values(&[ty.as_str()]).inc();
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        // Field names are in the reason (`missing_field:ts`): bounded by the schema.
+        self.events_rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Add what a processor counted between two snapshots.
+    pub fn record_counters(&self, before: &Counters, after: &Counters) {
+        self.events_duplicate
+            .inc_by(after.duplicates.saturating_sub(before.duplicates));
+        self.events_late
+            .inc_by(after.late.saturating_sub(before.late));
+        self.timers_fired
+            .inc_by(after.timers_fired.saturating_sub(before.timers_fired));
+        self.recalibrations
+            .inc_by(after.recalibrations.saturating_sub(before.recalibrations));
+    }
+
+    /// Outputs written with the state: transitions, populations, churn. (Published
+    /// counts are added by the shell: on the broker's acknowledgement in `run`, by
+    /// [`Metrics::observe_written`] in replay.)
+    pub fn observe_outputs<'a>(&self, outputs: impl IntoIterator<Item = &'a Output>) {
+        for o in outputs {
+            match &o.body {
+                Body::TierChanged { from, to, .. } => {
+                    let dims = [
+                        (
+                            "rfm_segment",
+                            from.map(|t| t.rfm_segment.as_str()),
+                            to.rfm_segment.as_str(),
+                        ),
+                        (
+                            "value_tier",
+                            from.map(|t| t.value_tier.as_str()),
+                            to.value_tier.as_str(),
+                        ),
+                        (
+                            "lifecycle",
+                            from.map(|t| t.lifecycle.as_str()),
+                            to.lifecycle.as_str(),
+                        ),
+                    ];
+                    for (dim, f, t) in dims {
+                        if f == Some(t) {
+                            continue;
+                        }
+                        self.tier_transitions
+                            .with_label_values(&[dim, f.unwrap_or("none"), t])
+                            .inc();
+                        if let Some(f) = f {
+                            self.customers.with_label_values(&[dim, f]).dec();
+                        }
+                        self.customers.with_label_values(&[dim, t]).inc();
+                    }
+                }
+                Body::ChurnWarning {
+                    reasons, severity, ..
+                } => {
+                    for r in reasons {
+                        self.churn_warnings
+                            .with_label_values(&[r, severity.as_str()])
+                            .inc();
+                    }
+                    if o.opens_episode {
+                        self.customers_at_risk.inc();
+                    }
+                }
+                Body::ChurnRecovered { .. } => {
+                    debug_assert_eq!(o.kind, OutputType::ChurnRecovered);
+                    self.customers_at_risk.dec();
+                }
+            }
+        }
+    }
+
+    /// Replay and demo: outputs count as published when written.
+    pub fn observe_written<'a>(&self, outputs: impl IntoIterator<Item = &'a Output>) {
+        for o in outputs {
+            self.outputs_published
+                .with_label_values(&[o.kind.as_str()])
+                .inc();
+            self.observe_outputs([o]);
+        }
+    }
+
+    /// Add (`sign` = 1) or remove (−1) a stored population's published tiers and
+    /// open episodes: when a partition is opened or released.
+    pub fn add_population<S: Store>(&self, store: &S, sign: i64) -> Result<(), StoreError> {
+        let mut counts: BTreeMap<(&'static str, &'static str), i64> = BTreeMap::new();
+        let mut at_risk = 0i64;
+        store.scan(Cf::Customers, &[], None, &mut |k, v| {
+            let c: CustomerState = decode_customer(v).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(k).into_owned(),
+                source: e,
+            })?;
+            if let Some(t) = c.published {
+                *counts
+                    .entry(("rfm_segment", t.rfm_segment.as_str()))
+                    .or_default() += 1;
+                *counts
+                    .entry(("value_tier", t.value_tier.as_str()))
+                    .or_default() += 1;
+                *counts
+                    .entry(("lifecycle", t.lifecycle.as_str()))
+                    .or_default() += 1;
+            }
+            at_risk += c.episode.is_some() as i64;
+            Ok(true)
+        })?;
+        for ((dim, tier), n) in counts {
+            self.customers.with_label_values(&[dim, tier]).add(sign * n);
+        }
+        self.customers_at_risk.add(sign * at_risk);
+        Ok(())
+    }
+}
+
+/// Logs on stderr through `tracing`: human text on a terminal, JSON with
+/// `--log-format json`; the filter comes from `STRATA_LOG` (default `info`).
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

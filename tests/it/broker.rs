@@ -1,0 +1,419 @@
+//! A real Kafka-protocol broker for the integration tests: `tansu` (installed by
+//! `scripts/setup`), started once per test binary on a free loopback port with
+//! in-memory storage, and killed when the test binary exits (the kernel delivers
+//! SIGKILL to it when the thread that started it — which lives as long as the
+//! process — goes away). Tests share it and use random topic and group names.
+//!
+//! Also: Kafka client helpers (create topics, produce, read a topic back, committed
+//! offsets) and a `strata run` child process with its HTTP endpoints.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU") {
+        return PathBuf::from(p);
+    }
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_default());
+    for c in [
+        home.join(".cargo/bin/tansu"),
+        PathBuf::from("/usr/local/bin/tansu"),
+    ] {
+        if c.exists() {
+            return c;
+        }
+    }
+    panic!("the test broker `tansu` is not installed: run scripts/setup --test (it installs tansu 0.6.0 with cargo install)")
+}
+
+/// Bootstrap address of the shared broker.
+pub fn brokers() -> &'static str {
+    static ADDR: OnceLock<String> = OnceLock::new();
+    ADDR.get_or_init(|| {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("strata-tansu-{port}.log"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let bin = tansu_binary();
+        let a = addr.clone();
+        std::thread::Builder::new()
+            .name("tansu".into())
+            .spawn(move || {
+                let log = std::fs::File::create(&log).unwrap();
+                let mut cmd = Command::new(bin);
+                cmd.args([
+                    "broker",
+                    "--listener-url",
+                    &format!("tcp://{a}"),
+                    "--advertised-listener-url",
+                    &format!("tcp://{a}"),
+                    "--storage-engine",
+                    "memory://tansu/",
+                ])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
+                // SAFETY: prctl in the child before exec; no allocation.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        Ok(())
+                    });
+                }
+                let child = cmd.spawn().expect("start tansu");
+                tx.send(child.id()).unwrap();
+                // Live as long as the process: the broker dies with this thread.
+                loop {
+                    std::thread::park();
+                }
+            })
+            .unwrap();
+        rx.recv().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The first metadata answer means it is serving.
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .create()
+            .unwrap();
+        while c.fetch_metadata(None, Duration::from_secs(2)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not answer on {addr}");
+        }
+        addr
+    })
+}
+
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    format!("{prefix}-{}-{t}-{n}", std::process::id())
+}
+
+pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for r in rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+}
+
+/// Produce (topic, key, payload) in order, with Kafka's default (murmur2) partitioner.
+pub fn produce(brokers: &str, records: &[(String, Option<String>, Vec<u8>)]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "10")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    for (t, k, v) in records {
+        let mut r: BaseRecord<'_, str, [u8]> = BaseRecord::to(t).payload(v.as_slice());
+        if let Some(k) = k {
+            r = r.key(k.as_str());
+        }
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// One record read back.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    #[allow(dead_code)]
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Every record of a topic (all partitions, up to the current high watermarks).
+pub fn read_topic(brokers: &str, topic: &str, read_committed: bool) -> Vec<Rec> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let parts = md.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for p in 0..parts {
+        let (lo, hi) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        if hi > lo {
+            ends.insert(p, hi);
+            tpl.add_partition_offset(topic, p, Offset::Offset(lo))
+                .unwrap();
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < ends.len() {
+        assert!(Instant::now() < deadline, "reading {topic} timed out");
+        match c.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for hh in h.iter() {
+                        headers.insert(
+                            hh.key.to_string(),
+                            String::from_utf8_lossy(hh.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push(Rec {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| k.to_vec()),
+                    value: m.payload().map(|v| v.to_vec()),
+                    headers,
+                });
+                if m.offset() + 1 >= ends[&m.partition()] {
+                    done.insert(m.partition());
+                }
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {
+                // The last offsets may be transaction markers, never delivered.
+                {
+                    let pos = c.position().unwrap();
+                    for e in pos.elements() {
+                        if let Offset::Offset(o) = e.offset() {
+                            if o >= ends[&e.partition()] {
+                                done.insert(e.partition());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The group's committed offsets of every partition of `topics`, and whether each
+/// equals the partition's high watermark (the service caught up).
+pub fn caught_up(brokers: &str, group: &str, topics: &[String]) -> bool {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for t in topics {
+        let md = c.fetch_metadata(Some(t), Duration::from_secs(10)).unwrap();
+        for p in 0..md.topics()[0].partitions().len() as i32 {
+            let (_, hi) = c.fetch_watermarks(t, p, Duration::from_secs(10)).unwrap();
+            tpl.add_partition(t, p);
+            ends.push(((t.clone(), p), hi));
+        }
+    }
+    let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return false;
+    };
+    ends.into_iter().all(|((t, p), hi)| {
+        hi == 0
+            || committed
+                .find_partition(&t, p)
+                .is_some_and(|e| e.offset() == Offset::Offset(hi))
+    })
+}
+
+/// A `strata run` child process.
+pub struct Strata {
+    pub child: Child,
+    pub http: String,
+    pub log: PathBuf,
+}
+
+impl Strata {
+    pub fn start(config: &Path, dir: &Path, name: &str) -> Strata {
+        let port = free_port();
+        let log = dir.join(format!("{name}.log"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = super::util::strata()
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("STRATA_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("STRATA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        Strata {
+            child,
+            http: format!("127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait; returns whether it exited successfully.
+    pub fn terminate(mut self) -> bool {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.success();
+            }
+            if Instant::now() > deadline {
+                self.child.kill().ok();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(&self.http, path, None)
+    }
+}
+
+impl Drop for Strata {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// A tiny HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Some((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Sum of a metric's samples in a Prometheus text exposition, filtered by labels.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let n = l.split(['{', ' ']).next().unwrap_or("");
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,0 +1,625 @@
+//! `strata run` against a real broker process (tansu; see `broker.rs`).
+//!
+//! The oracle is `strata replay`: each state partition applies its three input
+//! partitions merged in event-time order, so replaying each partition's merged
+//! stream gives exactly the outputs the service must publish, and the final
+//! `state dump` must equal that of one replay of everything. Thresholds and value
+//! tiers are `fixed` here so that outputs depend on a customer's own events only
+//! (with population thresholds they depend on how far the other partitions have
+//! got, which no two runs share); the dump is exact in either mode.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::broker::{
+    brokers, caught_up, create_topics, metric_sum, produce, read_topic, unique, Strata,
+};
+use crate::util::{dump, gen_file, replay, strata, tempdir, write_lines};
+
+const FIXED: &[(&str, &str)] = &[
+    ("STRATA_SEGMENTS__THRESHOLDS", "fixed"),
+    ("STRATA_VALUE_TIERS__METHOD", "fixed"),
+];
+
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub inputs: Vec<String>,
+    pub tier_changes: String,
+    pub churn_warnings: String,
+    pub dead_letter: String,
+    pub group: String,
+}
+
+impl Setup {
+    pub fn new(partitions: &[i32]) -> Setup {
+        let b = brokers();
+        let name = unique("t");
+        let inputs: Vec<String> = ["purchases", "interactions", "complaints"]
+            .iter()
+            .map(|t| format!("{name}-{t}"))
+            .collect();
+        let topics: Vec<(&str, i32)> = inputs
+            .iter()
+            .zip(partitions)
+            .map(|(t, p)| (t.as_str(), *p))
+            .collect();
+        create_topics(b, &topics);
+        Setup {
+            dir: tempdir(),
+            tier_changes: format!("{name}-tier_changes"),
+            churn_warnings: format!("{name}-churn_warnings"),
+            dead_letter: format!("{name}-dead"),
+            group: format!("{name}-group"),
+            inputs,
+        }
+    }
+
+    /// A config for one instance with its own state dir.
+    pub fn config(&self, instance: &str, extra: &str) -> PathBuf {
+        let state = self.dir.path().join(format!("state-{instance}"));
+        let name = self.group.trim_end_matches("-group");
+        let text = format!(
+            r#"
+[engine]
+clock = "event"
+state_dir = "{state}"
+[segments]
+thresholds = "fixed"
+[value_tiers]
+method = "fixed"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+max_batch_events = 500
+instance_id = "{instance}"
+[kafka.topics]
+purchases = "{p}"
+interactions = "{i}"
+complaints = "{c}"
+tier_changes = "{tc}"
+churn_warnings = "{cw}"
+dead_letter = "{dl}"
+changelog = "{name}-changelog"
+stats = "{name}-stats"
+[kafka.client]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"topic.metadata.refresh.interval.ms" = "2000"
+{extra}
+"#,
+            state = state.display(),
+            brokers = brokers(),
+            group = self.group,
+            p = self.inputs[0],
+            i = self.inputs[1],
+            c = self.inputs[2],
+            tc = self.tier_changes,
+            cw = self.churn_warnings,
+            dl = self.dead_letter,
+        );
+        let path = self.dir.path().join(format!("{instance}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn state(&self, instance: &str) -> PathBuf {
+        self.dir.path().join(format!("state-{instance}"))
+    }
+
+    /// Produce generated JSON Lines to the input topic of each event's type.
+    pub fn produce_file(&self, file: &Path) -> usize {
+        let text = std::fs::read_to_string(file).unwrap();
+        let recs: Vec<_> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                let idx = match v["type"].as_str().unwrap() {
+                    "purchase" => 0,
+                    "interaction" => 1,
+                    _ => 2,
+                };
+                (
+                    self.inputs[idx].clone(),
+                    v["customer_id"].as_str().map(String::from),
+                    l.as_bytes().to_vec(),
+                )
+            })
+            .collect();
+        produce(brokers(), &recs);
+        recs.len()
+    }
+
+    pub fn wait_caught_up(&self, timeout: Duration, alive: &mut [&mut Strata]) {
+        let deadline = Instant::now() + timeout;
+        while !caught_up(brokers(), &self.group, &self.inputs) {
+            for s in alive.iter_mut() {
+                if let Some(st) = s.child.try_wait().unwrap() {
+                    panic!("strata exited early ({st}):\n{}", s.log_text());
+                }
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = alive.iter().map(|s| s.log_text()).collect();
+                panic!(
+                    "strata did not catch up in {timeout:?}:\n{}",
+                    logs.join("\n----\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// What the service published: (topic, record) values in partition order.
+    pub fn outputs(&self) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        for t in [&self.tier_changes, &self.churn_warnings] {
+            let mut recs = read_topic(brokers(), t, false);
+            recs.sort_by_key(|r| (r.partition, r.offset));
+            for r in recs {
+                let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
+                out.push((t.clone(), v));
+            }
+        }
+        out
+    }
+
+    /// The oracle: each partition's input merged in event-time order (ties: topic,
+    /// then offset), replayed on its own. Returns the outputs (as published: tier
+    /// changes to one topic, churn events to the other) and the oracle's state dir
+    /// laid out like the service's (`partitions/<p>`).
+    pub fn oracle(&self) -> (Vec<(String, Value)>, PathBuf) {
+        let mut per_part: BTreeMap<i32, Vec<(i64, usize, i64, String)>> = BTreeMap::new();
+        for (idx, t) in self.inputs.iter().enumerate() {
+            for r in read_topic(brokers(), t, false) {
+                let line = String::from_utf8(r.value.unwrap()).unwrap();
+                let v: Value = serde_json::from_str(&line).unwrap();
+                let ts = match &v["ts"] {
+                    Value::Number(n) => n.as_i64().unwrap(),
+                    Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+                        .unwrap()
+                        .timestamp_millis(),
+                    other => panic!("ts {other}"),
+                };
+                per_part
+                    .entry(r.partition)
+                    .or_default()
+                    .push((ts, idx, r.offset, line));
+            }
+        }
+        let root = self.dir.path().join("oracle");
+        let mut outputs = Vec::new();
+        for (p, mut lines) in per_part {
+            lines.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+            let file = self.dir.path().join(format!("oracle-{p}.jsonl"));
+            write_lines(&file, &lines.into_iter().map(|l| l.3).collect::<Vec<_>>());
+            let state = root.join("partitions").join(p.to_string());
+            std::fs::create_dir_all(&state).unwrap();
+            let (outs, dead, _) = replay(&state, &[&file], FIXED);
+            assert!(dead.is_empty(), "the oracle's input has no bad lines");
+            for o in outs {
+                let t = if o["type"] == "tier_changed" {
+                    self.tier_changes.clone()
+                } else {
+                    self.churn_warnings.clone()
+                };
+                outputs.push((t, o));
+            }
+        }
+        (outputs, root)
+    }
+}
+
+fn canonical(v: &Value) -> String {
+    serde_json::to_string(v).unwrap()
+}
+
+/// Per (topic, customer) sequence of outputs.
+fn sequences(outs: &[(String, Value)]) -> BTreeMap<(String, String), Vec<String>> {
+    let mut m: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (t, v) in outs {
+        m.entry((t.clone(), v["customer_id"].as_str().unwrap().to_string()))
+            .or_default()
+            .push(canonical(v));
+    }
+    m
+}
+
+fn sorted_dump(state: &Path, as_of: &str) -> Vec<Value> {
+    let mut d = dump(state, Some(as_of), FIXED);
+    d.sort_by(|a, b| a["customer_id"].as_str().cmp(&b["customer_id"].as_str()));
+    d
+}
+
+/// The last day of the generated stream: the dump day of every comparison.
+fn last_day(file: &Path) -> String {
+    let text = std::fs::read_to_string(file).unwrap();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["ts"].as_str().map(|s| s[..10].to_string()))
+        .max()
+        .unwrap()
+}
+
+/// Dump of one replay of the whole file: the state the service must end with.
+fn global_dump(s: &Setup, file: &Path, as_of: &str) -> Vec<Value> {
+    let state = s.dir.path().join("global");
+    replay(&state, &[file], FIXED);
+    sorted_dump(&state, as_of)
+}
+
+/// Every oracle output was published; anything published more than once is the
+/// identical event (same `event_id`, same content); nothing else was published.
+fn assert_outputs_cover_oracle(run: &[(String, Value)], oracle: &[(String, Value)]) {
+    let mut by_id: BTreeMap<String, String> = BTreeMap::new();
+    for (_, v) in oracle {
+        by_id.insert(v["event_id"].as_str().unwrap().to_string(), canonical(v));
+    }
+    assert_eq!(by_id.len(), oracle.len(), "oracle ids are unique");
+    let mut seen = BTreeSet::new();
+    for (_, v) in run {
+        let id = v["event_id"].as_str().unwrap();
+        let want = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("published an output the oracle does not have: {v}"));
+        assert_eq!(&canonical(v), want, "a re-published output differs");
+        seen.insert(id.to_string());
+    }
+    let missing: Vec<_> = by_id
+        .keys()
+        .filter(|k| !seen.contains(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "outputs lost: {missing:?} (of {})",
+        by_id.len()
+    );
+}
+
+#[test]
+fn end_to_end_outputs_and_state_equal_replay() {
+    let s = Setup::new(&[4, 4, 4]);
+    let file = gen_file(
+        s.dir.path(),
+        "events.jsonl",
+        &[
+            "--customers",
+            "800",
+            "--days",
+            "200",
+            "--seed",
+            "11",
+            "--start",
+            "2026-01-01",
+        ],
+    );
+    let n = s.produce_file(&file);
+    assert!(n > 3000, "a meaningful stream ({n} events)");
+    let cfg = s.config("a", "");
+    let mut a = Strata::start(&cfg, s.dir.path(), "a");
+    s.wait_caught_up(Duration::from_secs(240), &mut [&mut a]);
+    let metrics = a.get("/metrics").unwrap().1;
+    assert!(a.terminate(), "strata exits 0 on SIGTERM");
+
+    let (oracle, oracle_dir) = s.oracle();
+    let run = s.outputs();
+    assert!(
+        oracle.len() > 1000,
+        "the stream publishes plenty ({})",
+        oracle.len()
+    );
+    assert_eq!(
+        run.len(),
+        oracle.len(),
+        "exactly the oracle's number of outputs"
+    );
+    assert_eq!(
+        sequences(&run),
+        sequences(&oracle),
+        "per customer, the same outputs in the same order"
+    );
+
+    let day = last_day(&file);
+    let run_dump = sorted_dump(&s.state("a"), &day);
+    assert!(
+        run_dump.len() > 500,
+        "most customers appear ({})",
+        run_dump.len()
+    );
+    assert_eq!(run_dump, sorted_dump(&oracle_dir, &day));
+    assert_eq!(
+        run_dump,
+        global_dump(&s, &file, &day),
+        "the dump equals one replay of everything"
+    );
+
+    crate::ops::assert_dashboard_and_alerts_use_live_metrics(&metrics);
+    // The same stream, counted the same way in the metrics.
+    let by_type = |t: &str| metric_sum(&metrics, "strata_events_consumed_total", &[("type", t)]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    for t in ["purchase", "interaction", "complaint"] {
+        let want = text.matches(&format!("\"type\":\"{t}\"")).count() as f64;
+        assert_eq!(by_type(t), want, "strata_events_consumed_total{{type={t}}}");
+    }
+    let published = metric_sum(&metrics, "strata_outputs_published_total", &[]);
+    assert_eq!(published as usize, oracle.len());
+    // Tier populations follow the published tiers, which with fixed thresholds are
+    // the dump's tiers at the stream clock of each partition.
+    assert_eq!(
+        metric_sum(&metrics, "strata_customers", &[("dimension", "value_tier")]) as usize,
+        run_dump.len()
+    );
+}
+
+#[test]
+fn crash_and_restart_lose_nothing() {
+    let s = Setup::new(&[3, 3, 3]);
+    let file = gen_file(
+        s.dir.path(),
+        "events.jsonl",
+        &[
+            "--customers",
+            "1500",
+            "--days",
+            "365",
+            "--seed",
+            "5",
+            "--start",
+            "2025-06-01",
+        ],
+    );
+    s.produce_file(&file);
+    let cfg = s.config("a", "");
+    // kill -9 at several points mid-stream, restarting each time.
+    for (round, ms) in [700u64, 1500, 2500].into_iter().enumerate() {
+        let a = Strata::start(&cfg, s.dir.path(), &format!("a{round}"));
+        std::thread::sleep(Duration::from_millis(ms));
+        a.kill9();
+    }
+    let mut a = Strata::start(&cfg, s.dir.path(), "a-final");
+    s.wait_caught_up(Duration::from_secs(300), &mut [&mut a]);
+    assert!(a.terminate());
+    let (oracle, _) = s.oracle();
+    assert_outputs_cover_oracle(&s.outputs(), &oracle);
+    let day = last_day(&file);
+    assert_eq!(
+        sorted_dump(&s.state("a"), &day),
+        global_dump(&s, &file, &day)
+    );
+}
+
+/// Copy the partition dirs each final owner reported into one state dir.
+fn combine(s: &Setup, owners: &[(&str, Vec<i64>)]) -> PathBuf {
+    let root = s.dir.path().join("combined").join("partitions");
+    std::fs::create_dir_all(&root).unwrap();
+    for (inst, parts) in owners {
+        for p in parts {
+            let src = s.state(inst).join("partitions").join(p.to_string());
+            let dst = root.join(p.to_string());
+            std::fs::create_dir_all(&dst).unwrap();
+            for e in std::fs::read_dir(&src).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    root.parent().unwrap().to_path_buf()
+}
+
+fn assigned(s: &Strata) -> Vec<i64> {
+    let (_, body) = s.get("/readyz").unwrap_or((0, "{}".into()));
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    v["assigned"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_i64()).collect())
+        .unwrap_or_default()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn cluster_failover_and_join_restore_from_the_changelog() {
+    let s = Setup::new(&[4, 4, 4]);
+    let file = gen_file(
+        s.dir.path(),
+        "events.jsonl",
+        &[
+            "--customers",
+            "2000",
+            "--days",
+            "365",
+            "--seed",
+            "9",
+            "--start",
+            "2025-03-01",
+        ],
+    );
+    s.produce_file(&file);
+    let a = Strata::start(&s.config("a", ""), s.dir.path(), "a");
+    let mut b = Strata::start(&s.config("b", ""), s.dir.path(), "b");
+    wait_for(
+        "both instances to own partitions",
+        Duration::from_secs(60),
+        || !assigned(&a).is_empty() && !assigned(&b).is_empty(),
+    );
+    let a_parts = assigned(&a);
+    assert_eq!(
+        a_parts.len() + assigned(&b).len(),
+        4,
+        "the group splits the partitions"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    a.kill9();
+    // The survivor takes A's partitions over and restores them from the changelog.
+    wait_for(
+        "the survivor to own every partition",
+        Duration::from_secs(60),
+        || assigned(&b).len() == 4,
+    );
+    let restored = metric_sum(
+        &b.get("/metrics").unwrap().1,
+        "strata_restore_records_total",
+        &[],
+    );
+    assert!(
+        restored > 0.0,
+        "the survivor restored A's partitions from the changelog"
+    );
+    // A third instance joins mid-stream and starts from restored state.
+    let mut c = Strata::start(&s.config("c", ""), s.dir.path(), "c");
+    wait_for(
+        "the newcomer to own partitions",
+        Duration::from_secs(60),
+        || !assigned(&c).is_empty(),
+    );
+    s.wait_caught_up(Duration::from_secs(300), &mut [&mut b, &mut c]);
+    let (pb, pc) = (assigned(&b), assigned(&c));
+    assert_eq!(pb.len() + pc.len(), 4);
+    let c_restored = metric_sum(
+        &c.get("/metrics").unwrap().1,
+        "strata_restore_records_total",
+        &[],
+    );
+    assert!(
+        c_restored > 0.0,
+        "the newcomer restored its partitions from the changelog"
+    );
+    b.kill9();
+    c.kill9();
+    let combined = combine(&s, &[("b", pb), ("c", pc)]);
+    let (oracle, _) = s.oracle();
+    assert_outputs_cover_oracle(&s.outputs(), &oracle);
+    let day = last_day(&file);
+    assert_eq!(sorted_dump(&combined, &day), global_dump(&s, &file, &day));
+}
+
+#[test]
+fn poison_messages_go_to_the_dead_letter_topic_and_good_ones_apply() {
+    let s = Setup::new(&[2, 2, 2]);
+    let good: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                r#"{{"event_id":"e{i}","customer_id":"c{}","ts":"2026-03-{:02}T10:00:00Z","amount":{}.5}}"#,
+                i % 7,
+                1 + i % 28,
+                10 + i
+            )
+        })
+        .collect();
+    let big = format!(
+        r#"{{"event_id":"big","customer_id":"c1","ts":"2026-03-01T00:00:00Z","amount":1,"pad":"{}"}}"#,
+        "x".repeat(70_000)
+    );
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (br#"{"event_id":"t1","customer_id":"c1","ts":"2026-03-0"#.to_vec(), "invalid_json"),
+        (br#"{"event_id":"t2","customer_id":"c2","ts":"2026-03-02T00:00:00Z","amount":"12"}"#.to_vec(), "wrong_type:amount"),
+        (big.into_bytes(), "too_large"),
+        (br#"{"event_id":"t3","customer_id":"c3","type":"complaint","ts":"2026-03-02T00:00:00Z"}"#.to_vec(), "type_mismatch"),
+        (vec![0xff, 0xfe, b'{', b'}'], "invalid_utf8"),
+        (br#"{"event_id":"t4","customer_id":"c4","amount":3}"#.to_vec(), "missing_field:ts"),
+        (br#"[1,2,3]"#.to_vec(), "not_an_object"),
+    ];
+    let mut recs = Vec::new();
+    for (i, g) in good.iter().enumerate() {
+        recs.push((
+            s.inputs[0].clone(),
+            Some(format!("c{}", i % 7)),
+            g.clone().into_bytes(),
+        ));
+        if let Some((b, _)) = bad.get(i / 5) {
+            if i % 5 == 2 {
+                recs.push((s.inputs[0].clone(), Some(format!("c{}", i % 7)), b.clone()));
+            }
+        }
+    }
+    produce(brokers(), &recs);
+    let mut a = Strata::start(&s.config("a", ""), s.dir.path(), "a");
+    s.wait_caught_up(Duration::from_secs(120), &mut [&mut a]);
+    let metrics = a.get("/metrics").unwrap().1;
+    assert!(a.terminate());
+
+    let dead = read_topic(brokers(), &s.dead_letter, false);
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .map(|r| {
+            let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
+            assert_eq!(v["topic"], Value::String(s.inputs[0].clone()));
+            assert!(v["offset"].as_i64().is_some() && v["partition"].as_i64().is_some());
+            assert_eq!(r.headers["strata.reason"], v["reason"].as_str().unwrap());
+            assert_eq!(r.headers["strata.source.topic"], s.inputs[0]);
+            v["reason"].as_str().unwrap().to_string()
+        })
+        .collect();
+    reasons.sort();
+    let mut want: Vec<String> = bad.iter().map(|(_, r)| r.to_string()).collect();
+    want.sort();
+    assert_eq!(reasons, want);
+    // The original bytes travel along.
+    let truncated = dead
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(r.value.as_ref().unwrap()).unwrap())
+        .find(|v| v["reason"] == "invalid_json")
+        .unwrap();
+    assert_eq!(
+        truncated["raw"],
+        r#"{"event_id":"t1","customer_id":"c1","ts":"2026-03-0"#
+    );
+    for (_, reason) in &bad {
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "strata_events_rejected_total",
+                &[("reason", reason)]
+            ),
+            1.0,
+            "{reason}"
+        );
+    }
+    // Every good event applied: the state equals a replay of the good events alone.
+    let typed: Vec<String> = good
+        .iter()
+        .map(|g| g.replacen('{', r#"{"type":"purchase","#, 1))
+        .collect();
+    let file = s.dir.path().join("good.jsonl");
+    write_lines(&file, &typed);
+    let oracle = s.dir.path().join("good-replay");
+    replay(&oracle, &[&file], FIXED);
+    assert_eq!(
+        sorted_dump(&s.state("a"), "2026-03-28"),
+        sorted_dump(&oracle, "2026-03-28")
+    );
+}
+
+#[test]
+fn co_partition_mismatch_is_refused() {
+    let s = Setup::new(&[2, 3, 2]);
+    let cfg = s.config("a", "");
+    let out = strata()
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .env(
+            "STRATA_HTTP__LISTEN",
+            format!("127.0.0.1:{}", crate::broker::free_port()),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not co-partitioned"), "{err}");
+    for (t, n) in [(&s.inputs[0], 2), (&s.inputs[1], 3), (&s.inputs[2], 2)] {
+        assert!(
+            err.contains(&format!("{t}: {n}")),
+            "names {t} and its count: {err}"
+        );
+    }
+}

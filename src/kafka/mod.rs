@@ -251,8 +251,10 @@ impl ChangelogReader {
         })
     }
 
-    /// Visit records of partition p from `from` to the end; returns whether the
-    /// partition holds any record at all.
+    /// Visit records of partition p to its end (the last `from_end` records, or
+    /// all); returns whether any record was read. The end is where the broker says
+    /// "end of partition" (not ListOffsets, which some Kafka-compatible brokers answer
+    /// inexactly: it only picks where to start).
     fn read(
         &self,
         p: i32,
@@ -263,38 +265,41 @@ impl ChangelogReader {
             .consumer
             .fetch_watermarks(&self.topic, p, Duration::from_secs(15))
             .map_err(broker("cannot read the changelog's offsets"))?;
-        if hi <= lo {
-            return Ok(false);
-        }
         let start = match from_end {
             Some(n) => (hi - n).max(lo),
             None => lo,
         };
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, p, Offset::Offset(start))
+        tpl.add_partition_offset(&self.topic, p, Offset::Offset(start.max(0)))
             .map_err(broker("changelog offset"))?;
         self.consumer
             .assign(&tpl)
             .map_err(broker("cannot read the changelog"))?;
+        let mut any = false;
+        let mut deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            match self.consumer.poll(Duration::from_secs(5)) {
+            match self.consumer.poll(Duration::from_secs(1)) {
                 Some(Ok(m)) => {
+                    any = true;
+                    deadline = Instant::now() + Duration::from_secs(600);
                     if let Some(k) = m.key() {
                         f(k, m.payload())?;
-                    }
-                    if m.offset() + 1 >= hi {
-                        break;
                     }
                 }
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
                 Some(Err(e)) => {
                     return Err(KafkaError::Broker(format!("reading the changelog: {e}")))
                 }
+                None if Instant::now() > deadline => {
+                    return Err(KafkaError::Broker(format!(
+                        "reading changelog partition {p} made no progress for 10 minutes; check the broker"
+                    )))
+                }
                 None => {}
             }
         }
         self.consumer.unassign().ok();
-        Ok(true)
+        Ok(any)
     }
 }
 
@@ -521,8 +526,18 @@ impl Service {
             };
             let p = m.partition();
             let Some(exp) = self.expected.get_mut(&(i, p)) else {
+                tracing::trace!(partition = p, "Dropped a message of a partition not owned.");
                 continue; // not ours (any more)
             };
+            if m.offset() != *exp {
+                tracing::trace!(
+                    topic = m.topic(),
+                    partition = p,
+                    offset = m.offset(),
+                    expected = *exp,
+                    "Dropped a message out of sequence."
+                );
+            }
             if m.offset() < *exp {
                 continue; // already applied
             }

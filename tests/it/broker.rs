@@ -178,12 +178,15 @@ pub struct Rec {
     pub headers: BTreeMap<String, String>,
 }
 
-/// Every record of a topic (all partitions, up to the current high watermarks).
+/// Every record of a topic, all partitions, read until the broker reports the end
+/// of each. (tansu 0.6 answers ListOffsets "latest" with the last batch's base
+/// offset + 1, not the end, so watermarks from it are not used to stop.)
 pub fn read_topic(brokers: &str, topic: &str, read_committed: bool) -> Vec<Rec> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
         .set(
             "isolation.level",
             if read_committed {
@@ -199,25 +202,14 @@ pub fn read_topic(brokers: &str, topic: &str, read_committed: bool) -> Vec<Rec> 
         .unwrap();
     let parts = md.topics()[0].partitions().len() as i32;
     let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
     for p in 0..parts {
-        let (lo, hi) = c
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap();
-        if hi > lo {
-            ends.insert(p, hi);
-            tpl.add_partition_offset(topic, p, Offset::Offset(lo))
-                .unwrap();
-        }
-    }
-    let mut out = Vec::new();
-    if ends.is_empty() {
-        return out;
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
     }
     c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut done = std::collections::BTreeSet::new();
-    while done.len() < ends.len() {
+    while done.len() < parts as usize {
         assert!(Instant::now() < deadline, "reading {topic} timed out");
         match c.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
@@ -237,32 +229,43 @@ pub fn read_topic(brokers: &str, topic: &str, read_committed: bool) -> Vec<Rec> 
                     value: m.payload().map(|v| v.to_vec()),
                     headers,
                 });
-                if m.offset() + 1 >= ends[&m.partition()] {
-                    done.insert(m.partition());
-                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                done.insert(p);
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None => {
-                // The last offsets may be transaction markers, never delivered.
-                {
-                    let pos = c.position().unwrap();
-                    for e in pos.elements() {
-                        if let Offset::Offset(o) = e.offset() {
-                            if o >= ends[&e.partition()] {
-                                done.insert(e.partition());
-                            }
-                        }
-                    }
-                }
-            }
+            None => {}
         }
     }
     out
 }
 
-/// The group's committed offsets of every partition of `topics`, and whether each
-/// equals the partition's high watermark (the service caught up).
-pub fn caught_up(brokers: &str, group: &str, topics: &[String]) -> bool {
+/// The end offset of every partition of a topic (read to the end, see `read_topic`).
+pub fn end_offsets(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut ends: BTreeMap<i32, i64> = (0..md.topics()[0].partitions().len() as i32)
+        .map(|p| (p, 0))
+        .collect();
+    for r in read_topic(brokers, topic, false) {
+        let e = ends.get_mut(&r.partition).unwrap();
+        *e = (*e).max(r.offset + 1);
+    }
+    ends
+}
+
+/// Whether the group's committed offsets reached `ends` (topic → partition → end):
+/// the service has applied, written and published everything.
+pub fn caught_up(
+    brokers: &str,
+    group: &str,
+    ends: &BTreeMap<String, BTreeMap<i32, i64>>,
+) -> bool {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -270,23 +273,25 @@ pub fn caught_up(brokers: &str, group: &str, topics: &[String]) -> bool {
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for t in topics {
-        let md = c.fetch_metadata(Some(t), Duration::from_secs(10)).unwrap();
-        for p in 0..md.topics()[0].partitions().len() as i32 {
-            let (_, hi) = c.fetch_watermarks(t, p, Duration::from_secs(10)).unwrap();
-            tpl.add_partition(t, p);
-            ends.push(((t.clone(), p), hi));
+    for (t, parts) in ends {
+        for p in parts.keys() {
+            tpl.add_partition(t, *p);
         }
     }
-    let Ok(committed) = c.committed_offsets(tpl, Duration::from_secs(10)) else {
-        return false;
+    let committed = match c.committed_offsets(tpl, Duration::from_secs(10)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("committed offsets of {group}: {e}");
+            return false;
+        }
     };
-    ends.into_iter().all(|((t, p), hi)| {
-        hi == 0
-            || committed
-                .find_partition(&t, p)
-                .is_some_and(|e| e.offset() == Offset::Offset(hi))
+    ends.iter().all(|(t, parts)| {
+        parts.iter().all(|(p, hi)| {
+            *hi == 0
+                || committed
+                    .find_partition(t, *p)
+                    .is_some_and(|e| e.offset() == Offset::Offset(*hi))
+        })
     })
 }
 
@@ -311,7 +316,10 @@ impl Strata {
             .arg("--config")
             .arg(config)
             .env("STRATA_HTTP__LISTEN", format!("127.0.0.1:{port}"))
-            .env("STRATA_LOG", "info")
+            .env(
+                "STRATA_LOG",
+                std::env::var("STRATA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()

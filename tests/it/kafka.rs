@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::broker::{
-    brokers, caught_up, create_topics, metric_sum, produce, read_topic, unique, Strata,
+    brokers, caught_up, create_topics, end_offsets, metric_sum, produce, read_topic, unique,
+    Strata,
 };
 use crate::util::{dump, gen_file, replay, strata, tempdir, write_lines};
 
@@ -88,8 +89,12 @@ stats = "{name}-stats"
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
 "topic.metadata.refresh.interval.ms" = "2000"
+{debug}
 {extra}
 "#,
+            debug = std::env::var("STRATA_TEST_KAFKA_DEBUG")
+                .map(|d| format!("\"debug\" = \"{d}\""))
+                .unwrap_or_default(),
             state = state.display(),
             brokers = brokers(),
             group = self.group,
@@ -135,7 +140,12 @@ stats = "{name}-stats"
 
     pub fn wait_caught_up(&self, timeout: Duration, alive: &mut [&mut Strata]) {
         let deadline = Instant::now() + timeout;
-        while !caught_up(brokers(), &self.group, &self.inputs) {
+        let ends: BTreeMap<String, BTreeMap<i32, i64>> = self
+            .inputs
+            .iter()
+            .map(|t| (t.clone(), end_offsets(brokers(), t)))
+            .collect();
+        while !caught_up(brokers(), &self.group, &ends) {
             for s in alive.iter_mut() {
                 if let Some(st) = s.child.try_wait().unwrap() {
                     panic!("strata exited early ({st}):\n{}", s.log_text());

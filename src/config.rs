@@ -245,6 +245,11 @@ pub struct KafkaConfig {
     pub max_batch_events: usize,
     /// How long a batch waits for more messages before it is processed, ms.
     pub batch_wait_ms: u64,
+    /// How long a partition waits for an input topic that has more to fetch before
+    /// applying the other inputs' events without it (Kafka Streams'
+    /// `max.task.idle.ms`). Longer keeps event-time order across the three topics
+    /// through slow fetches; shorter keeps one stalled topic from delaying the others.
+    pub max_idle_ms: u64,
     /// Used for the producer's `transactional.id` with `exactly_once`
     /// (`<group_id>-<instance_id>`); must be stable across restarts of one instance
     /// and unique in the group. Default: the `HOSTNAME` variable (a StatefulSet pod
@@ -264,6 +269,7 @@ impl Default for KafkaConfig {
             bind_topic_types: true,
             max_batch_events: 10_000,
             batch_wait_ms: 50,
+            max_idle_ms: 5_000,
             instance_id: String::new(),
             client: BTreeMap::new(),
         }

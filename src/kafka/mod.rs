@@ -222,9 +222,23 @@ fn instance_id(settings: &Settings) -> String {
         .unwrap_or_else(|| format!("pid{}", std::process::id()))
 }
 
+/// The changelog reader's context: "end of partition" is how it knows it is done,
+/// not an error worth a log line.
+struct ReaderCtx;
+
+impl ClientContext for ReaderCtx {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::warn!(error = %error, reason, "Changelog reader error.");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderCtx {}
+
 /// Reads one changelog partition (no group).
 struct ChangelogReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<ReaderCtx>,
     topic: String,
 }
 
@@ -326,10 +340,6 @@ struct Service {
     hinted: BTreeMap<(String, i32), i64>,
     gauges_at: Instant,
 }
-
-/// How long a partition waits for an input topic that is behind (Kafka Streams'
-/// `max.task.idle.ms`), before applying the others' events without it.
-const MAX_IDLE: Duration = Duration::from_secs(2);
 
 impl Service {
     fn open_partition(&mut self, p: i32) -> Result<(), KafkaError> {
@@ -443,9 +453,16 @@ impl Service {
             tpl.add_partition_offset(t, p, Offset::Offset(next))
                 .map_err(broker("offset"))?;
         }
-        self.consumer
+        tracing::debug!(partition = p, offsets = ?tpl, "Seeking to the stored offsets.");
+        let sought = self
+            .consumer
             .seek_partitions(tpl.clone(), Duration::from_secs(15))
             .map_err(broker("cannot seek to the stored offsets"))?;
+        for e in sought.elements() {
+            if let Err(err) = e.error() {
+                tracing::warn!(topic = e.topic(), partition = p, error = %err, "Seek failed; the first fetched message will trigger another.");
+            }
+        }
         self.consumer
             .resume(&tpl)
             .map_err(broker("cannot resume partitions"))?;
@@ -569,6 +586,7 @@ impl Service {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition_offset(&self.inputs[i], p, Offset::Offset(o))
                     .map_err(broker("offset"))?;
+                tracing::debug!(topic = %self.inputs[i], partition = p, offset = o, "Re-seeking: fetched out of sequence.");
                 if let Err(e) = self.consumer.seek_partitions(tpl, Duration::from_secs(5)) {
                     tracing::warn!(error = %e, partition = p, "Seek failed; retrying.");
                 }
@@ -589,6 +607,7 @@ impl Service {
             }
         }
         let today = crate::day::today(self.settings.tz);
+        let max_idle = Duration::from_millis(self.settings.raw.kafka.max_idle_ms);
         let ids: Vec<i32> = self.parts.keys().copied().collect();
         for p in ids {
             // Which inputs have nothing more to fetch (or waited long enough)?
@@ -602,7 +621,15 @@ impl Service {
                         .waiting_since
                         .entry((i, p))
                         .or_insert_with(Instant::now);
-                    since.elapsed() >= MAX_IDLE
+                    let idle = since.elapsed() >= max_idle;
+                    if idle {
+                        tracing::debug!(
+                            partition = p,
+                            topic = %t,
+                            "Input idle: applying the other inputs without waiting for it."
+                        );
+                    }
+                    idle
                 } else {
                     self.waiting_since.remove(&(i, p));
                     false

@@ -203,7 +203,8 @@ pub fn read_topic(brokers: &str, topic: &str, read_committed: bool) -> Vec<Rec> 
     let parts = md.topics()[0].partitions().len() as i32;
     let mut tpl = TopicPartitionList::new();
     for p in 0..parts {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
@@ -261,11 +262,7 @@ pub fn end_offsets(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
 
 /// Whether the group's committed offsets reached `ends` (topic → partition → end):
 /// the service has applied, written and published everything.
-pub fn caught_up(
-    brokers: &str,
-    group: &str,
-    ends: &BTreeMap<String, BTreeMap<i32, i64>>,
-) -> bool {
+pub fn caught_up(brokers: &str, group: &str, ends: &BTreeMap<String, BTreeMap<i32, i64>>) -> bool {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -285,6 +282,16 @@ pub fn caught_up(
             return false;
         }
     };
+    if std::env::var("STRATA_TEST_VERBOSE").is_ok() {
+        for (t, parts) in ends {
+            for (p, hi) in parts {
+                eprintln!(
+                    "{t}/{p}: end {hi}, committed {:?}",
+                    committed.find_partition(t, *p).map(|e| e.offset())
+                );
+            }
+        }
+    }
     ends.iter().all(|(t, parts)| {
         parts.iter().all(|(p, hi)| {
             *hi == 0

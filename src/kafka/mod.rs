@@ -259,7 +259,7 @@ impl ChangelogReader {
             );
         Ok(ChangelogReader {
             consumer: c
-                .create()
+                .create_with_context(ReaderCtx)
                 .map_err(broker("cannot create a changelog reader"))?,
             topic: topic.to_string(),
         })

@@ -1,0 +1,247 @@
+//! Whole-service benchmark of `strata run` against tansu (BENCHMARKS.md):
+//!
+//! 1. start tansu (memory storage) on a free loopback port, create the three input
+//!    topics with 8 partitions, produce `STRATA_BENCH_CUSTOMERS` customers × 365 days
+//!    of `strata gen` events (default 200k customers ≈ 2.1M events);
+//! 2. raw consume rate: one librdkafka consumer reads every input partition to the
+//!    end and discards the messages;
+//! 3. `strata run` (event clock, `at_least_once`) from an empty state dir until the
+//!    group's committed offsets reach the ends: events/s, and the ratio to (2);
+//! 4. restore rate: a second instance with an empty state dir takes every partition
+//!    over and restores it from the changelog (records/s from its log).
+//!
+//! `cargo bench --bench kafka_run` (tansu must be installed: `scripts/setup --test`).
+//! Under `cargo test` it does nothing.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 8;
+const INPUTS: [&str; 3] = ["purchases", "interactions", "complaints"];
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn strata_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("strata")
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// Offsets at the end of every input partition, read to end-of-partition.
+fn consume_all(brokers: &str) -> (u64, f64, BTreeMap<(String, i32), i64>) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-raw")
+        .set("enable.partition.eof", "true")
+        .set("fetch.max.bytes", "52428800")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in INPUTS {
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
+        }
+    }
+    c.assign(&tpl).unwrap();
+    let mut ends = BTreeMap::new();
+    let mut eof = 0;
+    let mut n = 0u64;
+    let start = Instant::now();
+    while eof < INPUTS.len() * PARTITIONS as usize {
+        match c.poll(Duration::from_secs(5)) {
+            Some(Ok(m)) => {
+                n += 1;
+                std::hint::black_box(m.payload());
+                ends.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
+            Some(Err(e)) => panic!("{e}"),
+            None => {}
+        }
+    }
+    (n, start.elapsed().as_secs_f64(), ends)
+}
+
+fn committed_done(brokers: &str, group: &str, ends: &BTreeMap<(String, i32), i64>) -> bool {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in ends.keys() {
+        tpl.add_partition(t, *p);
+    }
+    let Ok(c) = c.committed_offsets(tpl, Duration::from_secs(10)) else {
+        return false;
+    };
+    ends.iter().all(|((t, p), e)| {
+        c.find_partition(t, *p)
+            .is_some_and(|x| x.offset() == Offset::Offset(*e))
+    })
+}
+
+fn config(dir: &Path, brokers: &str, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[engine]\nclock = \"event\"\nstate_dir = \"{}\"\n[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench\"\n[http]\nlisten = \"127.0.0.1:{}\"\n",
+            dir.join(name).display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let customers: u64 = std::env::var("STRATA_BENCH_CUSTOMERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let home = PathBuf::from(std::env::var("HOME").unwrap());
+    let _tansu = Killed(
+        Command::new(home.join(".cargo/bin/tansu"))
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://{brokers}"),
+                "--advertised-listener-url",
+                &format!("tcp://{brokers}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu (scripts/setup --test)"),
+    );
+    while TcpStream::connect(&brokers).is_err() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let topics: Vec<NewTopic> = INPUTS
+        .iter()
+        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(admin.create_topics(&topics, &AdminOptions::new()))
+        .unwrap();
+
+    let t0 = Instant::now();
+    let st = Command::new(strata_bin())
+        .args([
+            "gen",
+            "--customers",
+            &customers.to_string(),
+            "--days",
+            "365",
+            "--seed",
+            "1",
+            "--topic",
+            "{type}s",
+        ])
+        .env("STRATA_KAFKA__BROKERS", &brokers)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    eprintln!("produced in {:.1}s", t0.elapsed().as_secs_f64());
+
+    let (n, secs, ends) = consume_all(&brokers);
+    let raw = n as f64 / secs;
+    println!("raw librdkafka consume: {n} messages in {secs:.2}s = {raw:.0} msg/s");
+
+    let cfg = config(dir.path(), &brokers, "a");
+    let t1 = Instant::now();
+    let a = Killed(
+        Command::new(strata_bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("STRATA_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    while !committed_done(&brokers, "bench", &ends) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let run_secs = t1.elapsed().as_secs_f64();
+    let rate = n as f64 / run_secs;
+    println!(
+        "strata run: {n} events in {run_secs:.1}s = {rate:.0} events/s (ratio to raw consume {:.3}; includes startup)",
+        rate / raw
+    );
+    drop(a);
+
+    // Restore: a fresh instance takes all partitions over from the changelog.
+    let cfg = config(dir.path(), &brokers, "b");
+    let mut b = Command::new(strata_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("STRATA_LOG", "strata=info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = BufReader::new(b.stderr.take().unwrap());
+    let (mut records, mut secs, mut restored) = (0u64, 0f64, 0);
+    for line in err.lines() {
+        let line = line.unwrap();
+        let clean: String = line
+            .split('\u{1b}')
+            .map(|s| s.split_once('m').map_or(s, |x| x.1))
+            .collect();
+        if clean.contains("Restored partition state from the changelog.") {
+            let field = |k: &str| {
+                clean
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            records += field("records=") as u64;
+            secs += field("seconds=");
+            restored += 1;
+            if restored == PARTITIONS {
+                break;
+            }
+        }
+    }
+    b.kill().ok();
+    b.wait().ok();
+    println!(
+        "changelog restore: {records} records in {secs:.1}s = {:.0} records/s ({restored} partitions)",
+        records as f64 / secs.max(1e-9)
+    );
+}

@@ -202,36 +202,32 @@ fn main() {
         "strata run: {n} events in {run_secs:.1}s = {rate:.0} events/s (ratio to raw consume {:.3}; includes startup)",
         rate / raw
     );
-    drop(a);
+    // Leave the group cleanly (SIGTERM), so the next instance is assigned at once.
+    unsafe {
+        libc::kill(a.0.id() as i32, libc::SIGTERM);
+    }
+    let mut a = a;
+    a.0.wait().ok();
 
     // Restore: a fresh instance takes all partitions over from the changelog.
     let cfg = config(dir.path(), &brokers, "b");
     let mut b = Command::new(strata_bin())
-        .args(["run", "--config"])
+        .args(["--log-format", "json", "run", "--config"])
         .arg(&cfg)
         .env("STRATA_LOG", "strata=info")
-        .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let err = BufReader::new(b.stderr.take().unwrap());
     let (mut records, mut secs, mut restored) = (0u64, 0f64, 0);
     for line in err.lines() {
-        let line = line.unwrap();
-        let clean: String = line
-            .split('\u{1b}')
-            .map(|s| s.split_once('m').map_or(s, |x| x.1))
-            .collect();
-        if clean.contains("Restored partition state from the changelog.") {
-            let field = |k: &str| {
-                clean
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix(k))
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            records += field("records=") as u64;
-            secs += field("seconds=");
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line.unwrap()) else {
+            continue;
+        };
+        let f = &v["fields"];
+        if f["message"] == "Restored partition state from the changelog." {
+            records += f["records"].as_u64().unwrap_or(0);
+            secs += f["seconds"].as_f64().unwrap_or(0.0);
             restored += 1;
             if restored == PARTITIONS {
                 break;

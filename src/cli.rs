@@ -194,13 +194,15 @@ fn open_stores(s: &Settings, dir: &std::path::Path) -> Result<Vec<RocksStore>> {
     Ok(vec![open_store(s, dir)?])
 }
 
+type OpenState = (Arc<Settings>, Union<RocksStore>, Option<i32>, PathBuf);
+
 /// Settings, the opened state dir, and the as-of day (`--as-of`, else the stored
 /// clock; `None` when nothing was ever applied).
 fn open_state(
     dir: Option<PathBuf>,
     config: Option<&PathBuf>,
     as_of: Option<&String>,
-) -> Result<(Arc<Settings>, Union<RocksStore>, Option<i32>, PathBuf)> {
+) -> Result<OpenState> {
     let s = settings(config, Clock::Event)?;
     let dir = state_dir(dir, &s);
     let stores = open_stores(&s, &dir)?;

@@ -228,13 +228,18 @@ struct ReaderCtx;
 
 impl ClientContext for ReaderCtx {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+        let eof = matches!(error, rdkafka::error::KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if !eof {
             tracing::warn!(error = %error, reason, "Changelog reader error.");
         }
     }
 }
 
 impl ConsumerContext for ReaderCtx {}
+
+/// Sees each changelog record: (key, value or `None` for a tombstone).
+type RecordVisitor<'a> = &'a mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), KafkaError>;
 
 /// Reads one changelog partition (no group).
 struct ChangelogReader {
@@ -273,7 +278,7 @@ impl ChangelogReader {
         &self,
         p: i32,
         from_end: Option<i64>,
-        f: &mut dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), KafkaError>,
+        f: RecordVisitor<'_>,
     ) -> Result<bool, KafkaError> {
         let (lo, hi) = self
             .consumer
@@ -830,7 +835,7 @@ impl Service {
                     self.metrics
                         .consumer_lag
                         .with_label_values(&[t.as_str(), &part.id.to_string()])
-                        .set((hw - exp).max(0) as i64);
+                        .set((hw - exp).max(0));
                 }
             }
         }

@@ -231,13 +231,14 @@ impl Partition {
                 match q.front() {
                     None if !caught_up(i) => return Ok(n),
                     None => {}
-                    Some(m) => {
+                    Some(m)
                         if best.is_none_or(|b| {
                             m.order_key() < self.queues[b].front().unwrap().order_key()
-                        }) {
-                            best = Some(i);
-                        }
+                        }) =>
+                    {
+                        best = Some(i)
                     }
+                    Some(_) => {}
                 }
             }
             let Some(i) = best else { return Ok(n) };
@@ -329,10 +330,6 @@ impl Partition {
         }
         b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), self.marker().encode());
         self.store.write(b)
-    }
-
-    pub fn population(&self) -> &Population {
-        self.proc.population()
     }
 
     /// Messages waiting in the queues.

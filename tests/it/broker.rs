@@ -81,6 +81,8 @@ pub fn brokers() -> &'static str {
                         Ok(())
                     });
                 }
+                // Never waited on: it lives until the test process exits.
+                #[allow(clippy::zombie_processes)]
                 let child = cmd.spawn().expect("start tansu");
                 tx.send(child.id()).unwrap();
                 // Live as long as the process: the broker dies with this thread.

@@ -160,7 +160,7 @@ fn transactions_commit_each_output_once_and_an_aborted_one_is_sent_again() {
         ("STRATA_VALUE_TIERS__METHOD", "fixed"),
     ];
     for (p, mut lines) in per_part {
-        lines.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        lines.sort_by_key(|l| (l.0, l.1, l.2));
         let f = dir.path().join(format!("p{p}.jsonl"));
         crate::util::write_lines(&f, &lines.into_iter().map(|l| l.3).collect::<Vec<_>>());
         let (outs, _, _) = replay(&dir.path().join(format!("oracle-{p}")), &[&f], &fixed);

@@ -212,7 +212,7 @@ stats = "{name}-stats"
         let root = self.dir.path().join("oracle");
         let mut outputs = Vec::new();
         for (p, mut lines) in per_part {
-            lines.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+            lines.sort_by_key(|l| (l.0, l.1, l.2));
             let file = self.dir.path().join(format!("oracle-{p}.jsonl"));
             write_lines(&file, &lines.into_iter().map(|l| l.3).collect::<Vec<_>>());
             let state = root.join("partitions").join(p.to_string());
@@ -507,12 +507,30 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
     );
     // A third instance joins mid-stream and starts from restored state.
     let mut c = Strata::start(&s.config("c", ""), s.dir.path(), "c");
+    // /readyz: 503 naming the partitions while they restore, then 200.
+    let mut saw_restoring = false;
     wait_for(
-        "the newcomer to own partitions",
-        Duration::from_secs(60),
+        "the newcomer to be ready",
+        Duration::from_secs(90),
         &[&b, &c],
-        || !assigned(&c).is_empty(),
+        || match c.get("/readyz") {
+            Some((200, body)) => {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                !v["assigned"].as_array().unwrap().is_empty()
+            }
+            Some((503, body)) => {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                saw_restoring |= !v["restoring"].as_array().unwrap().is_empty();
+                false
+            }
+            _ => false,
+        },
     );
+    assert!(
+        saw_restoring,
+        "/readyz was 503 with the restoring partitions listed"
+    );
+    assert!(!assigned(&c).is_empty(), "the newcomer owns partitions");
     s.wait_caught_up(Duration::from_secs(120), &mut [&mut b, &mut c]);
     let (mut pb, mut pc) = (Vec::new(), Vec::new());
     wait_for(

@@ -716,25 +716,7 @@ impl Service {
                 if let Some(pp) = partition {
                     rec = rec.partition(pp);
                 }
-                loop {
-                    match self.producer.send(rec) {
-                        Ok(()) => break,
-                        Err((
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull,
-                            ),
-                            back,
-                        )) => {
-                            rec = back;
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        Err((e, _)) => {
-                            return Err(KafkaError::Broker(format!(
-                                "cannot send to {topic:?}: {e}"
-                            )))
-                        }
-                    }
-                }
+                send_retrying(&self.producer, rec)?;
                 keys.push(k);
             }
             sent.push((p, keys));
@@ -999,6 +981,37 @@ pub fn run(
     result
 }
 
+/// Send one record, waiting while librdkafka's local queue is full.
+fn send_retrying<K, P>(
+    producer: &ThreadedProducer<PCtx>,
+    mut rec: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                rec = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, back)) => {
+                return Err(KafkaError::Broker(format!(
+                    "cannot send to {:?}: {e}",
+                    back.topic
+                )))
+            }
+        }
+    }
+}
+
 /// `strata gen --topic T`: produce JSON Lines to Kafka, keyed by `customer_id`.
 /// `{type}` in `T` is replaced by each event's type (`--topic '{type}s'` fills the
 /// default input topics). Kafka's default (murmur2) partitioner, as Java clients use,
@@ -1049,23 +1062,7 @@ pub fn produce_lines(
         if let Some(k) = head.customer_id {
             rec = rec.key(k);
         }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((e, _)) => {
-                    return Err(KafkaError::Broker(format!("cannot send to {topic:?}: {e}")))
-                }
-            }
-        }
+        send_retrying(&producer, rec)?;
         n += 1;
     }
     producer

@@ -195,6 +195,16 @@ fn random_nonce() -> u64 {
     xxhash_rust::xxh3::xxh3_64(format!("{t}-{}", std::process::id()).as_bytes())
 }
 
+/// Under `exactly_once`, consumers see committed transactions only (aborted outputs
+/// and changelog records stay invisible).
+fn isolation_level(eos: bool) -> &'static str {
+    if eos {
+        "read_committed"
+    } else {
+        "read_uncommitted"
+    }
+}
+
 /// The base librdkafka configuration: brokers, then `[kafka.client]` verbatim.
 pub fn client_config(settings: &Settings) -> ClientConfig {
     let k = &settings.raw.kafka;
@@ -254,14 +264,7 @@ impl ChangelogReader {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.max.bytes", "52428800")
-            .set(
-                "isolation.level",
-                if eos {
-                    "read_committed"
-                } else {
-                    "read_uncommitted"
-                },
-            );
+            .set("isolation.level", isolation_level(eos));
         Ok(ChangelogReader {
             consumer: c
                 .create_with_context(ReaderCtx)
@@ -862,14 +865,7 @@ pub fn run(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set(
-            "isolation.level",
-            if eos {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        );
+        .set("isolation.level", isolation_level(eos));
     for (key, v) in base.config_map() {
         cc.set(key, v);
     }

@@ -8,21 +8,28 @@
 //! 3. `strata run` (event clock, `at_least_once`) from an empty state dir until the
 //!    group's committed offsets reach the ends: events/s, and the ratio to (2);
 //! 4. restore rate: a second instance with an empty state dir takes every partition
-//!    over and restores it from the changelog (records/s from its log).
+//!    over and restores it from the changelog (records/s from its log);
+//! 5. latency at a steady rate: with that instance caught up, `STRATA_BENCH_RATE`
+//!    purchases/s (default 500) of new customers for 20 s, each yielding one
+//!    `tier_changed`; event-to-output latency = when a consumer of `tier_changes`
+//!    receives the output (matched by `cause_event_id`) minus when the event was
+//!    handed to the producer (p50/p99/max).
 //!
 //! `cargo bench --bench kafka_run` (tansu must be installed: `scripts/setup --test`).
 //! Under `cargo test` it does nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 8;
@@ -218,9 +225,9 @@ fn main() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let err = BufReader::new(b.stderr.take().unwrap());
+    let mut lines = BufReader::new(b.stderr.take().unwrap()).lines();
     let (mut records, mut secs, mut restored) = (0u64, 0f64, 0);
-    for line in err.lines() {
+    for line in lines.by_ref() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&line.unwrap()) else {
             continue;
         };
@@ -234,10 +241,101 @@ fn main() {
             }
         }
     }
-    b.kill().ok();
-    b.wait().ok();
     println!(
         "changelog restore: {records} records in {secs:.1}s = {:.0} records/s ({restored} partitions)",
         records as f64 / secs.max(1e-9)
+    );
+    // Keep draining b's log so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let b = Killed(b);
+    latency(&brokers);
+    drop(b);
+}
+
+/// Phase 5: steady-rate event-to-output latency (see the module docs).
+fn latency(brokers: &str) {
+    let rate: u64 = std::env::var("STRATA_BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let total = rate * 20;
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let outputs: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-latency")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset("tier_changes", p, Offset::End)
+            .unwrap();
+    }
+    outputs.assign(&tpl).unwrap();
+    // Let the consumer reach the ends before the first event is sent.
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_secs(3) {
+        outputs.poll(Duration::from_millis(100));
+    }
+    let reader = {
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            let mut lat = Vec::with_capacity(total as usize);
+            let mut last = Instant::now();
+            while (lat.len() as u64) < total && last.elapsed() < Duration::from_secs(60) {
+                let Some(Ok(m)) = outputs.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let now = Instant::now();
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or(&[]))
+                else {
+                    continue;
+                };
+                let cause = v["cause_event_id"].as_str().unwrap_or_default();
+                if let Some(at) = sent.lock().unwrap().remove(cause) {
+                    lat.push(now.duration_since(at).as_secs_f64());
+                    last = now;
+                }
+            }
+            lat
+        })
+    };
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let start = Instant::now();
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let (id, customer) = (format!("lat-{i}"), format!("lat{i:07}"));
+        let line = format!(
+            r#"{{"event_id":"{id}","customer_id":"{customer}","type":"purchase","ts":"2025-12-31T12:00:00Z","amount":50.0,"currency":"CNY","order_id":"{id}"}}"#
+        );
+        sent.lock().unwrap().insert(id, Instant::now());
+        producer
+            .send(BaseRecord::to("purchases").key(&customer).payload(&line))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let mut lat = reader.join().unwrap();
+    lat.sort_by(f64::total_cmp);
+    let q = |x: f64| lat[((lat.len() as f64 * x) as usize).min(lat.len() - 1)] * 1000.0;
+    assert!(
+        !lat.is_empty(),
+        "no output arrived for the steady-rate events"
+    );
+    println!(
+        "latency at {rate} events/s for 20 s: {} of {total} outputs; p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        lat.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0)
     );
 }

@@ -313,6 +313,11 @@ pub struct HttpConfig {
     /// When set, `/v1/*` requires `Authorization: Bearer <token>`. Never logged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The base URL other instances send clients to for customers of this instance's
+    /// partitions (`GET /v1/customers/{id}` answers 307 with it). Default:
+    /// `http://<listen>`, with the host name when `listen` binds every interface.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertised_address: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -320,8 +325,40 @@ impl Default for HttpConfig {
         Self {
             listen: "0.0.0.0:9898".into(),
             token: None,
+            advertised_address: None,
         }
     }
+}
+
+impl HttpConfig {
+    /// `advertised_address`, or the one derived from `listen` and the host name.
+    pub fn advertised(&self) -> String {
+        if let Some(a) = &self.advertised_address {
+            return a.trim_end_matches('/').to_string();
+        }
+        match self.listen.rsplit_once(':') {
+            Some((host, port)) if matches!(host, "0.0.0.0" | "[::]" | "::" | "") => {
+                format!(
+                    "http://{}:{port}",
+                    host_name().unwrap_or_else(|| "localhost".into())
+                )
+            }
+            _ => format!("http://{}", self.listen),
+        }
+    }
+}
+
+/// `$HOSTNAME`, else `/etc/hostname`.
+pub fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
 }
 
 impl Config {
@@ -545,6 +582,19 @@ impl Settings {
         {
             return Err(key_err("http.token", "must not be empty when set"));
         }
+        if let Some(a) = &raw.http.advertised_address {
+            let rest = a
+                .strip_prefix("http://")
+                .or_else(|| a.strip_prefix("https://"));
+            if rest
+                .is_none_or(|r| r.trim_matches('/').is_empty() || r.contains(char::is_whitespace))
+            {
+                return Err(key_err(
+                    "http.advertised_address",
+                    format!("{a:?} is not a base URL like \"http://strata-0.strata:9898\""),
+                ));
+            }
+        }
         let clock = match e.clock {
             ClockMode::Auto => default_clock,
             ClockMode::Event => Clock::Event,
@@ -604,6 +654,24 @@ mod tests {
         c.value_tiers.high_share = 0.99;
         let e = Settings::new(c, Clock::Event).unwrap_err().to_string();
         assert!(e.contains("value_tiers.high_share"), "{e}");
+
+        let mut c = Config::default();
+        c.http.advertised_address = Some("strata-0:9898".into());
+        let e = Settings::new(c, Clock::Event).unwrap_err().to_string();
+        assert!(e.contains("http.advertised_address"), "{e}");
+    }
+
+    #[test]
+    fn advertised_address_defaults_from_listen() {
+        let mut h = HttpConfig {
+            listen: "127.0.0.1:9000".into(),
+            ..HttpConfig::default()
+        };
+        assert_eq!(h.advertised(), "http://127.0.0.1:9000");
+        h.listen = "0.0.0.0:9000".into();
+        assert!(h.advertised().ends_with(":9000") && !h.advertised().contains("0.0.0.0"));
+        h.advertised_address = Some("https://strata-1.strata.ns.svc:9898/".into());
+        assert_eq!(h.advertised(), "https://strata-1.strata.ns.svc:9898");
     }
 
     #[test]

@@ -6,14 +6,18 @@
 //!   503 with a JSON body naming the partitions that are not ready;
 //! - `GET /v1/customers/{id}`: the state-dump object (SPEC §6) of a customer in one
 //!   of this instance's partitions, evaluated at the stored clock over this
-//!   instance's partitions; 404 with this instance's partitions otherwise (clients
-//!   ask the instance that owns the customer's partition; strata does not proxy).
+//!   instance's partitions. A customer whose partition (Kafka's default murmur2
+//!   partitioner over the id) another instance owns gets `307 Temporary Redirect` to
+//!   that instance's advertised address (announced on the stats topic), with the
+//!   owner in the JSON body too; strata does not proxy. 404 when the customer's
+//!   partition is ours and the customer unknown; 503 while the partition restores or
+//!   its owner is not known yet (during a rebalance).
 //!   With `[http] token` set, `/v1/*` needs `Authorization: Bearer <token>` (401).
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -87,6 +91,7 @@ fn authorised(s: &AppState, headers: &HeaderMap) -> bool {
 async fn customer(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     if !authorised(&s, &headers) {
@@ -97,14 +102,20 @@ async fn customer(
         )
             .into_response();
     }
-    let (stores, owned) = {
+    let (stores, owned, route) = {
         let st = s.status.lock().unwrap();
+        let route = (st.partitions > 0).then(|| {
+            let p = crate::kafka::partition_of(id.as_bytes(), st.partitions);
+            (p, st.restoring.contains(&p), st.owners.get(&p).cloned())
+        });
         (
             st.stores.values().cloned().collect::<Vec<_>>(),
             st.assigned.iter().copied().collect::<Vec<_>>(),
+            route,
         )
     };
     let settings = s.settings.clone();
+    let me = settings.raw.http.advertised();
     let result = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
         let Some(day) = dump::latest_clock(&stores)? else {
             return Ok(None);
@@ -115,14 +126,40 @@ async fn customer(
     .await;
     match result {
         Ok(Ok(Some(r))) => Json(r).into_response(),
-        Ok(Ok(None)) => (
-            StatusCode::NOT_FOUND,
-            Json(json!({
-                "error": "customer not found in this instance's partitions",
-                "partitions": owned,
-            })),
-        )
-            .into_response(),
+        Ok(Ok(None)) => match route {
+            Some((p, _, _)) if owned.contains(&p) => (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "unknown customer", "partition": p})),
+            )
+                .into_response(),
+            Some((p, true, _)) => unavailable(p, "the customer's partition is restoring here"),
+            Some((p, false, Some(owner))) if owner != me => {
+                let location = format!("{owner}{}", uri.path());
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(header::LOCATION, location.clone())],
+                    Json(json!({
+                        "error": "another instance owns the customer's partition",
+                        "partition": p,
+                        "owner": owner,
+                        "location": location,
+                    })),
+                )
+                    .into_response()
+            }
+            Some((p, false, _)) => unavailable(
+                p,
+                "the owner of the customer's partition is not known yet (rebalancing); retry",
+            ),
+            None => (
+                StatusCode::NOT_FOUND,
+                Json(json!({
+                    "error": "customer not found in this instance's partitions",
+                    "partitions": owned,
+                })),
+            )
+                .into_response(),
+        },
         Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"error": e.to_string()})),
@@ -134,6 +171,15 @@ async fn customer(
         )
             .into_response(),
     }
+}
+
+fn unavailable(partition: i32, why: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(json!({"error": why, "partition": partition})),
+    )
+        .into_response()
 }
 
 /// Serve until `shutdown` resolves. Binding errors are returned at once.

@@ -76,6 +76,43 @@ pub struct Status {
     pub restoring: BTreeSet<i32>,
     /// Stores of the assigned partitions, for `GET /v1/customers/{id}`.
     pub stores: BTreeMap<i32, Arc<RocksStore>>,
+    /// The input topics' partition count (0 until startup checked them).
+    pub partitions: i32,
+    /// Each partition's owner as last announced on the stats topic: its advertised
+    /// HTTP address (`http.advertised_address`).
+    pub owners: BTreeMap<i32, String>,
+}
+
+/// The partition Kafka's default partitioner (Java clients; librdkafka's
+/// `murmur2_random`, which `gen --topic` uses) gives a keyed record:
+/// `(murmur2(key) & 0x7fffffff) % partitions`.
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ key.len() as u32;
+    let mut chunks = key.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, b) in tail.iter().enumerate() {
+            h ^= (*b as u32) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    ((h & 0x7fff_ffff) % partitions.max(1) as u32) as i32
+}
+
+/// The stats-topic key under which partition p's owner announces itself.
+pub fn owner_key(p: i32) -> String {
+    format!("owner/{p}")
 }
 
 pub type SharedStatus = Arc<Mutex<Status>>;
@@ -221,15 +258,7 @@ fn instance_id(settings: &Settings) -> String {
     if !k.instance_id.is_empty() {
         return k.instance_id.clone();
     }
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .unwrap_or_else(|| format!("pid{}", std::process::id()))
+    crate::config::host_name().unwrap_or_else(|| format!("pid{}", std::process::id()))
 }
 
 /// The changelog reader's context: "end of partition" is how it knows it is done,
@@ -347,6 +376,11 @@ struct Service {
     /// Offsets last committed to the group, to commit only what moved.
     hinted: BTreeMap<(String, i32), i64>,
     gauges_at: Instant,
+    /// When a stalled input was last re-assigned.
+    reassigned_at: BTreeMap<(usize, i32), Instant>,
+    /// Partitions opened here whose ownership is still to be announced on the
+    /// stats topic (with the next publish).
+    announce: BTreeSet<i32>,
 }
 
 impl Service {
@@ -475,6 +509,7 @@ impl Service {
             .resume(&tpl)
             .map_err(broker("cannot resume partitions"))?;
         self.parts.insert(p, part);
+        self.announce.insert(p);
         let mut st = self.status.lock().unwrap();
         st.restoring.remove(&p);
         st.assigned.insert(p);
@@ -495,8 +530,10 @@ impl Service {
         for i in 0..self.inputs.len() {
             self.expected.remove(&(i, p));
             self.waiting_since.remove(&(i, p));
+            self.reassigned_at.remove(&(i, p));
         }
         self.hinted.retain(|(_, q), _| *q != p);
+        self.announce.remove(&p);
         let mut st = self.status.lock().unwrap();
         st.assigned.remove(&p);
         st.stores.remove(&p);
@@ -617,6 +654,7 @@ impl Service {
         let today = crate::day::today(self.settings.tz);
         let max_idle = Duration::from_millis(self.settings.raw.kafka.max_idle_ms);
         let ids: Vec<i32> = self.parts.keys().copied().collect();
+        let mut stalled = Vec::new();
         for p in ids {
             // Which inputs have nothing more to fetch (or waited long enough)?
             let mut caught = vec![false; self.inputs.len()];
@@ -630,6 +668,15 @@ impl Service {
                         .entry((i, p))
                         .or_insert_with(Instant::now);
                     let idle = since.elapsed() >= max_idle;
+                    // The broker has records at `exp` but none arrived in
+                    // `max_idle`: fetching stalled (seen with librdkafka and tansu
+                    // after a seek during a rebalance). Re-assign it.
+                    if idle && hw.is_some() {
+                        let last = self.reassigned_at.get(&(i, p));
+                        if last.is_none_or(|at| at.elapsed() >= max_idle) {
+                            stalled.push((i, p, exp));
+                        }
+                    }
                     if idle {
                         tracing::debug!(
                             partition = p,
@@ -669,6 +716,24 @@ impl Service {
                 metrics
                     .batch_duration
                     .observe(started.elapsed().as_secs_f64());
+            }
+        }
+        for (i, p, exp) in stalled {
+            // A seek would not do: it leaves the partition waiting for an offset
+            // validation that never completes. Re-assigning at the offset restarts
+            // the partition's fetcher from scratch.
+            tracing::info!(topic = %self.inputs[i], partition = p, offset = exp, "No records arrived though the broker has some; re-assigning the partition at the stored offset.");
+            self.reassigned_at.insert((i, p), Instant::now());
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.inputs[i], p, Offset::Offset(exp))
+                .map_err(broker("offset"))?;
+            let r = self
+                .consumer
+                .incremental_unassign(&tpl)
+                .and_then(|_| self.consumer.incremental_assign(&tpl))
+                .and_then(|_| self.consumer.resume(&tpl));
+            if let Err(e) = r {
+                tracing::warn!(error = %e, partition = p, "Could not re-assign a stalled partition; retrying.");
             }
         }
         Ok(())
@@ -724,10 +789,32 @@ impl Service {
             }
             sent.push((p, keys));
         }
+        let in_flight: usize = sent.iter().map(|(_, k)| k.len()).sum();
+        // Ownership announcements (for `GET /v1/customers/{id}` on other instances)
+        // ride along, inside the transaction under exactly_once.
+        let announced: Vec<i32> = self.announce.iter().copied().collect();
+        for &p in &announced {
+            if !any && self.eos {
+                self.producer
+                    .begin_transaction()
+                    .map_err(broker("cannot begin a transaction"))?;
+            }
+            any = true;
+            let key = owner_key(p);
+            let value = serde_json::json!({
+                "partition": p,
+                "address": self.settings.raw.http.advertised(),
+            })
+            .to_string();
+            let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&t.stats)
+                .key(key.as_bytes())
+                .payload(value.as_bytes())
+                .partition(p);
+            send_retrying(&self.producer, rec)?;
+        }
         if !any {
             return Ok(());
         }
-        let in_flight: usize = sent.iter().map(|(_, k)| k.len()).sum();
         self.metrics.outbox_pending.set(in_flight as i64);
         if self.eos {
             // Consumed offsets join the transaction (the group's view), with outputs
@@ -742,10 +829,14 @@ impl Service {
                 .consumer
                 .group_metadata()
                 .ok_or_else(|| KafkaError::Broker("no consumer group metadata".into()))?;
-            let r = self
-                .producer
-                .send_offsets_to_transaction(&tpl, &gm, Duration::from_secs(30))
-                .and_then(|_| self.producer.commit_transaction(Duration::from_secs(60)));
+            // A transaction of announcements only consumed nothing: no offsets.
+            let r = if in_flight > 0 {
+                self.producer
+                    .send_offsets_to_transaction(&tpl, &gm, Duration::from_secs(30))
+            } else {
+                Ok(())
+            }
+            .and_then(|_| self.producer.commit_transaction(Duration::from_secs(60)));
             if let Err(e) = r {
                 tracing::warn!(error = %e, "Transaction failed; aborting. The outbox is kept and sent again in the next transaction.");
                 self.producer
@@ -773,6 +864,9 @@ impl Service {
             if let Some(part) = self.parts.get(&p) {
                 part.published(&keys)?;
             }
+        }
+        for p in announced {
+            self.announce.remove(&p);
         }
         self.metrics.outbox_pending.set(0);
         tracing::debug!(records = in_flight, "Published the outboxes.");
@@ -876,6 +970,7 @@ pub fn run(
         })
         .map_err(broker("cannot create the consumer (check [kafka.client])"))?;
     let partitions = topics::check_copartitioned(&consumer, &inputs)?;
+    status.lock().unwrap().partitions = partitions as i32;
     topics::ensure_topics(&base, &consumer, t, partitions)?;
     tracing::info!(partitions, topics = ?inputs, "Input topics are co-partitioned.");
 
@@ -909,6 +1004,7 @@ pub fn run(
         t.stats.clone(),
         partitions,
         stats.clone(),
+        status.clone(),
         stop_stats.clone(),
     )?;
 
@@ -943,6 +1039,8 @@ pub fn run(
         nonce: random_nonce(),
         hinted: BTreeMap::new(),
         gauges_at: Instant::now(),
+        announce: BTreeSet::new(),
+        reassigned_at: BTreeMap::new(),
     };
     svc.consumer
         .subscribe(&[inputs[0].as_str()])
@@ -1071,4 +1169,35 @@ pub fn produce_lines(
         )));
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_of;
+
+    /// Our partitioner agrees with librdkafka's murmur2 (the one producers use) on
+    /// keys of every length class and on customer-id-like keys.
+    #[test]
+    fn partition_of_matches_librdkafka_murmur2() {
+        let mut keys: Vec<Vec<u8>> = (0..2000).map(|i| format!("C{i:06}").into_bytes()).collect();
+        keys.extend((0..64).map(|n| (0..n).map(|i| (i * 37 + n) as u8).collect()));
+        keys.push("客户-上海-0042".as_bytes().to_vec());
+        for key in &keys {
+            for n in [1, 3, 8, 24, 1000] {
+                // SAFETY: the murmur2 partitioner reads only `key`; the topic and the
+                // opaques are unused by it.
+                let theirs = unsafe {
+                    rdkafka::bindings::rd_kafka_msg_partitioner_murmur2(
+                        std::ptr::null(),
+                        key.as_ptr().cast(),
+                        key.len(),
+                        n,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    )
+                };
+                assert_eq!(partition_of(key, n), theirs, "key {key:?}, {n} partitions");
+            }
+        }
+    }
 }

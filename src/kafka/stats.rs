@@ -3,6 +3,11 @@
 //! compacted stats topic, keyed by partition. Each instance reads the whole topic on
 //! a thread of its own and keeps the latest summary of every partition; a
 //! recalibration merges the other partitions' summaries with its own live one.
+//!
+//! The same topic carries ownership announcements: key `owner/<p>`, value
+//! `{"partition": p, "address": "<http.advertised_address>"}`, published by the
+//! instance that opens partition p, so any instance can send a client asking for a
+//! customer to the instance that owns the customer's partition.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use super::partition::PeerStats;
-use super::KafkaError;
+use super::{KafkaError, SharedStatus};
 use crate::population::Population;
 
 pub fn spawn(
@@ -21,6 +26,7 @@ pub fn spawn(
     topic: String,
     partitions: usize,
     stats: PeerStats,
+    status: SharedStatus,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, KafkaError> {
     // Reads every partition itself: no group, nothing committed.
@@ -43,6 +49,10 @@ pub fn spawn(
             while !stop.load(Ordering::Relaxed) {
                 match consumer.poll(Duration::from_millis(200)) {
                     Some(Ok(m)) => {
+                        if let Some((p, address)) = owner(&m) {
+                            status.lock().unwrap().owners.insert(p, address);
+                            continue;
+                        }
                         let part = m
                             .key()
                             .and_then(|k| std::str::from_utf8(k).ok())
@@ -66,4 +76,12 @@ pub fn spawn(
             }
         })
         .expect("spawn a thread"))
+}
+
+/// An ownership announcement: (partition, advertised address).
+fn owner(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<(i32, String)> {
+    let key = std::str::from_utf8(m.key()?).ok()?;
+    let p: i32 = key.strip_prefix("owner/")?.parse().ok()?;
+    let v: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
+    Some((p, v.get("address")?.as_str()?.to_string()))
 }

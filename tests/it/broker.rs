@@ -381,6 +381,15 @@ impl Drop for Strata {
 
 /// A tiny HTTP/1.1 GET: (status, body).
 pub fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> Option<(u16, String)> {
+    http_get_with_head(addr, path, bearer).map(|(code, _, body)| (code, body))
+}
+
+/// A tiny HTTP/1.1 GET: (status, response head, body).
+pub fn http_get_with_head(
+    addr: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     let auth = bearer
@@ -404,7 +413,7 @@ pub fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> Option<(u16, St
     } else {
         body.to_string()
     };
-    Some((status, body))
+    Some((status, head.to_string(), body))
 }
 
 fn dechunk(mut s: &str) -> String {

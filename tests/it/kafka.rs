@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::broker::{
-    brokers, caught_up, create_topics, end_offsets, metric_sum, produce, read_topic, unique, Strata,
+    brokers, caught_up, create_topics, end_offsets, http_get_with_head, metric_sum, produce,
+    read_topic, unique, Strata,
 };
 use crate::util::{dump, gen_file, replay, strata, tempdir, write_lines};
 
@@ -551,13 +552,56 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
         c_restored > 0.0,
         "the newcomer restored its partitions from the changelog"
     );
+    let day = last_day(&file);
+    assert_lookups_find_the_owner(&b, &c, &global_dump(&s, &file, &day));
     b.kill9();
     c.kill9();
     let combined = combine(&s, &[("b", pb), ("c", pc)]);
     let (oracle, _) = s.oracle();
     assert_outputs_cover_oracle(&s.outputs(), &oracle);
-    let day = last_day(&file);
     assert_eq!(sorted_dump(&combined, &day), global_dump(&s, &file, &day));
+}
+
+/// `GET /v1/customers/{id}` on either instance finds every customer: the owner of
+/// the customer's partition answers with the dump object, the other instance with
+/// 307 to the owner's advertised address.
+fn assert_lookups_find_the_owner(b: &Strata, c: &Strata, dump: &[Value]) {
+    let (mut local, mut redirected) = (0, 0);
+    for d in dump.iter().step_by(7) {
+        let id = d["customer_id"].as_str().unwrap();
+        let path = format!("/v1/customers/{id}");
+        let (mut at_owner, mut sent_on) = (0, 0);
+        for (me, other) in [(b, c), (c, b)] {
+            let (code, head, body) = http_get_with_head(&me.http, &path, None).unwrap();
+            let v: Value = serde_json::from_str(&body).unwrap();
+            match code {
+                200 => {
+                    assert_eq!(v["customer_id"], d["customer_id"]);
+                    at_owner += 1;
+                }
+                307 => {
+                    let want = format!("http://{}{path}", other.http);
+                    assert_eq!(v["location"], want.as_str(), "{body}");
+                    assert!(
+                        head.to_ascii_lowercase()
+                            .contains(&format!("location: {}", want.to_ascii_lowercase())),
+                        "{head}"
+                    );
+                    let (code, _) = other.get(&path).unwrap();
+                    assert_eq!(code, 200, "the redirect target knows {id}");
+                    sent_on += 1;
+                }
+                _ => panic!("{path} at {}: {code} {body}", me.http),
+            }
+        }
+        assert_eq!((at_owner, sent_on), (1, 1), "{id}: one owner, one redirect");
+        if b.get(&path).unwrap().0 == 200 {
+            local += 1;
+        } else {
+            redirected += 1;
+        }
+    }
+    assert!(local > 0 && redirected > 0, "both instances own customers");
 }
 
 #[test]

@@ -337,7 +337,7 @@ impl HttpConfig {
             return a.trim_end_matches('/').to_string();
         }
         match self.listen.rsplit_once(':') {
-            Some((host, port)) if matches!(host, "0.0.0.0" | "[::]" | "::" | "") => {
+            Some(("0.0.0.0" | "[::]" | "::" | "", port)) => {
                 format!(
                     "http://{}:{port}",
                     host_name().unwrap_or_else(|| "localhost".into())

@@ -14,6 +14,7 @@
 //! the dead letters and the population summary into the outbox (see [`changelog`]).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::config::Settings;
@@ -79,6 +80,10 @@ pub struct Partition {
     pending: Arc<Mutex<Pending>>,
     /// One queue per input topic, in [`super::Inputs`] order.
     pub queues: Vec<VecDeque<Msg>>,
+    /// Outbox keys below this were published and deleted: scans start here, so they
+    /// seek past the deletes instead of stepping over every tombstone (the outbox
+    /// is a queue; without this, scans cost grew with everything ever published).
+    outbox_floor: std::sync::atomic::AtomicU64,
 }
 
 /// Input topic names, in queue order, used for markers and dead letters.
@@ -99,9 +104,10 @@ impl Partition {
             )))?,
             None => Marker::default(),
         };
-        let mut next_outbox = 0;
+        let (mut first_outbox, mut next_outbox) = (None, 0);
         store.scan(Cf::Outbox, &[], None, &mut |k, _| {
             if let Ok(b) = <[u8; 8]>::try_from(k) {
+                first_outbox.get_or_insert(u64::from_be_bytes(b));
                 next_outbox = u64::from_be_bytes(b) + 1;
             }
             Ok(true)
@@ -177,6 +183,7 @@ impl Partition {
             proc,
             pending,
             queues: (0..topics).map(|_| VecDeque::new()).collect(),
+            outbox_floor: first_outbox.unwrap_or(next_outbox).into(),
         })
     }
 
@@ -309,7 +316,11 @@ impl Partition {
     pub fn outbox(&self) -> Result<Vec<(Vec<u8>, OutboxRecord)>, StoreError> {
         let mut out = Vec::new();
         let id = self.id;
-        self.store.scan(Cf::Outbox, &[], None, &mut |k, v| {
+        // [floor, next): exactly the keys not yet published (after a restart, old
+        // tombstones above `next` are out of range too).
+        let floor = outbox_key(self.outbox_floor.load(Ordering::Relaxed));
+        let next = outbox_key(self.pending.lock().unwrap().next_outbox);
+        self.store.scan(Cf::Outbox, &floor, Some(&next), &mut |k, v| {
             let r = OutboxRecord::decode(v).ok_or_else(|| {
                 StoreError::Backend(format!(
                     "partition {id}: an outbox record is unreadable (delete the partition's state dir to restore it from the changelog)"
@@ -329,7 +340,16 @@ impl Partition {
             b.delete(Cf::Outbox, k.clone());
         }
         b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), self.marker().encode());
-        self.store.write(b)
+        self.store.write(b)?;
+        if let Some(last) = keys
+            .iter()
+            .filter_map(|k| <[u8; 8]>::try_from(k.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .max()
+        {
+            self.outbox_floor.fetch_max(last + 1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Messages waiting in the queues.

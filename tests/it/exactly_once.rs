@@ -90,6 +90,9 @@ fn transactions_commit_each_output_once_and_an_aborted_one_is_sent_again() {
     raw.kafka.processing_guarantee = Guarantee::ExactlyOnce;
     raw.kafka.instance_id = "t1".into();
     raw.kafka.max_batch_events = 300;
+    // Full batches even on a loaded machine, so the failing (first) transaction
+    // surely carries outputs.
+    raw.kafka.batch_wait_ms = 3000;
     // The mock cluster's group coordinator speaks the classic protocol.
     raw.kafka
         .client

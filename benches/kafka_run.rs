@@ -112,10 +112,15 @@ fn committed_done(brokers: &str, group: &str, ends: &BTreeMap<(String, i32), i64
 
 fn config(dir: &Path, brokers: &str, name: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
+    // STRATA_BENCH_FETCH_WAIT_MS: librdkafka's fetch.wait.max.ms for strata's
+    // consumer (to see how much of the latency is the broker's long poll).
+    let client = std::env::var("STRATA_BENCH_FETCH_WAIT_MS")
+        .map(|ms| format!("[kafka.client]\n\"fetch.wait.max.ms\" = \"{ms}\"\n"))
+        .unwrap_or_default();
     std::fs::write(
         &path,
         format!(
-            "[engine]\nclock = \"event\"\nstate_dir = \"{}\"\n[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench\"\n[http]\nlisten = \"127.0.0.1:{}\"\n",
+            "[engine]\nclock = \"event\"\nstate_dir = \"{}\"\n[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"bench\"\n{client}[http]\nlisten = \"127.0.0.1:{}\"\n",
             dir.join(name).display(),
             free_port()
         ),

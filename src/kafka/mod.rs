@@ -719,9 +719,9 @@ impl Service {
             }
         }
         for (i, p, exp) in stalled {
-            // A seek would not do: it leaves the partition waiting for an offset
-            // validation that never completes. Re-assigning at the offset restarts
-            // the partition's fetcher from scratch.
+            // Seeking again did not recover such a partition (we suspect it stays in
+            // librdkafka's offset-validation wait); re-assigning it at the offset
+            // restarts its fetcher from scratch.
             tracing::info!(topic = %self.inputs[i], partition = p, offset = exp, "No records arrived though the broker has some; re-assigning the partition at the stored offset.");
             self.reassigned_at.insert((i, p), Instant::now());
             let mut tpl = TopicPartitionList::new();

@@ -471,7 +471,7 @@ impl Service {
             );
         }
         self.metrics.add_population(&store, 1)?;
-        let part = Partition::open(
+        let mut part = Partition::open(
             s.clone(),
             p,
             store.clone(),
@@ -479,6 +479,10 @@ impl Service {
             self.inputs.len(),
             self.metrics.clone(),
         )?;
+        // One write at once (marker and population summary): the next publish round
+        // then has records, and this instance's ownership announcement rides with it
+        // even if the partition stays idle.
+        part.commit()?;
         // Seek every input to the offsets stored with the state.
         let mut tpl = TopicPartitionList::new();
         for (i, t) in self.inputs.iter().enumerate() {
@@ -790,16 +794,14 @@ impl Service {
             sent.push((p, keys));
         }
         let in_flight: usize = sent.iter().map(|(_, k)| k.len()).sum();
+        if !any {
+            return Ok(());
+        }
         // Ownership announcements (for `GET /v1/customers/{id}` on other instances)
-        // ride along, inside the transaction under exactly_once.
+        // ride along with the next round that has records (inside its transaction
+        // under exactly_once); they never make a round of their own.
         let announced: Vec<i32> = self.announce.iter().copied().collect();
         for &p in &announced {
-            if !any && self.eos {
-                self.producer
-                    .begin_transaction()
-                    .map_err(broker("cannot begin a transaction"))?;
-            }
-            any = true;
             let key = owner_key(p);
             let value = serde_json::json!({
                 "partition": p,
@@ -811,9 +813,6 @@ impl Service {
                 .payload(value.as_bytes())
                 .partition(p);
             send_retrying(&self.producer, rec)?;
-        }
-        if !any {
-            return Ok(());
         }
         self.metrics.outbox_pending.set(in_flight as i64);
         if self.eos {

@@ -723,9 +723,9 @@ impl Service {
             }
         }
         for (i, p, exp) in stalled {
-            // Seeking again did not recover such a partition (we suspect it stays in
-            // librdkafka's offset-validation wait); re-assigning it at the offset
-            // restarts its fetcher from scratch.
+            // Seeking again did not recover such a partition; re-assigning it restarts
+            // its fetcher from scratch (a guard: the root cause is not known, and in
+            // one observed run this did not recover it either).
             tracing::info!(topic = %self.inputs[i], partition = p, offset = exp, "No records arrived though the broker has some; re-assigning the partition at the stored offset.");
             self.reassigned_at.insert((i, p), Instant::now());
             let mut tpl = TopicPartitionList::new();

@@ -429,6 +429,8 @@ pub struct Settings {
     pub high_min_micros: u64,
     pub medium_min_micros: u64,
     pub super_min_micros: u64,
+    /// `http.advertised_address`, resolved once (see [`HttpConfig::advertised`]).
+    pub advertised_address: String,
 }
 
 /// Amounts are kept as integer micro-units so sums are exact and order-independent.
@@ -619,6 +621,7 @@ impl Settings {
             high_min_micros: to_micros(v.high_min_monetary),
             medium_min_micros: to_micros(v.medium_min_monetary),
             super_min_micros: to_micros(raw.lifecycle.super_min_monetary),
+            advertised_address: raw.http.advertised(),
             raw,
         })
     }

@@ -115,7 +115,7 @@ async fn customer(
         )
     };
     let settings = s.settings.clone();
-    let me = settings.raw.http.advertised();
+    let me = &s.settings.advertised_address;
     let result = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
         let Some(day) = dump::latest_clock(&stores)? else {
             return Ok(None);
@@ -133,7 +133,7 @@ async fn customer(
             )
                 .into_response(),
             Some((p, true, _)) => unavailable(p, "the customer's partition is restoring here"),
-            Some((p, false, Some(owner))) if owner != me => {
+            Some((p, false, Some(owner))) if owner != *me => {
                 let location = format!("{owner}{}", uri.path());
                 (
                     StatusCode::TEMPORARY_REDIRECT,

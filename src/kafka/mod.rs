@@ -805,7 +805,7 @@ impl Service {
             let key = owner_key(p);
             let value = serde_json::json!({
                 "partition": p,
-                "address": self.settings.raw.http.advertised(),
+                "address": self.settings.advertised_address,
             })
             .to_string();
             let rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&t.stats)

@@ -176,51 +176,43 @@ impl Store for MemStore {
     }
 }
 
-/// A shared reference to a store is a store: lets tests reopen processors over one
-/// [`MemStore`], and lets a dump read the store a processor holds.
-impl<T: Store + Sync> Store for &T {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        (**self).get(cf, key)
-    }
-    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        (**self).multi_get(cf, keys)
-    }
-    fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        (**self).write(batch)
-    }
-    fn scan(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        f: Visitor<'_>,
-    ) -> Result<(), StoreError> {
-        (**self).scan(cf, from, to, f)
-    }
+/// Forwards every [`Store`] method through a pointer to a store.
+macro_rules! forward_store {
+    ($(#[$doc:meta])* $ptr:ty, $($bounds:tt)+) => {
+        $(#[$doc])*
+        impl<T: $($bounds)+> Store for $ptr {
+            fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+                (**self).get(cf, key)
+            }
+            fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+                (**self).multi_get(cf, keys)
+            }
+            fn write(&self, batch: Batch) -> Result<(), StoreError> {
+                (**self).write(batch)
+            }
+            fn scan(
+                &self,
+                cf: Cf,
+                from: &[u8],
+                to: Option<&[u8]>,
+                f: Visitor<'_>,
+            ) -> Result<(), StoreError> {
+                (**self).scan(cf, from, to, f)
+            }
+        }
+    };
 }
 
-/// A shared store is a store: the Kafka shell's processor and its HTTP endpoint read
-/// one partition's RocksDB together (RocksDB is safe for concurrent use).
-impl<T: Store + Sync + ?Sized> Store for std::sync::Arc<T> {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        (**self).get(cf, key)
-    }
-    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        (**self).multi_get(cf, keys)
-    }
-    fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        (**self).write(batch)
-    }
-    fn scan(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        f: Visitor<'_>,
-    ) -> Result<(), StoreError> {
-        (**self).scan(cf, from, to, f)
-    }
-}
+forward_store!(
+    /// A shared reference to a store is a store: lets tests reopen processors over one
+    /// [`MemStore`], and lets a dump read the store a processor holds.
+    &T, Store + Sync
+);
+forward_store!(
+    /// A shared store is a store: the Kafka shell's processor and its HTTP endpoint
+    /// read one partition's RocksDB together (RocksDB is safe for concurrent use).
+    std::sync::Arc<T>, Store + Sync + ?Sized
+);
 
 /// Several partitions' stores read as one (`state dump` of a `strata run` state dir,
 /// `GET /v1/customers/{id}`). Customer keys are disjoint across partitions; a scan

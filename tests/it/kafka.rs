@@ -126,6 +126,22 @@ stats = "{name}-stats"
     }
 
     /// Produce generated JSON Lines to the input topic of each event's type.
+    /// `strata gen` into `events.jsonl` in the test dir.
+    pub fn generate(&self, customers: u32, days: u32, seed: u32, start: &str) -> PathBuf {
+        let (c, d, sd) = (customers.to_string(), days.to_string(), seed.to_string());
+        let args = [
+            "--customers",
+            &c,
+            "--days",
+            &d,
+            "--seed",
+            &sd,
+            "--start",
+            start,
+        ];
+        gen_file(self.dir.path(), "events.jsonl", &args)
+    }
+
     pub fn produce_file(&self, file: &Path) -> usize {
         let text = std::fs::read_to_string(file).unwrap();
         let recs: Vec<_> = text
@@ -304,20 +320,7 @@ fn assert_outputs_cover_oracle(run: &[(String, Value)], oracle: &[(String, Value
 fn end_to_end_outputs_and_state_equal_replay() {
     let _serial = serial();
     let s = Setup::new(&[4, 4, 4]);
-    let file = gen_file(
-        s.dir.path(),
-        "events.jsonl",
-        &[
-            "--customers",
-            "800",
-            "--days",
-            "200",
-            "--seed",
-            "11",
-            "--start",
-            "2026-01-01",
-        ],
-    );
+    let file = s.generate(800, 200, 11, "2026-01-01");
     let n = s.produce_file(&file);
     assert!(n > 3000, "a meaningful stream ({n} events)");
     let cfg = s.config("a", "");
@@ -380,20 +383,7 @@ fn end_to_end_outputs_and_state_equal_replay() {
 fn crash_and_restart_lose_nothing() {
     let _serial = serial();
     let s = Setup::new(&[3, 3, 3]);
-    let file = gen_file(
-        s.dir.path(),
-        "events.jsonl",
-        &[
-            "--customers",
-            "1500",
-            "--days",
-            "365",
-            "--seed",
-            "5",
-            "--start",
-            "2025-06-01",
-        ],
-    );
+    let file = s.generate(1500, 365, 5, "2025-06-01");
     s.produce_file(&file);
     let cfg = s.config("a", "");
     // kill -9 at several points mid-stream, restarting each time.
@@ -456,20 +446,7 @@ fn wait_for(what: &str, timeout: Duration, logs: &[&Strata], mut f: impl FnMut()
 fn cluster_handover_and_join_restore_from_the_changelog() {
     let _serial = serial();
     let s = Setup::new(&[4, 4, 4]);
-    let file = gen_file(
-        s.dir.path(),
-        "events.jsonl",
-        &[
-            "--customers",
-            "2000",
-            "--days",
-            "365",
-            "--seed",
-            "9",
-            "--start",
-            "2025-03-01",
-        ],
-    );
+    let file = s.generate(2000, 365, 9, "2025-03-01");
     s.produce_file(&file);
     let a = Strata::start(&s.config("a", ""), s.dir.path(), "a");
     let mut b = Strata::start(&s.config("b", ""), s.dir.path(), "b");

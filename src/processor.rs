@@ -100,10 +100,14 @@ pub struct Processor<S: Store> {
     persisted: Option<(Day, Thresholds)>,
     pub counters: Counters,
     hook: Option<FlushHook>,
-    /// Merged population summaries of the other partitions of a cluster: thresholds
-    /// cover them too (SPEC §3). `None` outside a cluster.
-    peers: Option<Population>,
+    /// Where the merged population summaries of the other partitions of a cluster
+    /// come from, asked at each recalibration: thresholds cover them too (SPEC §3).
+    /// `None` outside a cluster.
+    peers: Option<PeerSource>,
 }
+
+/// The other partitions' merged population summary, as of now.
+pub type PeerSource = Box<dyn Fn() -> Option<Population> + Send>;
 
 fn corrupt(key: &[u8], e: crate::store::codec::CodecError) -> StoreError {
     StoreError::Corrupt {
@@ -195,8 +199,8 @@ impl<S: Store> Processor<S> {
 
     /// The other partitions' population summaries, merged; used by the next
     /// recalibration.
-    pub fn set_peers(&mut self, peers: Option<Population>) {
-        self.peers = peers;
+    pub fn set_peers(&mut self, peers: PeerSource) {
+        self.peers = Some(peers);
     }
 
     pub fn take_outputs(&mut self) -> Vec<Output> {
@@ -458,10 +462,11 @@ impl<S: Store> Processor<S> {
     fn pareto_cutoffs(
         &self,
         merged: &Population,
+        peers: Option<&Population>,
     ) -> Result<(Option<u64>, Option<u64>), StoreError> {
         let vt = &self.settings.raw.value_tiers;
         let hist = &merged.monetary_hist;
-        let approximate = self.peers.as_ref().is_some_and(|p| p.purchasers > 0);
+        let approximate = peers.is_some_and(|p| p.purchasers > 0);
         let total: u128 = hist.values().map(|(_, sum)| *sum).sum();
         if vt.method != ValueMethod::Pareto || total == 0 {
             return Ok((None, None));
@@ -533,11 +538,12 @@ impl<S: Store> Processor<S> {
     /// New thresholds as of `day`; re-evaluate every customer they can move.
     pub fn recalibrate(&mut self, day: Day) -> Result<(), StoreError> {
         self.flush()?;
-        let merged = match &self.peers {
+        let peers = self.peers.as_ref().and_then(|source| source());
+        let merged = match &peers {
             Some(p) => self.pop.merged(p),
             None => self.pop.clone(),
         };
-        let (high, medium) = self.pareto_cutoffs(&merged)?;
+        let (high, medium) = self.pareto_cutoffs(&merged, peers.as_ref())?;
         let new = merged.thresholds(high, medium);
         let old = std::mem::replace(&mut self.current, new.clone());
         let prev_day = self.current_day;

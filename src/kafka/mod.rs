@@ -479,6 +479,8 @@ impl Service {
             self.inputs.len(),
             self.metrics.clone(),
         )?;
+        let stats = self.stats.clone();
+        part.proc.set_peers(Box::new(move || peers_of(&stats, p)));
         // One write at once (marker and population summary): the next publish round
         // then has records, and this instance's ownership announcement rides with it
         // even if the partition stays idle.
@@ -695,9 +697,7 @@ impl Service {
                 };
                 caught[i] = hw.is_some_and(|h| exp >= h) || idle;
             }
-            let peers = peers_of(&self.stats, p);
             let part = self.parts.get_mut(&p).unwrap();
-            part.proc.set_peers(peers);
             if wall {
                 part.proc.advance_to(today)?;
             }

@@ -7,10 +7,13 @@
 //!    cooperative-sticky assignment; when it assigns purchases partition p, the
 //!    rebalance callback also assigns partition p of the interactions and complaints
 //!    topics (co-partitioned, checked at startup), so state partition p is consumed
-//!    by exactly one instance. New partitions are paused, their state opened — or
-//!    restored from the changelog when local state is missing or behind it — then
-//!    sought to the offsets stored *in the state* and resumed. The group's committed
-//!    offsets are only a progress hint for lag dashboards.
+//!    by exactly one instance. The callback only records the assignment; the loop
+//!    opens each new partition's state — or restores it from the changelog when
+//!    local state is missing or behind it — and only then assigns the inputs, at the
+//!    offsets stored *in the state* (librdkafka waits for that call, heartbeating
+//!    meanwhile). No fetch starts anywhere else, so nothing needs seeking or
+//!    filtering. The group's committed offsets are only a progress hint for lag
+//!    dashboards.
 //! 2. **Batch.** Up to `kafka.max_batch_events` messages are polled and queued per
 //!    partition; each partition applies them in event-time order ([`partition`]) and
 //!    writes state, consumed offsets and an outbox (outputs, dead letters, changelog
@@ -127,9 +130,9 @@ enum Change {
     Revoked(Vec<i32>),
 }
 
-/// Consumer context: extends each assignment of the lead (purchases) topic to the
-/// same partitions of the other input topics, pauses new partitions until their
-/// state is ready, and hands the change to the loop.
+/// Consumer context: hands each assignment of the lead (purchases) topic to the
+/// loop, which assigns the same partitions of every input once their state is
+/// ready; releases revoked partitions of every input at once.
 struct Ctx {
     inputs: Vec<String>,
     changes: Mutex<Vec<Change>>,
@@ -154,25 +157,36 @@ impl ConsumerContext for Ctx {
         }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let r = if cooperative {
-                    c.incremental_assign(&full)
-                } else {
-                    c.assign(&full)
-                };
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "Could not take the assigned partitions.");
-                }
-                if let Err(e) = c.pause(&full) {
-                    tracing::warn!(error = %e, "Could not pause newly assigned partitions.");
-                }
                 tracing::info!(partitions = ?parts, "Partitions assigned.");
-                self.changes.lock().unwrap().push(Change::Assigned(parts));
+                if parts.is_empty() {
+                    // Nothing to open: complete the rebalance here.
+                    let r = if cooperative {
+                        c.incremental_assign(&full)
+                    } else {
+                        c.assign(&full)
+                    };
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "Could not complete the rebalance.");
+                    }
+                } else {
+                    // `Service::apply_changes` assigns them once their state is open.
+                    self.changes.lock().unwrap().push(Change::Assigned(parts));
+                }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = ?parts, lost = c.assignment_lost(), "Partitions revoked.");
                 self.changes.lock().unwrap().push(Change::Revoked(parts));
                 let r = if cooperative {
-                    c.incremental_unassign(&full)
+                    // Only what the loop has assigned (a revocation can overtake an
+                    // assignment not yet applied; `close_partition` releases those).
+                    let held = c.assignment().unwrap_or_default();
+                    let mut mine = TopicPartitionList::new();
+                    for e in full.elements() {
+                        if held.find_partition(e.topic(), e.partition()).is_some() {
+                            mine.add_partition(e.topic(), e.partition());
+                        }
+                    }
+                    c.incremental_unassign(&mine)
                 } else {
                     c.unassign()
                 };
@@ -368,7 +382,13 @@ struct Service {
     /// contiguously from it; anything else is a prefetch from before a seek.
     expected: BTreeMap<(usize, i32), i64>,
     /// When each partition's queue `i` first waited on an empty queue.
-    waiting_since: BTreeMap<(usize, i32), Instant>,
+    /// When (on the `polled` clock) each partition's queue `i` began waiting empty
+    /// for records the broker has.
+    waiting_since: BTreeMap<(usize, i32), Duration>,
+    /// Time spent waiting inside `consumer.poll`: the clock an input's idleness is
+    /// measured on, so that the loop's own work (a restore, a long publish) never
+    /// makes an input look idle while its records sit in librdkafka's queue.
+    polled: Duration,
     stats: PeerStats,
     status: SharedStatus,
     metrics: Arc<Metrics>,
@@ -376,15 +396,14 @@ struct Service {
     /// Offsets last committed to the group, to commit only what moved.
     hinted: BTreeMap<(String, i32), i64>,
     gauges_at: Instant,
-    /// When a stalled input was last re-assigned.
-    reassigned_at: BTreeMap<(usize, i32), Instant>,
     /// Partitions opened here whose ownership is still to be announced on the
     /// stats topic (with the next publish).
     announce: BTreeSet<i32>,
 }
 
 impl Service {
-    fn open_partition(&mut self, p: i32) -> Result<(), KafkaError> {
+    /// Open (or restore) partition `p`'s state; add where each input resumes to `at`.
+    fn open_partition(&mut self, p: i32, at: &mut TopicPartitionList) -> Result<(), KafkaError> {
         let started = Instant::now();
         self.status.lock().unwrap().restoring.insert(p);
         self.metrics.partitions_restoring.inc();
@@ -485,8 +504,7 @@ impl Service {
         // then has records, and this instance's ownership announcement rides with it
         // even if the partition stays idle.
         part.commit()?;
-        // Seek every input to the offsets stored with the state.
-        let mut tpl = TopicPartitionList::new();
+        // Every input resumes at the offset stored with the state.
         for (i, t) in self.inputs.iter().enumerate() {
             let next = match part.next_offset(t) {
                 Some(o) => o,
@@ -498,22 +516,9 @@ impl Service {
                 }
             };
             self.expected.insert((i, p), next);
-            tpl.add_partition_offset(t, p, Offset::Offset(next))
+            at.add_partition_offset(t, p, Offset::Offset(next))
                 .map_err(broker("offset"))?;
         }
-        tracing::debug!(partition = p, offsets = ?tpl, "Seeking to the stored offsets.");
-        let sought = self
-            .consumer
-            .seek_partitions(tpl.clone(), Duration::from_secs(15))
-            .map_err(broker("cannot seek to the stored offsets"))?;
-        for e in sought.elements() {
-            if let Err(err) = e.error() {
-                tracing::warn!(topic = e.topic(), partition = p, error = %err, "Seek failed; the first fetched message will trigger another.");
-            }
-        }
-        self.consumer
-            .resume(&tpl)
-            .map_err(broker("cannot resume partitions"))?;
         self.parts.insert(p, part);
         self.announce.insert(p);
         let mut st = self.status.lock().unwrap();
@@ -536,7 +541,26 @@ impl Service {
         for i in 0..self.inputs.len() {
             self.expected.remove(&(i, p));
             self.waiting_since.remove(&(i, p));
-            self.reassigned_at.remove(&(i, p));
+        }
+        // Normally the revocation callback released the inputs already; not when
+        // the revocation overtook an assignment the loop had not applied yet.
+        if let Ok(held) = self.consumer.assignment() {
+            let mut left = TopicPartitionList::new();
+            for t in &self.inputs {
+                if held.find_partition(t, p).is_some() {
+                    left.add_partition(t, p);
+                }
+            }
+            if left.count() > 0 {
+                let r = if matches!(self.consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+                    self.consumer.incremental_unassign(&left)
+                } else {
+                    self.consumer.unassign()
+                };
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, partition = p, "Could not release a revoked partition.");
+                }
+            }
         }
         self.hinted.retain(|(_, q), _| *q != p);
         self.announce.remove(&p);
@@ -555,9 +579,18 @@ impl Service {
             match c {
                 Change::Revoked(ps) => ps.into_iter().for_each(|p| self.close_partition(p)),
                 Change::Assigned(ps) => {
+                    let mut at = TopicPartitionList::new();
                     for p in ps {
-                        self.open_partition(p)?;
+                        self.open_partition(p, &mut at)?;
                     }
+                    tracing::debug!(offsets = ?at, "Assigning the inputs at the stored offsets.");
+                    let r = if matches!(self.consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+                        self.consumer.incremental_assign(&at)
+                    } else {
+                        // An eager assignment is always whole (after revoking all).
+                        self.consumer.assign(&at)
+                    };
+                    r.map_err(broker("cannot assign the input partitions"))?;
                 }
             }
         }
@@ -572,14 +605,16 @@ impl Service {
         };
         let deadline = Instant::now() + Duration::from_millis(wait);
         let mut n = 0;
-        let mut reseek: BTreeSet<(usize, i32)> = BTreeSet::new();
         while n < max {
             let left = deadline.saturating_duration_since(Instant::now());
             // A rebalance happens inside poll: apply it before routing more messages.
             if !self.consumer.context().changes.lock().unwrap().is_empty() {
                 self.apply_changes()?;
             }
-            let Some(r) = self.consumer.poll(left) else {
+            let t0 = Instant::now();
+            let r = self.consumer.poll(left);
+            self.polled += t0.elapsed();
+            let Some(r) = r else {
                 break;
             };
             let m = match r {
@@ -597,23 +632,14 @@ impl Service {
                 tracing::trace!(partition = p, "Dropped a message of a partition not owned.");
                 continue; // not ours (any more)
             };
-            if m.offset() != *exp {
-                tracing::trace!(
-                    topic = m.topic(),
-                    partition = p,
-                    offset = m.offset(),
-                    expected = *exp,
-                    "Dropped a message out of sequence."
-                );
-            }
             if m.offset() < *exp {
-                continue; // already applied
-            }
-            if m.offset() > *exp {
-                reseek.insert((i, p)); // fetched from before our seek
+                // Cannot happen with fetching started at the stored offset; never
+                // apply a message twice if it does.
+                tracing::debug!(topic = m.topic(), partition = p, offset = m.offset(), expected = *exp, "Dropped a message already applied.");
                 continue;
             }
-            *exp += 1;
+            // Offsets may skip (transaction markers, compacted input topics).
+            *exp = m.offset() + 1;
             let raw = m.payload().unwrap_or_default().to_vec();
             let parsed = parse_event(&raw, &self.contexts[i]);
             match &parsed {
@@ -632,17 +658,6 @@ impl Service {
                 n += 1;
             }
         }
-        for (i, p) in reseek {
-            if let Some(&o) = self.expected.get(&(i, p)) {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition_offset(&self.inputs[i], p, Offset::Offset(o))
-                    .map_err(broker("offset"))?;
-                tracing::debug!(topic = %self.inputs[i], partition = p, offset = o, "Re-seeking: fetched out of sequence.");
-                if let Err(e) = self.consumer.seek_partitions(tpl, Duration::from_secs(5)) {
-                    tracing::warn!(error = %e, partition = p, "Seek failed; retrying.");
-                }
-            }
-        }
         Ok(n)
     }
 
@@ -659,34 +674,26 @@ impl Service {
         }
         let today = crate::day::today(self.settings.tz);
         let max_idle = Duration::from_millis(self.settings.raw.kafka.max_idle_ms);
+        // A partition holding this many queued messages stops waiting for an empty
+        // input (bounds memory when one input's fetching lags far behind).
+        let full = (10 * self.settings.raw.kafka.max_batch_events).max(100_000);
         let ids: Vec<i32> = self.parts.keys().copied().collect();
-        let mut stalled = Vec::new();
         for p in ids {
             // Which inputs have nothing more to fetch (or waited long enough)?
             let mut caught = vec![false; self.inputs.len()];
+            let crowded = self.parts[&p].queued() >= full;
             for (i, t) in self.inputs.iter().enumerate() {
                 let exp = self.expected.get(&(i, p)).copied().unwrap_or(0);
                 let hw = cached_high_watermark(&self.consumer, t, p);
                 let empty = self.parts[&p].queues[i].is_empty();
                 let idle = if empty && hw.is_none_or(|h| exp < h) {
-                    let since = *self
-                        .waiting_since
-                        .entry((i, p))
-                        .or_insert_with(Instant::now);
-                    let idle = since.elapsed() >= max_idle;
-                    // The broker has records at `exp` but none arrived in
-                    // `max_idle`: fetching stalled (seen with librdkafka and tansu
-                    // after a seek during a rebalance). Re-assign it.
-                    if idle && hw.is_some() {
-                        let last = self.reassigned_at.get(&(i, p));
-                        if last.is_none_or(|at| at.elapsed() >= max_idle) {
-                            stalled.push((i, p, exp));
-                        }
-                    }
+                    let since = *self.waiting_since.entry((i, p)).or_insert(self.polled);
+                    let idle = self.polled - since >= max_idle || crowded;
                     if idle {
                         tracing::debug!(
                             partition = p,
                             topic = %t,
+                            crowded,
                             "Input idle: applying the other inputs without waiting for it."
                         );
                     }
@@ -720,24 +727,6 @@ impl Service {
                 metrics
                     .batch_duration
                     .observe(started.elapsed().as_secs_f64());
-            }
-        }
-        for (i, p, exp) in stalled {
-            // Seeking again did not recover such a partition; re-assigning it restarts
-            // its fetcher from scratch (a guard: the root cause is not known, and in
-            // one observed run this did not recover it either).
-            tracing::info!(topic = %self.inputs[i], partition = p, offset = exp, "No records arrived though the broker has some; re-assigning the partition at the stored offset.");
-            self.reassigned_at.insert((i, p), Instant::now());
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&self.inputs[i], p, Offset::Offset(exp))
-                .map_err(broker("offset"))?;
-            let r = self
-                .consumer
-                .incremental_unassign(&tpl)
-                .and_then(|_| self.consumer.incremental_assign(&tpl))
-                .and_then(|_| self.consumer.resume(&tpl));
-            if let Err(e) = r {
-                tracing::warn!(error = %e, partition = p, "Could not re-assign a stalled partition; retrying.");
             }
         }
         Ok(())
@@ -1032,6 +1021,7 @@ pub fn run(
         parts: BTreeMap::new(),
         expected: BTreeMap::new(),
         waiting_since: BTreeMap::new(),
+        polled: Duration::ZERO,
         stats,
         status: status.clone(),
         metrics,
@@ -1039,7 +1029,6 @@ pub fn run(
         hinted: BTreeMap::new(),
         gauges_at: Instant::now(),
         announce: BTreeSet::new(),
-        reassigned_at: BTreeMap::new(),
     };
     svc.consumer
         .subscribe(&[inputs[0].as_str()])

@@ -1,8 +1,15 @@
 //! A real Kafka-protocol broker for the integration tests: `tansu` (installed by
 //! `scripts/setup`), started once per test binary on a free loopback port with
-//! in-memory storage, and killed when the test binary exits (the kernel delivers
-//! SIGKILL to it when the thread that started it — which lives as long as the
-//! process — goes away). Tests share it and use random topic and group names.
+//! SQLite storage in a temporary directory, and killed when the test binary exits
+//! (the kernel delivers SIGKILL to it when the thread that started it — which lives
+//! as long as the process — goes away). Tests share it and use random topic and
+//! group names.
+//!
+//! Not tansu's `memory://` engine: it answers a fetch from an offset inside a
+//! record batch with the batches that *start* at or after that offset, so a
+//! consumer positioned mid-batch (any restart or handover) silently skips the rest
+//! of that batch, or gets nothing at all when it is the last one. Its SQLite engine
+//! stores records one by one and answers as a Kafka broker does.
 //!
 //! Also: Kafka client helpers (create topics, produce, read a topic back, committed
 //! offsets) and a `strata run` child process with its HTTP endpoints.
@@ -54,6 +61,7 @@ pub fn brokers() -> &'static str {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("strata-tansu-{port}.log"));
+        let dir = broker_dir();
         let (tx, rx) = std::sync::mpsc::channel();
         let bin = tansu_binary();
         let a = addr.clone();
@@ -69,8 +77,9 @@ pub fn brokers() -> &'static str {
                     "--advertised-listener-url",
                     &format!("tcp://{a}"),
                     "--storage-engine",
-                    "memory://tansu/",
+                    "sqlite://tansu.db",
                 ])
+                .current_dir(&dir)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log);
@@ -107,6 +116,26 @@ pub fn brokers() -> &'static str {
         }
         addr
     })
+}
+
+/// A fresh directory for the broker's database, named by this process; those of
+/// earlier test processes that are gone are removed first.
+fn broker_dir() -> PathBuf {
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("strata-tansu-db-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    std::fs::remove_dir_all(e.path()).ok();
+                }
+            }
+        }
+    }
+    let dir = tmp.join(format!("strata-tansu-db-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 pub fn unique(prefix: &str) -> String {

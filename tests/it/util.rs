@@ -90,8 +90,15 @@ pub fn write_lines(path: &Path, lines: &[String]) {
     std::fs::write(path, s).unwrap();
 }
 
+/// A temporary directory, removed afterwards unless `STRATA_TEST_KEEP` is set (then
+/// its path is printed: instance logs, configs and state stay for a post-mortem).
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
+    let mut t = tempfile::tempdir().unwrap();
+    if std::env::var_os("STRATA_TEST_KEEP").is_some() {
+        eprintln!("keeping {}", t.path().display());
+        t.disable_cleanup(true);
+    }
+    t
 }
 
 pub fn repo_file(rel: &str) -> PathBuf {

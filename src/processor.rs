@@ -109,6 +109,42 @@ pub struct Processor<S: Store> {
 /// The other partitions' merged population summary, as of now.
 pub type PeerSource = Box<dyn Fn() -> Option<Population> + Send>;
 
+/// The column families derived from the customer records alone: a customer's
+/// timer and its three index entries mirror `CustomerState::timer` and
+/// `::indexed`. The changelog leaves them out; a restore rebuilds them.
+pub const DERIVED: [Cf; 4] = [Cf::Timers, Cf::ByLastDay, Cf::ByFrequency, Cf::ByMonetary];
+
+/// Write the derived column families (`DERIVED`, empty beforehand) from every
+/// stored customer. Returns how many customers were visited.
+pub fn rebuild_derived(store: &dyn Store) -> Result<u64, StoreError> {
+    let mut b = Batch::default();
+    let mut n = 0u64;
+    store.scan(Cf::Customers, &[], None, &mut |k, v| {
+        n += 1;
+        let id = std::str::from_utf8(k).map_err(|_| {
+            corrupt(
+                k,
+                crate::store::codec::CodecError("customer key is not UTF-8"),
+            )
+        })?;
+        let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
+        if let Some(d) = c.timer {
+            b.put(Cf::Timers, timer_key(d, id), Vec::new());
+        }
+        if let Some(i) = c.indexed {
+            for cf in Cf::INDEXES {
+                b.put(cf, index_key(cf, &i, id), Vec::new());
+            }
+        }
+        if b.len() >= 20_000 {
+            store.write(std::mem::take(&mut b))?;
+        }
+        Ok(true)
+    })?;
+    store.write(b)?;
+    Ok(n)
+}
+
 fn corrupt(key: &[u8], e: crate::store::codec::CodecError) -> StoreError {
     StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),

@@ -175,12 +175,20 @@ pub fn outbox_key(seq: u64) -> Vec<u8> {
     seq.to_be_bytes().to_vec()
 }
 
-/// Column families replicated to the changelog: everything but the outbox itself.
+/// Whether a column family is replicated to the changelog: the customers, the
+/// dedupe archive and meta. Not the outbox (the changelog's source), nor the timers
+/// and indexes: they mirror fields of each customer record and a restore rebuilds
+/// them ([`crate::processor::rebuild_derived`]) — a fifth of the records to produce.
+pub fn replicated(cf: Cf) -> bool {
+    matches!(cf, Cf::Customers | Cf::Dedupe | Cf::Meta)
+}
+
+/// A column family's code in changelog keys: its position in `Cf::ALL`.
 fn cf_code(cf: Cf) -> Option<u8> {
     Cf::ALL
         .iter()
         .position(|&c| c == cf)
-        .filter(|_| cf != Cf::Outbox)
+        .filter(|_| replicated(cf))
         .map(|i| i as u8)
 }
 
@@ -197,7 +205,8 @@ pub fn changelog_key(cf: Cf, key: &[u8]) -> Option<Vec<u8>> {
 pub fn parse_changelog_key(k: &[u8]) -> Option<(Cf, &[u8])> {
     let (&code, rest) = k.split_first()?;
     let cf = *Cf::ALL.get(code as usize)?;
-    (cf != Cf::Outbox).then_some((cf, rest))
+    // Older changelogs also carry timers and indexes: a restore rebuilds those.
+    replicated(cf).then_some((cf, rest))
 }
 
 pub fn is_marker(cf: Cf, key: &[u8]) -> bool {
@@ -270,13 +279,23 @@ mod tests {
     }
 
     #[test]
-    fn changelog_keys_name_their_column_family_and_skip_the_outbox() {
+    fn changelog_keys_name_their_column_family_and_skip_the_outbox_and_derived() {
         for cf in Cf::ALL {
             match changelog_key(cf, b"k") {
                 Some(k) => assert_eq!(parse_changelog_key(&k), Some((cf, &b"k"[..]))),
-                None => assert_eq!(cf, Cf::Outbox),
+                None => assert!(
+                    cf == Cf::Outbox || crate::processor::DERIVED.contains(&cf),
+                    "{cf:?} is replicated"
+                ),
             }
         }
+        // A timer record of an older changelog is skipped, not misread.
+        let old = [
+            Cf::ALL.iter().position(|&c| c == Cf::Timers).unwrap() as u8,
+            1,
+            2,
+        ];
+        assert_eq!(parse_changelog_key(&old), None);
     }
 
     #[test]

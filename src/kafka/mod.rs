@@ -482,6 +482,7 @@ impl Service {
                 b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), m.encode());
             }
             store.write(b)?;
+            crate::processor::rebuild_derived(&*store)?;
             tracing::info!(
                 partition = p,
                 records = r.records,
@@ -552,7 +553,10 @@ impl Service {
                 }
             }
             if left.count() > 0 {
-                let r = if matches!(self.consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+                let r = if matches!(
+                    self.consumer.rebalance_protocol(),
+                    RebalanceProtocol::Cooperative
+                ) {
                     self.consumer.incremental_unassign(&left)
                 } else {
                     self.consumer.unassign()
@@ -584,7 +588,10 @@ impl Service {
                         self.open_partition(p, &mut at)?;
                     }
                     tracing::debug!(offsets = ?at, "Assigning the inputs at the stored offsets.");
-                    let r = if matches!(self.consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+                    let r = if matches!(
+                        self.consumer.rebalance_protocol(),
+                        RebalanceProtocol::Cooperative
+                    ) {
                         self.consumer.incremental_assign(&at)
                     } else {
                         // An eager assignment is always whole (after revoking all).
@@ -635,7 +642,13 @@ impl Service {
             if m.offset() < *exp {
                 // Cannot happen with fetching started at the stored offset; never
                 // apply a message twice if it does.
-                tracing::debug!(topic = m.topic(), partition = p, offset = m.offset(), expected = *exp, "Dropped a message already applied.");
+                tracing::debug!(
+                    topic = m.topic(),
+                    partition = p,
+                    offset = m.offset(),
+                    expected = *exp,
+                    "Dropped a message already applied."
+                );
                 continue;
             }
             // Offsets may skip (transaction markers, compacted input topics).

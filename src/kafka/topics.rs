@@ -9,6 +9,9 @@
 
 use std::time::Duration;
 
+/// `min.compaction.lag.ms` of the changelog and stats topics strata creates.
+pub const MIN_COMPACTION_LAG_MS: &str = "3600000";
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -94,9 +97,13 @@ pub fn ensure_topics(
                 )))
             }
             Some(_) => {}
+            // An hour before compaction may drop a superseded record: a batch left
+            // half-published by a crash is dropped by a restore (whole batches
+            // only), and the versions it superseded must still be there then.
             None => create.push(
                 NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1))
-                    .set("cleanup.policy", "compact"),
+                    .set("cleanup.policy", "compact")
+                    .set("min.compaction.lag.ms", MIN_COMPACTION_LAG_MS),
             ),
         }
     }

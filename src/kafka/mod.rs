@@ -52,7 +52,7 @@ use crate::store::rocks::RocksStore;
 use crate::store::{Batch, Cf, Store, StoreError};
 use crate::telemetry::Metrics;
 
-use changelog::{Dest, Marker, OutboxRecord, Restorer, PUBLISHED_KEY};
+use changelog::{Dest, Marker, Restorer, PUBLISHED_KEY};
 use partition::{local_markers, peers_of, Msg, Partition, PeerStats};
 
 #[derive(Debug, thiserror::Error)]
@@ -446,7 +446,9 @@ impl Service {
                 // Outbox batches up to the changelog's last marker were published.
                 let mut b = Batch::default();
                 store.scan(Cf::Outbox, &[], None, &mut |k, v| {
-                    if OutboxRecord::decode(v).is_some_and(|r| r.batch_seq <= cl.seq) {
+                    let batch_seq = changelog::decode_entry(v)
+                        .and_then(|recs| recs.first().map(|r| r.batch_seq));
+                    if batch_seq.is_some_and(|s| s <= cl.seq) {
                         b.delete(Cf::Outbox, k.to_vec());
                     }
                     Ok(true)
@@ -750,6 +752,7 @@ impl Service {
         let t = &self.settings.raw.kafka.topics;
         let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
         let mut sent: Vec<(i32, Vec<Vec<u8>>)> = Vec::new();
+        let mut in_flight = 0usize;
         let mut any = false;
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
         for (&p, part) in &self.parts {
@@ -791,11 +794,13 @@ impl Service {
                     rec = rec.partition(pp);
                 }
                 send_retrying(&self.producer, rec)?;
-                keys.push(k);
+                in_flight += 1;
+                if keys.last() != Some(&k) {
+                    keys.push(k);
+                }
             }
             sent.push((p, keys));
         }
-        let in_flight: usize = sent.iter().map(|(_, k)| k.len()).sum();
         if !any {
             return Ok(());
         }

@@ -27,7 +27,8 @@ use crate::store::{Batch, Cf, Store, StoreError};
 use crate::telemetry::Metrics;
 
 use super::changelog::{
-    changelog_key, outbox_key, Dest, Marker, OutboxRecord, MARKER_KEY, PUBLISHED_KEY,
+    changelog_key, decode_entry, encode_entry, outbox_key, Dest, Marker, OutboxRecord, MARKER_KEY,
+    PUBLISHED_KEY,
 };
 
 /// One consumed message, parsed on arrival.
@@ -80,6 +81,9 @@ pub struct Partition {
     pending: Arc<Mutex<Pending>>,
     /// One queue per input topic, in [`super::Inputs`] order.
     pub queues: Vec<VecDeque<Msg>>,
+    /// Customers of the messages queued since the last drain: loaded with one
+    /// multi-get before it (messages still queued from earlier drains were then).
+    fresh: Vec<String>,
     /// Outbox keys below this were published and deleted: scans start here, so they
     /// seek past the deletes instead of stepping over every tombstone (the outbox
     /// is a queue; without this, scans cost grew with everything ever published).
@@ -171,11 +175,9 @@ impl Partition {
                     headers: Vec::new(),
                 });
             }
-            for r in recs {
-                let k = outbox_key(p.next_outbox);
-                p.next_outbox += 1;
-                batch.put(Cf::Outbox, k, r.encode());
-            }
+            let k = outbox_key(p.next_outbox);
+            p.next_outbox += 1;
+            batch.put(Cf::Outbox, k, encode_entry(&recs));
         }));
         Ok(Partition {
             id,
@@ -183,6 +185,7 @@ impl Partition {
             proc,
             pending,
             queues: (0..topics).map(|_| VecDeque::new()).collect(),
+            fresh: Vec::new(),
             outbox_floor: first_outbox.unwrap_or(next_outbox).into(),
         })
     }
@@ -210,6 +213,9 @@ impl Partition {
         if msg.offset < next || last_queued.is_some_and(|o| msg.offset <= o) {
             return;
         }
+        if let Ok(e) = &msg.parsed {
+            self.fresh.push(e.customer_id.clone());
+        }
         self.queues[topic_idx].push_back(msg);
     }
 
@@ -223,14 +229,9 @@ impl Partition {
         caught_up: &dyn Fn(usize) -> bool,
         on_event: &mut dyn FnMut(&Event),
     ) -> Result<usize, StoreError> {
-        // Warm the cache for everything queued with one multi-get.
-        let ids: Vec<String> = self
-            .queues
-            .iter()
-            .flatten()
-            .filter_map(|m| m.parsed.as_ref().ok().map(|e| e.customer_id.clone()))
-            .collect();
-        self.proc.prefetch(ids.iter().map(|s| s.as_str()))?;
+        // Warm the cache for what was queued since the last drain with one multi-get.
+        self.proc.prefetch(self.fresh.iter().map(|s| s.as_str()))?;
+        self.fresh.clear();
         let mut n = 0;
         loop {
             let mut best: Option<usize> = None;
@@ -313,6 +314,7 @@ impl Partition {
     }
 
     /// Outbox records in write order, with their keys.
+    /// The unpublished records, each with the key of its outbox entry.
     pub fn outbox(&self) -> Result<Vec<(Vec<u8>, OutboxRecord)>, StoreError> {
         let mut out = Vec::new();
         let id = self.id;
@@ -321,12 +323,12 @@ impl Partition {
         let floor = outbox_key(self.outbox_floor.load(Ordering::Relaxed));
         let next = outbox_key(self.pending.lock().unwrap().next_outbox);
         self.store.scan(Cf::Outbox, &floor, Some(&next), &mut |k, v| {
-            let r = OutboxRecord::decode(v).ok_or_else(|| {
+            let recs = decode_entry(v).ok_or_else(|| {
                 StoreError::Backend(format!(
-                    "partition {id}: an outbox record is unreadable (delete the partition's state dir to restore it from the changelog)"
+                    "partition {id}: an outbox entry is unreadable (delete the partition's state dir to restore it from the changelog)"
                 ))
             })?;
-            out.push((k.to_vec(), r));
+            out.extend(recs.into_iter().map(|r| (k.to_vec(), r)));
             Ok(true)
         })?;
         Ok(out)

@@ -5,9 +5,9 @@
 //!
 //! 1. **Rebalance.** The group subscribes to the purchases topic only, with
 //!    cooperative-sticky assignment; when it assigns purchases partition p, the
-//!    rebalance callback also assigns partition p of the interactions and complaints
-//!    topics (co-partitioned, checked at startup), so state partition p is consumed
-//!    by exactly one instance. The callback only records the assignment; the loop
+//!    instance also takes partition p of the interactions and complaints topics
+//!    (co-partitioned, checked at startup), so state partition p is consumed by
+//!    exactly one instance. The callback only records the assignment; the loop
 //!    opens each new partition's state — or restores it from the changelog when
 //!    local state is missing or behind it — and only then assigns the inputs, at the
 //!    offsets stored *in the state* (librdkafka waits for that call, heartbeating
@@ -378,10 +378,9 @@ struct Service {
     eos: bool,
     changelog: ChangelogReader,
     parts: BTreeMap<i32, Partition>,
-    /// Next offset expected per (input index, partition): messages must arrive
-    /// contiguously from it; anything else is a prefetch from before a seek.
+    /// Next offset to apply per (input index, partition): a message below it was
+    /// applied already; offsets above it may skip (markers, compaction).
     expected: BTreeMap<(usize, i32), i64>,
-    /// When each partition's queue `i` first waited on an empty queue.
     /// When (on the `polled` clock) each partition's queue `i` began waiting empty
     /// for records the broker has.
     waiting_since: BTreeMap<(usize, i32), Duration>,

@@ -247,8 +247,9 @@ pub struct KafkaConfig {
     pub batch_wait_ms: u64,
     /// How long a partition waits for an input topic that has more to fetch before
     /// applying the other inputs' events without it (Kafka Streams'
-    /// `max.task.idle.ms`), counted on time spent waiting inside `poll`. Longer keeps event-time order across the three topics
-    /// through slow fetches; shorter keeps one stalled topic from delaying the others.
+    /// `max.task.idle.ms`), counted on time spent waiting inside `poll`. Longer
+    /// keeps event-time order across the three topics through slow fetches; shorter
+    /// keeps one stalled topic from delaying the others.
     pub max_idle_ms: u64,
     /// Used for the producer's `transactional.id` with `exactly_once`
     /// (`<group_id>-<instance_id>`); must be stable across restarts of one instance

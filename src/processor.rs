@@ -115,12 +115,10 @@ pub type PeerSource = Box<dyn Fn() -> Option<Population> + Send>;
 pub const DERIVED: [Cf; 4] = [Cf::Timers, Cf::ByLastDay, Cf::ByFrequency, Cf::ByMonetary];
 
 /// Write the derived column families (`DERIVED`, empty beforehand) from every
-/// stored customer. Returns how many customers were visited.
-pub fn rebuild_derived(store: &dyn Store) -> Result<u64, StoreError> {
+/// stored customer.
+pub fn rebuild_derived(store: &dyn Store) -> Result<(), StoreError> {
     let mut b = Batch::default();
-    let mut n = 0u64;
     store.scan(Cf::Customers, &[], None, &mut |k, v| {
-        n += 1;
         let id = std::str::from_utf8(k).map_err(|_| {
             corrupt(
                 k,
@@ -141,8 +139,7 @@ pub fn rebuild_derived(store: &dyn Store) -> Result<u64, StoreError> {
         }
         Ok(true)
     })?;
-    store.write(b)?;
-    Ok(n)
+    store.write(b)
 }
 
 fn corrupt(key: &[u8], e: crate::store::codec::CodecError) -> StoreError {

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
@@ -142,7 +143,6 @@ impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
     fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let cooperative = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let parts: Vec<i32> = tpl
             .elements()
             .iter()
@@ -160,12 +160,7 @@ impl ConsumerContext for Ctx {
                 tracing::info!(partitions = ?parts, "Partitions assigned.");
                 if parts.is_empty() {
                     // Nothing to open: complete the rebalance here.
-                    let r = if cooperative {
-                        c.incremental_assign(&full)
-                    } else {
-                        c.assign(&full)
-                    };
-                    if let Err(e) = r {
+                    if let Err(e) = take(c, &full) {
                         tracing::error!(error = %e, "Could not complete the rebalance.");
                     }
                 } else {
@@ -176,26 +171,53 @@ impl ConsumerContext for Ctx {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = ?parts, lost = c.assignment_lost(), "Partitions revoked.");
                 self.changes.lock().unwrap().push(Change::Revoked(parts));
-                let r = if cooperative {
-                    // Only what the loop has assigned (a revocation can overtake an
-                    // assignment not yet applied; `close_partition` releases those).
-                    let held = c.assignment().unwrap_or_default();
-                    let mut mine = TopicPartitionList::new();
-                    for e in full.elements() {
-                        if held.find_partition(e.topic(), e.partition()).is_some() {
-                            mine.add_partition(e.topic(), e.partition());
-                        }
-                    }
-                    c.incremental_unassign(&mine)
-                } else {
-                    c.unassign()
-                };
-                if let Err(e) = r {
+                // Only what the loop has assigned (a revocation can overtake an
+                // assignment not yet applied; `close_partition` releases those).
+                if let Err(e) = release(c, &full, true) {
                     tracing::warn!(error = %e, "Could not release revoked partitions.");
                 }
             }
             other => tracing::error!(error = ?other, "Rebalance failed."),
         }
+    }
+}
+
+fn cooperative(c: &BaseConsumer<Ctx>) -> bool {
+    matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative)
+}
+
+/// Start fetching `tpl` (at its offsets): added to the assignment under the
+/// cooperative protocol; under the eager one an assignment is always whole (it
+/// follows a revocation of everything).
+fn take(c: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) -> KafkaResult<()> {
+    if cooperative(c) {
+        c.incremental_assign(tpl)
+    } else {
+        c.assign(tpl)
+    }
+}
+
+/// Stop fetching those of `tpl` that are assigned (everything under the eager
+/// protocol, which only ever revokes everything). A revocation callback must
+/// answer even when none is (`completes_rebalance`); elsewhere nothing is done then.
+fn release(
+    c: &BaseConsumer<Ctx>,
+    tpl: &TopicPartitionList,
+    completes_rebalance: bool,
+) -> KafkaResult<()> {
+    let held = c.assignment()?;
+    let mut mine = TopicPartitionList::new();
+    for e in tpl.elements() {
+        if held.find_partition(e.topic(), e.partition()).is_some() {
+            mine.add_partition(e.topic(), e.partition());
+        }
+    }
+    if mine.count() == 0 && !completes_rebalance {
+        Ok(())
+    } else if cooperative(c) {
+        c.incremental_unassign(&mine)
+    } else {
+        c.unassign()
     }
 }
 
@@ -546,26 +568,12 @@ impl Service {
         }
         // Normally the revocation callback released the inputs already; not when
         // the revocation overtook an assignment the loop had not applied yet.
-        if let Ok(held) = self.consumer.assignment() {
-            let mut left = TopicPartitionList::new();
-            for t in &self.inputs {
-                if held.find_partition(t, p).is_some() {
-                    left.add_partition(t, p);
-                }
-            }
-            if left.count() > 0 {
-                let r = if matches!(
-                    self.consumer.rebalance_protocol(),
-                    RebalanceProtocol::Cooperative
-                ) {
-                    self.consumer.incremental_unassign(&left)
-                } else {
-                    self.consumer.unassign()
-                };
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, partition = p, "Could not release a revoked partition.");
-                }
-            }
+        let mut inputs = TopicPartitionList::new();
+        for t in &self.inputs {
+            inputs.add_partition(t, p);
+        }
+        if let Err(e) = release(&self.consumer, &inputs, false) {
+            tracing::warn!(error = %e, partition = p, "Could not release a revoked partition.");
         }
         self.hinted.retain(|(_, q), _| *q != p);
         self.announce.remove(&p);
@@ -589,16 +597,8 @@ impl Service {
                         self.open_partition(p, &mut at)?;
                     }
                     tracing::debug!(offsets = ?at, "Assigning the inputs at the stored offsets.");
-                    let r = if matches!(
-                        self.consumer.rebalance_protocol(),
-                        RebalanceProtocol::Cooperative
-                    ) {
-                        self.consumer.incremental_assign(&at)
-                    } else {
-                        // An eager assignment is always whole (after revoking all).
-                        self.consumer.assign(&at)
-                    };
-                    r.map_err(broker("cannot assign the input partitions"))?;
+                    take(&self.consumer, &at)
+                        .map_err(broker("cannot assign the input partitions"))?;
                 }
             }
         }

@@ -313,8 +313,7 @@ impl Partition {
         self.proc.flush()
     }
 
-    /// Outbox records in write order, with their keys.
-    /// The unpublished records, each with the key of its outbox entry.
+    /// The unpublished records in write order, each with the key of its outbox entry.
     pub fn outbox(&self) -> Result<Vec<(Vec<u8>, OutboxRecord)>, StoreError> {
         let mut out = Vec::new();
         let id = self.id;

@@ -47,13 +47,13 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use crate::config::{Clock, Guarantee, Settings};
+use crate::config::{Clock, Guarantee, Settings, TopicsConfig};
 use crate::event::{parse_event, EventType, ParseContext};
 use crate::store::rocks::RocksStore;
 use crate::store::{Batch, Cf, Store, StoreError};
 use crate::telemetry::Metrics;
 
-use changelog::{Dest, Marker, Restorer, PUBLISHED_KEY};
+use changelog::{Dest, Marker, OutboxRecord, Restorer, PUBLISHED_KEY};
 use partition::{local_markers, peers_of, Msg, Partition, PeerStats};
 
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +270,39 @@ fn random_nonce() -> u64 {
 
 /// Under `exactly_once`, consumers see committed transactions only (aborted outputs
 /// and changelog records stay invisible).
+/// Send one outbox record to its topic (the changelog and stats records to the state
+/// partition's own partition; outputs and dead letters by key).
+fn send_outbox_record(
+    producer: &ThreadedProducer<PCtx>,
+    t: &TopicsConfig,
+    p: i32,
+    r: &OutboxRecord,
+) -> Result<(), KafkaError> {
+    let (topic, partition) = match r.dest {
+        Dest::TierChanges => (&t.tier_changes, None),
+        Dest::ChurnWarnings | Dest::ChurnRecovered => (&t.churn_warnings, None),
+        Dest::DeadLetter => (&t.dead_letter, None),
+        Dest::Changelog => (&t.changelog, Some(p)),
+        Dest::Stats => (&t.stats, Some(p)),
+    };
+    let mut headers = OwnedHeaders::new();
+    for (hk, hv) in &r.headers {
+        headers = headers.insert(Header {
+            key: hk,
+            value: Some(hv.as_slice()),
+        });
+    }
+    let mut rec: BaseRecord<'_, [u8], [u8]> =
+        BaseRecord::to(topic).key(r.key.as_slice()).headers(headers);
+    if let Some(v) = &r.value {
+        rec = rec.payload(v.as_slice());
+    }
+    if let Some(pp) = partition {
+        rec = rec.partition(pp);
+    }
+    send_retrying(producer, rec)
+}
+
 fn isolation_level(eos: bool) -> &'static str {
     if eos {
         "read_committed"
@@ -463,8 +496,12 @@ impl Service {
             }
         };
         if keep {
-            if let Some(cl) = &tail {
-                // Outbox batches up to the changelog's last marker were published.
+            // Under exactly_once a batch's changelog records and outputs commit in one
+            // transaction: outbox batches up to the changelog's last (committed)
+            // marker were published, and sending them again would duplicate them.
+            // Under at_least_once whatever the outbox holds is simply sent again
+            // (re-published outputs keep their event_id).
+            if let Some(cl) = tail.as_ref().filter(|_| self.eos) {
                 let mut b = Batch::default();
                 store.scan(Cf::Outbox, &[], None, &mut |k, v| {
                     let batch_seq = changelog::decode_entry(v)
@@ -747,10 +784,17 @@ impl Service {
     }
 
     /// Send every outbox; delete what the broker acknowledged.
+    ///
+    /// Under at_least_once the changelog records go last, after the broker has
+    /// acknowledged everything else of the round: a batch on the changelog then means
+    /// its outputs were delivered, so an instance that takes the partition over by
+    /// restoring from the changelog (without the old owner's outbox) loses nothing.
+    /// Under exactly_once one transaction holds them all and the order is moot.
     fn publish(&mut self) -> Result<(), KafkaError> {
         let t = &self.settings.raw.kafka.topics;
         let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
         let mut sent: Vec<(i32, Vec<Vec<u8>>)> = Vec::new();
+        let mut changelog: Vec<(i32, OutboxRecord)> = Vec::new();
         let mut in_flight = 0usize;
         let mut any = false;
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -767,36 +811,18 @@ impl Service {
             any = true;
             let mut keys = Vec::with_capacity(recs.len());
             for (k, r) in recs {
-                let (topic, partition) = match r.dest {
-                    Dest::TierChanges => (&t.tier_changes, None),
-                    Dest::ChurnWarnings | Dest::ChurnRecovered => (&t.churn_warnings, None),
-                    Dest::DeadLetter => (&t.dead_letter, None),
-                    Dest::Changelog => (&t.changelog, Some(p)),
-                    Dest::Stats => (&t.stats, Some(p)),
-                };
-                if let Some(ty) = r.dest.output_type() {
-                    *counts.entry(ty).or_default() += 1;
-                }
-                let mut headers = OwnedHeaders::new();
-                for (hk, hv) in &r.headers {
-                    headers = headers.insert(Header {
-                        key: hk,
-                        value: Some(hv.as_slice()),
-                    });
-                }
-                let mut rec: BaseRecord<'_, [u8], [u8]> =
-                    BaseRecord::to(topic).key(r.key.as_slice()).headers(headers);
-                if let Some(v) = &r.value {
-                    rec = rec.payload(v.as_slice());
-                }
-                if let Some(pp) = partition {
-                    rec = rec.partition(pp);
-                }
-                send_retrying(&self.producer, rec)?;
-                in_flight += 1;
                 if keys.last() != Some(&k) {
                     keys.push(k);
                 }
+                in_flight += 1;
+                if r.dest == Dest::Changelog && !self.eos {
+                    changelog.push((p, r));
+                    continue;
+                }
+                if let Some(ty) = r.dest.output_type() {
+                    *counts.entry(ty).or_default() += 1;
+                }
+                send_outbox_record(&self.producer, t, p, &r)?;
             }
             sent.push((p, keys));
         }
@@ -821,6 +847,22 @@ impl Service {
             send_retrying(&self.producer, rec)?;
         }
         self.metrics.outbox_pending.set(in_flight as i64);
+        if !changelog.is_empty() {
+            self.producer
+                .flush(Duration::from_secs(60))
+                .map_err(broker(
+                    "the producer did not deliver in 60 s (is the broker up?)",
+                ))?;
+            if self.producer.context().failed.load(Ordering::Relaxed) > failed_before {
+                tracing::warn!(
+                    "Records were not delivered; they stay in the outbox and are sent again."
+                );
+                return Ok(());
+            }
+            for (p, r) in &changelog {
+                send_outbox_record(&self.producer, t, *p, r)?;
+            }
+        }
         if self.eos {
             // Consumed offsets join the transaction (the group's view), with outputs
             // and changelog records; read_committed consumers see all or nothing.

@@ -11,11 +11,11 @@ mod util;
 mod bad_lines;
 /// Config file, env overrides, unknown keys; CLI errors.
 mod cli;
-/// `exactly_once` with transactions, on librdkafka's mock cluster.
-mod exactly_once;
 /// `strata run` against the broker: end to end, crashes, cluster failover, poison
 /// messages, co-partitioning.
 mod kafka;
+/// librdkafka's mock cluster: `exactly_once` transactions; publish order in an outage.
+mod mock_cluster;
 /// HTTP endpoints, exact metrics, dashboard and alerts against live metrics,
 /// Kubernetes manifests.
 mod ops;

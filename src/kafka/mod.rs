@@ -268,8 +268,6 @@ fn random_nonce() -> u64 {
     xxhash_rust::xxh3::xxh3_64(format!("{t}-{}", std::process::id()).as_bytes())
 }
 
-/// Under `exactly_once`, consumers see committed transactions only (aborted outputs
-/// and changelog records stay invisible).
 /// Send one outbox record to its topic (the changelog and stats records to the state
 /// partition's own partition; outputs and dead letters by key).
 fn send_outbox_record(
@@ -303,6 +301,8 @@ fn send_outbox_record(
     send_retrying(producer, rec)
 }
 
+/// Under `exactly_once`, consumers see committed transactions only (aborted outputs
+/// and changelog records stay invisible).
 fn isolation_level(eos: bool) -> &'static str {
     if eos {
         "read_committed"

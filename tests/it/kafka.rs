@@ -70,8 +70,8 @@ impl Setup {
         }
     }
 
-    /// A config for one instance with its own state dir; `extra` goes into `[kafka]`.
-    pub fn config(&self, instance: &str, extra: &str) -> PathBuf {
+    /// A config for one instance with its own state dir.
+    pub fn config(&self, instance: &str) -> PathBuf {
         let state = self.dir.path().join(format!("state-{instance}"));
         let name = self.group.trim_end_matches("-group");
         let text = format!(
@@ -88,7 +88,6 @@ brokers = "{brokers}"
 group_id = "{group}"
 max_batch_events = 500
 instance_id = "{instance}"
-{extra}
 [kafka.topics]
 purchases = "{p}"
 interactions = "{i}"
@@ -327,7 +326,7 @@ fn end_to_end_outputs_and_state_equal_replay() {
     let file = s.generate(800, 200, 11, "2026-01-01");
     let n = s.produce_file(&file);
     assert!(n > 3000, "a meaningful stream ({n} events)");
-    let cfg = s.config("a", "");
+    let cfg = s.config("a");
     let mut a = Strata::start(&cfg, s.dir.path(), "a");
     s.wait_caught_up(Duration::from_secs(240), &mut [&mut a]);
     let metrics = a.get("/metrics").unwrap().1;
@@ -402,7 +401,7 @@ fn crash_and_restart_lose_nothing() {
     // (a broker bug, not what Kafka does). 15 s leaves room for a slow start; each
     // restart waits about that long for its partitions.
     s.session_timeout_ms = 15_000;
-    let cfg = s.config("a", "");
+    let cfg = s.config("a");
     let mut consumed_at_kill = Vec::new();
     for (round, ms) in [0u64, 150, 400].into_iter().enumerate() {
         s.produce_file(&parts[round]);
@@ -436,7 +435,7 @@ fn crash_and_restart_lose_nothing() {
     );
 }
 
-/// `file`'s lines in `n` consecutive parts (`<file>.<i>` beside it).
+/// `file`'s lines in `n` consecutive parts (`<stem>.<i>.jsonl` beside it).
 fn split_lines(file: &Path, n: usize) -> Vec<PathBuf> {
     let text = std::fs::read_to_string(file).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -501,8 +500,8 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
     s.session_timeout_ms = 30_000;
     let file = s.generate(2000, 365, 9, "2025-03-01");
     s.produce_file(&file);
-    let a = Strata::start(&s.config("a", ""), s.dir.path(), "a");
-    let mut b = Strata::start(&s.config("b", ""), s.dir.path(), "b");
+    let a = Strata::start(&s.config("a"), s.dir.path(), "a");
+    let mut b = Strata::start(&s.config("b"), s.dir.path(), "b");
     // Cooperative rebalancing moves partitions one step at a time: wait until the
     // group has settled with both instances owning some and all four owned.
     wait_for(
@@ -537,7 +536,7 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
         "the survivor restored A's partitions from the changelog"
     );
     // A third instance joins mid-stream and starts from restored state.
-    let mut c = Strata::start(&s.config("c", ""), s.dir.path(), "c");
+    let mut c = Strata::start(&s.config("c"), s.dir.path(), "c");
     // /readyz: 503 naming the partitions while they restore, then 200.
     let mut saw_restoring = false;
     wait_for(
@@ -688,7 +687,7 @@ fn poison_messages_go_to_the_dead_letter_topic_and_good_ones_apply() {
         }
     }
     produce(brokers(), &recs);
-    let mut a = Strata::start(&s.config("a", ""), s.dir.path(), "a");
+    let mut a = Strata::start(&s.config("a"), s.dir.path(), "a");
     s.wait_caught_up(Duration::from_secs(120), &mut [&mut a]);
     let metrics = a.get("/metrics").unwrap().1;
     assert!(a.terminate());
@@ -749,7 +748,7 @@ fn poison_messages_go_to_the_dead_letter_topic_and_good_ones_apply() {
 fn co_partition_mismatch_is_refused() {
     let _serial = serial();
     let s = Setup::new(&[2, 3, 2]);
-    let cfg = s.config("a", "");
+    let cfg = s.config("a");
     let out = strata()
         .arg("run")
         .arg("--config")

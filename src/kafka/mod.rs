@@ -301,6 +301,15 @@ fn send_outbox_record(
     send_retrying(producer, rec)
 }
 
+/// A connection-level error librdkafka recovers from by itself.
+fn transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::BrokerTransportFailure | C::AllBrokersDown)
+    )
+}
+
 /// Under `exactly_once`, consumers see committed transactions only (aborted outputs
 /// and changelog records stay invisible).
 fn isolation_level(eos: bool) -> &'static str {
@@ -407,6 +416,9 @@ impl ChangelogReader {
                     }
                 }
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                // A broker of the cluster is unreachable (maybe not even this
+                // partition's leader): librdkafka reconnects; the deadline bounds it.
+                Some(Err(e)) if transient(&e) => {}
                 Some(Err(e)) => {
                     return Err(KafkaError::Broker(format!("reading the changelog: {e}")))
                 }

@@ -302,7 +302,7 @@ fn send_outbox_record(
 }
 
 /// A connection-level error librdkafka recovers from by itself.
-fn transient(e: &rdkafka::error::KafkaError) -> bool {
+pub fn transient(e: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
     matches!(
         e.rdkafka_error_code(),
@@ -795,6 +795,25 @@ impl Service {
         Ok(())
     }
 
+    /// Wait until every record sent so far is acknowledged or has failed.
+    fn flush(&self) -> Result<(), KafkaError> {
+        self.producer.flush(Duration::from_secs(60)).map_err(broker(
+            "the producer did not deliver in 60 s (is the broker up?)",
+        ))
+    }
+
+    /// No delivery failed since the count was `failed_before` (else: say so).
+    fn all_delivered(&self, failed_before: u64) -> bool {
+        let failed = self.producer.context().failed.load(Ordering::Relaxed) - failed_before;
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                "Records were not delivered; they stay in the outbox and are sent again."
+            );
+        }
+        failed == 0
+    }
+
     /// Send every outbox; delete what the broker acknowledged.
     ///
     /// Under at_least_once the changelog records go last, after the broker has
@@ -860,15 +879,8 @@ impl Service {
         }
         self.metrics.outbox_pending.set(in_flight as i64);
         if !changelog.is_empty() {
-            self.producer
-                .flush(Duration::from_secs(60))
-                .map_err(broker(
-                    "the producer did not deliver in 60 s (is the broker up?)",
-                ))?;
-            if self.producer.context().failed.load(Ordering::Relaxed) > failed_before {
-                tracing::warn!(
-                    "Records were not delivered; they stay in the outbox and are sent again."
-                );
+            self.flush()?;
+            if !self.all_delivered(failed_before) {
                 return Ok(());
             }
             for (p, r) in &changelog {
@@ -905,18 +917,9 @@ impl Service {
                 return Ok(());
             }
         } else {
-            self.producer
-                .flush(Duration::from_secs(60))
-                .map_err(broker(
-                    "the producer did not deliver in 60 s (is the broker up?)",
-                ))?;
+            self.flush()?;
         }
-        let failed = self.producer.context().failed.load(Ordering::Relaxed) - failed_before;
-        if failed > 0 {
-            tracing::warn!(
-                failed,
-                "Records were not delivered; they stay in the outbox and are sent again."
-            );
+        if !self.all_delivered(failed_before) {
             return Ok(());
         }
         for (p, keys) in sent {

@@ -28,7 +28,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 pub fn free_port() -> u16 {
@@ -267,13 +266,7 @@ pub fn read_topic(brokers: &str, topic: &str, read_committed: bool) -> Vec<Rec> 
             }
             // A broker that is down (the mock cluster's outage test) is a transient
             // transport error: librdkafka reconnects on its own.
-            Some(Err(e))
-                if matches!(
-                    e.rdkafka_error_code(),
-                    Some(
-                        RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown
-                    )
-                ) => {}
+            Some(Err(e)) if strata::kafka::transient(&e) => {}
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             None => {}
         }

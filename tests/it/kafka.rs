@@ -18,7 +18,7 @@ use crate::broker::{
     brokers, caught_up, create_topics, end_offsets, http_get_with_head, metric_sum, produce,
     read_topic, unique, Strata,
 };
-use crate::util::{dump, gen_file, replay, strata, tempdir, write_lines};
+use crate::util::{dump, generate, replay, strata, tempdir, write_lines};
 
 const FIXED: &[(&str, &str)] = &[
     ("STRATA_SEGMENTS__THRESHOLDS", "fixed"),
@@ -130,23 +130,19 @@ stats = "{name}-stats"
         self.dir.path().join(format!("state-{instance}"))
     }
 
-    /// Produce generated JSON Lines to the input topic of each event's type.
     /// `strata gen` into `events.jsonl` in the test dir.
     pub fn generate(&self, customers: u32, days: u32, seed: u32, start: &str) -> PathBuf {
-        let (c, d, sd) = (customers.to_string(), days.to_string(), seed.to_string());
-        let args = [
-            "--customers",
-            &c,
-            "--days",
-            &d,
-            "--seed",
-            &sd,
-            "--start",
+        generate(
+            self.dir.path(),
+            "events.jsonl",
+            customers,
+            days,
+            seed,
             start,
-        ];
-        gen_file(self.dir.path(), "events.jsonl", &args)
+        )
     }
 
+    /// Produce JSON Lines to the input topic of each event's type.
     pub fn produce_file(&self, file: &Path) -> usize {
         let text = std::fs::read_to_string(file).unwrap();
         let recs: Vec<_> = text

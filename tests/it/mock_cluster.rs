@@ -22,7 +22,7 @@ use strata::store::Cf;
 use strata::telemetry::Metrics;
 
 use crate::broker::{produce, read_topic};
-use crate::util::{gen_file, replay, tempdir};
+use crate::util::{generate, replay, tempdir};
 
 const INPUTS: [&str; 3] = ["purchases", "interactions", "complaints"];
 const OUTPUTS: [&str; 5] = [
@@ -56,20 +56,7 @@ fn setup(
         mock.create_topic(t, 2, 1).unwrap();
     }
     let dir = tempdir();
-    let file = gen_file(
-        dir.path(),
-        "events.jsonl",
-        &[
-            "--customers",
-            "400",
-            "--days",
-            "120",
-            "--seed",
-            "3",
-            "--start",
-            "2026-01-01",
-        ],
-    );
+    let file = generate(dir.path(), "events.jsonl", 400, 120, 3, "2026-01-01");
     let text = std::fs::read_to_string(&file).unwrap();
     let recs: Vec<_> = text
         .lines()

@@ -111,3 +111,26 @@ pub fn gen_file(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     run_ok(strata().arg("gen").args(args).arg("--out").arg(&path));
     path
 }
+
+/// `strata gen` of `customers` over `days` from `start` (seeded) into `dir/name`.
+pub fn generate(
+    dir: &Path,
+    name: &str,
+    customers: u32,
+    days: u32,
+    seed: u32,
+    start: &str,
+) -> PathBuf {
+    let (c, d, sd) = (customers.to_string(), days.to_string(), seed.to_string());
+    let args = [
+        "--customers",
+        &c,
+        "--days",
+        &d,
+        "--seed",
+        &sd,
+        "--start",
+        start,
+    ];
+    gen_file(dir, name, &args)
+}

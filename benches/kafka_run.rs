@@ -16,6 +16,7 @@
 //!    handed to the producer (p50/p99/max).
 //!
 //! `cargo bench --bench kafka_run` (tansu must be installed: `scripts/setup --test`).
+//! `STRATA_BENCH_ONLY_RUN=1` stops after (3), for quicker experiments.
 //! Under `cargo test` it does nothing.
 
 use std::collections::{BTreeMap, HashMap};
@@ -220,6 +221,9 @@ fn main() {
         "strata run: {n} events in {run_secs:.1}s = {rate:.0} events/s (ratio to raw consume {:.3}; includes startup)",
         rate / raw
     );
+    if std::env::var_os("STRATA_BENCH_ONLY_RUN").is_some() {
+        return;
+    }
     // Leave the group cleanly (SIGTERM), so the next instance is assigned at once.
     unsafe {
         libc::kill(a.0.id() as i32, libc::SIGTERM);

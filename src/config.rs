@@ -251,6 +251,10 @@ pub struct KafkaConfig {
     /// keeps event-time order across the three topics through slow fetches; shorter
     /// keeps one stalled topic from delaying the others.
     pub max_idle_ms: u64,
+    /// Threads that apply the assigned partitions' batches side by side (Kafka
+    /// Streams' `num.stream.threads`; partitions are independent). 0: one per CPU
+    /// core.
+    pub threads: usize,
     /// Used for the producer's `transactional.id` with `exactly_once`
     /// (`<group_id>-<instance_id>`); must be stable across restarts of one instance
     /// and unique in the group. Default: the `HOSTNAME` variable (a StatefulSet pod
@@ -271,6 +275,7 @@ impl Default for KafkaConfig {
             max_batch_events: 10_000,
             batch_wait_ms: 50,
             max_idle_ms: 5_000,
+            threads: 0,
             instance_id: String::new(),
             client: BTreeMap::new(),
         }

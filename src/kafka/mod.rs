@@ -371,6 +371,9 @@ impl ChangelogReader {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.max.bytes", "52428800")
+            // The read ends at end-of-partition: do not let the last fetch wait
+            // the default 500 ms for more (per partition opened).
+            .set("fetch.wait.max.ms", "50")
             .set("isolation.level", isolation_level(eos));
         Ok(ChangelogReader {
             consumer: c
@@ -394,6 +397,11 @@ impl ChangelogReader {
             .consumer
             .fetch_watermarks(&self.topic, p, Duration::from_secs(15))
             .map_err(broker("cannot read the changelog's offsets"))?;
+        if hi <= lo {
+            // Empty (a new partition): nothing to wait for the end of. Exact even on
+            // brokers whose "latest" is inexact: a record makes it pass `lo`.
+            return Ok(false);
+        }
         let start = match from_end {
             Some(n) => (hi - n).max(lo),
             None => lo,
@@ -435,6 +443,16 @@ impl ChangelogReader {
     }
 }
 
+/// One partition's outbox entries sent in one round.
+struct Sent {
+    partition: i32,
+    keys: Vec<Vec<u8>>,
+    /// The marker of the last of them.
+    last: Marker,
+    /// Their changelog copies (at_least_once: sent once the rest is acknowledged).
+    changelog: Vec<OutboxRecord>,
+}
+
 /// The running service.
 struct Service {
     settings: Arc<Settings>,
@@ -465,6 +483,9 @@ struct Service {
     /// Partitions opened here whose ownership is still to be announced on the
     /// stats topic (with the next publish).
     announce: BTreeSet<i32>,
+    /// Outbox entries whose outputs were delivered and whose changelog copies are
+    /// on their way (at_least_once; see [`Service::publish`]).
+    changelog_in_flight: Vec<Sent>,
 }
 
 impl Service {
@@ -639,7 +660,11 @@ impl Service {
         let changes = std::mem::take(&mut *self.consumer.context().changes.lock().unwrap());
         for c in changes {
             match c {
-                Change::Revoked(ps) => ps.into_iter().for_each(|p| self.close_partition(p)),
+                Change::Revoked(ps) => {
+                    // Hand over a changelog that holds everything published.
+                    self.settle()?;
+                    ps.into_iter().for_each(|p| self.close_partition(p))
+                }
                 Change::Assigned(ps) => {
                     let mut at = TopicPartitionList::new();
                     for p in ps {
@@ -724,7 +749,8 @@ impl Service {
         Ok(n)
     }
 
-    /// Apply what each partition can, then write each partition's batch.
+    /// Apply what each partition can, then write each partition's batch; the
+    /// partitions are spread over `kafka.threads` threads (each owns its state).
     fn process(&mut self) -> Result<(), KafkaError> {
         let wall = self.settings.clock == Clock::Wall;
         if wall {
@@ -735,20 +761,21 @@ impl Service {
                 c.future_limit_millis = Some(limit);
             }
         }
-        let today = crate::day::today(self.settings.tz);
+        let today = wall.then(|| crate::day::today(self.settings.tz));
         let max_idle = Duration::from_millis(self.settings.raw.kafka.max_idle_ms);
         // A partition holding this many queued messages stops waiting for an empty
         // input (bounds memory when one input's fetching lags far behind).
         let full = (10 * self.settings.raw.kafka.max_batch_events).max(100_000);
-        let ids: Vec<i32> = self.parts.keys().copied().collect();
-        for p in ids {
-            // Which inputs have nothing more to fetch (or waited long enough)?
-            let mut caught = vec![false; self.inputs.len()];
-            let crowded = self.parts[&p].queued() >= full;
+        // Which inputs of each partition have nothing more to fetch (or waited long
+        // enough)? Decided here, on the loop's thread, which owns the consumer.
+        let mut caught: BTreeMap<i32, Vec<bool>> = BTreeMap::new();
+        for (&p, part) in &self.parts {
+            let mut c = vec![false; self.inputs.len()];
+            let crowded = part.queued() >= full;
             for (i, t) in self.inputs.iter().enumerate() {
                 let exp = self.expected.get(&(i, p)).copied().unwrap_or(0);
                 let hw = cached_high_watermark(&self.consumer, t, p);
-                let empty = self.parts[&p].queues[i].is_empty();
+                let empty = part.queues[i].is_empty();
                 let idle = if empty && hw.is_none_or(|h| exp < h) {
                     let since = *self.waiting_since.entry((i, p)).or_insert(self.polled);
                     let idle = self.polled - since >= max_idle || crowded;
@@ -765,34 +792,60 @@ impl Service {
                     self.waiting_since.remove(&(i, p));
                     false
                 };
-                caught[i] = hw.is_some_and(|h| exp >= h) || idle;
+                c[i] = hw.is_some_and(|h| exp >= h) || idle;
             }
-            let part = self.parts.get_mut(&p).unwrap();
-            if wall {
-                part.proc.advance_to(today)?;
-            }
-            let before = part.proc.counters.clone();
-            let metrics = &self.metrics;
-            let started = Instant::now();
-            let now = chrono::Utc::now().timestamp_millis();
-            tracing::trace!(partition = p, ?caught, queued = part.queued(), "Draining.");
-            let n = part.drain(&self.inputs, &|i| caught[i], &mut |ev| {
-                metrics
-                    .event_lag
-                    .observe(((now - ev.ts_millis) as f64 / 1000.0).max(0.0));
-            })?;
-            if n > 0 {
-                part.commit()?;
-            }
-            let after = &part.proc.counters;
-            metrics.record_counters(&before, after);
-            if n > 0 {
-                metrics
-                    .batch_duration
-                    .observe(started.elapsed().as_secs_f64());
+            if part.queued() > 0 || wall {
+                caught.insert(p, c);
             }
         }
-        Ok(())
+        let mut work: Vec<(&mut Partition, &[bool])> = self
+            .parts
+            .iter_mut()
+            .filter_map(|(p, part)| caught.get(p).map(|c| (part, c.as_slice())))
+            .collect();
+        let threads = match self.settings.raw.kafka.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .clamp(1, work.len().max(1));
+        let (inputs, metrics) = (&self.inputs, &*self.metrics);
+        if threads == 1 {
+            for (part, c) in work {
+                apply_batch(part, inputs, c, today, metrics)?;
+            }
+            return Ok(());
+        }
+        // Deal the partitions out round-robin, one share per thread.
+        let mut shares: Vec<Vec<(&mut Partition, &[bool])>> =
+            (0..threads).map(|_| Vec::new()).collect();
+        for (i, w) in work.drain(..).enumerate() {
+            shares[i % threads].push(w);
+        }
+        std::thread::scope(|s| {
+            let mut shares = shares.into_iter();
+            let mine = shares.next().unwrap_or_default();
+            let others: Vec<_> = shares
+                .map(|share| {
+                    s.spawn(move || -> Result<(), KafkaError> {
+                        for (part, c) in share {
+                            apply_batch(part, inputs, c, today, metrics)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            let mut result = Ok(());
+            for (part, c) in mine {
+                if result.is_ok() {
+                    result = apply_batch(part, inputs, c, today, metrics);
+                }
+            }
+            for h in others {
+                let r = h.join().expect("a partition thread panicked");
+                result = result.and(r);
+            }
+            result
+        })
     }
 
     /// Wait until every record sent so far is acknowledged or has failed.
@@ -814,40 +867,46 @@ impl Service {
         failed == 0
     }
 
-    /// Send every outbox; delete what the broker acknowledged.
+    /// Send what the outboxes hold that was not sent yet; delete what the broker
+    /// acknowledged.
     ///
-    /// Under at_least_once the changelog records go last, after the broker has
+    /// Under at_least_once a round's changelog copies go only after the broker has
     /// acknowledged everything else of the round: a batch on the changelog then means
     /// its outputs were delivered, so an instance that takes the partition over by
     /// restoring from the changelog (without the old owner's outbox) loses nothing.
+    /// They are not waited for: they travel while the next round is processed, and
+    /// that round's flush (one per round) confirms them too, so their outbox entries
+    /// are deleted one round later ([`Service::settle`] finishes a last round).
     /// Under exactly_once one transaction holds them all and the order is moot.
     fn publish(&mut self) -> Result<(), KafkaError> {
         let t = &self.settings.raw.kafka.topics;
         let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
-        let mut sent: Vec<(i32, Vec<Vec<u8>>)> = Vec::new();
-        let mut changelog: Vec<(i32, OutboxRecord)> = Vec::new();
+        let mut fresh: Vec<Sent> = Vec::new();
         let mut in_flight = 0usize;
-        let mut any = false;
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for (&p, part) in &self.parts {
-            let recs = part.outbox()?;
+        for (&p, part) in self.parts.iter_mut() {
+            let recs = part.unsent()?;
             if recs.is_empty() {
                 continue;
             }
-            if !any && self.eos {
+            if fresh.is_empty() && self.eos {
                 self.producer
                     .begin_transaction()
                     .map_err(broker("cannot begin a transaction"))?;
             }
-            any = true;
-            let mut keys = Vec::with_capacity(recs.len());
+            let mut sent = Sent {
+                partition: p,
+                keys: Vec::new(),
+                last: part.marker(),
+                changelog: Vec::new(),
+            };
             for (k, r) in recs {
-                if keys.last() != Some(&k) {
-                    keys.push(k);
+                if sent.keys.last() != Some(&k) {
+                    sent.keys.push(k);
                 }
                 in_flight += 1;
                 if r.dest == Dest::Changelog && !self.eos {
-                    changelog.push((p, r));
+                    sent.changelog.push(r);
                     continue;
                 }
                 if let Some(ty) = r.dest.output_type() {
@@ -855,15 +914,19 @@ impl Service {
                 }
                 send_outbox_record(&self.producer, t, p, &r)?;
             }
-            sent.push((p, keys));
+            fresh.push(sent);
         }
-        if !any {
+        if fresh.is_empty() && self.changelog_in_flight.is_empty() {
             return Ok(());
         }
         // Ownership announcements (for `GET /v1/customers/{id}` on other instances)
         // ride along with the next round that has records (inside its transaction
         // under exactly_once); they never make a round of their own.
-        let announced: Vec<i32> = self.announce.iter().copied().collect();
+        let announced: Vec<i32> = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            self.announce.iter().copied().collect()
+        };
         for &p in &announced {
             let key = owner_key(p);
             let value = serde_json::json!({
@@ -878,15 +941,6 @@ impl Service {
             send_retrying(&self.producer, rec)?;
         }
         self.metrics.outbox_pending.set(in_flight as i64);
-        if !changelog.is_empty() {
-            self.flush()?;
-            if !self.all_delivered(failed_before) {
-                return Ok(());
-            }
-            for (p, r) in &changelog {
-                send_outbox_record(&self.producer, t, *p, r)?;
-            }
-        }
         if self.eos {
             // Consumed offsets join the transaction (the group's view), with outputs
             // and changelog records; read_committed consumers see all or nothing.
@@ -914,29 +968,56 @@ impl Service {
                     .abort_transaction(Duration::from_secs(60))
                     .map_err(broker("cannot abort the transaction"))?;
                 self.metrics.transactions_aborted.inc();
+                self.parts.values_mut().for_each(Partition::resend);
                 return Ok(());
             }
         } else {
+            // This round's outputs, and the previous round's changelog copies.
             self.flush()?;
         }
         if !self.all_delivered(failed_before) {
+            self.changelog_in_flight.clear();
+            self.parts.values_mut().for_each(Partition::resend);
             return Ok(());
         }
-        for (p, keys) in sent {
-            if let Some(part) = self.parts.get(&p) {
-                part.published(&keys)?;
+        let done = std::mem::take(&mut self.changelog_in_flight);
+        for sent in done.iter().chain(if self.eos { &fresh[..] } else { &[] }) {
+            if let Some(part) = self.parts.get(&sent.partition) {
+                part.published(&sent.keys, &sent.last)?;
             }
+        }
+        if !self.eos {
+            for sent in &fresh {
+                for r in &sent.changelog {
+                    send_outbox_record(&self.producer, t, sent.partition, r)?;
+                }
+            }
+            self.changelog_in_flight = fresh;
         }
         for p in announced {
             self.announce.remove(&p);
         }
-        self.metrics.outbox_pending.set(0);
+        self.metrics.outbox_pending.set(
+            self.changelog_in_flight
+                .iter()
+                .map(|s| s.changelog.len() as i64)
+                .sum(),
+        );
         tracing::debug!(records = in_flight, "Published the outboxes.");
         for (ty, n) in counts {
             self.metrics
                 .outputs_published
                 .with_label_values(&[ty])
                 .inc_by(n);
+        }
+        Ok(())
+    }
+
+    /// Finish the round in flight: wait for its changelog copies and delete their
+    /// outbox entries (before partitions are released and at shutdown).
+    fn settle(&mut self) -> Result<(), KafkaError> {
+        while !self.changelog_in_flight.is_empty() {
+            self.publish()?;
         }
         Ok(())
     }
@@ -1103,6 +1184,7 @@ pub fn run(
         hinted: BTreeMap::new(),
         gauges_at: Instant::now(),
         announce: BTreeSet::new(),
+        changelog_in_flight: Vec::new(),
     };
     svc.consumer
         .subscribe(&[inputs[0].as_str()])
@@ -1123,6 +1205,7 @@ pub fn run(
         tracing::info!("Shutting down: finishing the batch in hand.");
         svc.process()?;
         svc.publish()?;
+        svc.settle()?;
         svc.commit_hint();
         Ok(())
     })();
@@ -1135,6 +1218,39 @@ pub fn run(
         tracing::info!("Left the group; stopped.");
     }
     result
+}
+
+/// One partition's share of a round: advance the wall clock, apply what the
+/// partition can (`caught[i]`: input i has nothing more to fetch now), write it.
+fn apply_batch(
+    part: &mut Partition,
+    inputs: &[String],
+    caught: &[bool],
+    today: Option<crate::day::Day>,
+    metrics: &Metrics,
+) -> Result<(), KafkaError> {
+    if let Some(today) = today {
+        part.proc.advance_to(today)?;
+    }
+    let before = part.proc.counters.clone();
+    let started = Instant::now();
+    let now = chrono::Utc::now().timestamp_millis();
+    tracing::trace!(partition = part.id, ?caught, queued = part.queued(), "Draining.");
+    let n = part.drain(inputs, &|i| caught[i], &mut |ev| {
+        metrics
+            .event_lag
+            .observe(((now - ev.ts_millis) as f64 / 1000.0).max(0.0));
+    })?;
+    if n > 0 {
+        part.commit()?;
+    }
+    metrics.record_counters(&before, &part.proc.counters);
+    if n > 0 {
+        metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(())
 }
 
 /// Send one record, waiting while librdkafka's local queue is full.

@@ -88,10 +88,10 @@ pub struct Partition {
     /// seek past the deletes instead of stepping over every tombstone (the outbox
     /// is a queue; without this, scans cost grew with everything ever published).
     outbox_floor: std::sync::atomic::AtomicU64,
+    /// Outbox keys below this were sent (perhaps not yet acknowledged): the next
+    /// round sends from here. Back to the floor after a failed delivery.
+    outbox_sent: u64,
 }
-
-/// Input topic names, in queue order, used for markers and dead letters.
-pub type TopicNames = Vec<String>;
 
 impl Partition {
     pub fn open(
@@ -187,6 +187,7 @@ impl Partition {
             queues: (0..topics).map(|_| VecDeque::new()).collect(),
             fresh: Vec::new(),
             outbox_floor: first_outbox.unwrap_or(next_outbox).into(),
+            outbox_sent: first_outbox.unwrap_or(next_outbox),
         })
     }
 
@@ -225,7 +226,7 @@ impl Partition {
     /// taken (applied, duplicate or dead-lettered).
     pub fn drain(
         &mut self,
-        topics: &TopicNames,
+        topics: &[String],
         caught_up: &dyn Fn(usize) -> bool,
         on_event: &mut dyn FnMut(&Event),
     ) -> Result<usize, StoreError> {
@@ -313,15 +314,21 @@ impl Partition {
         self.proc.flush()
     }
 
-    /// The unpublished records in write order, each with the key of its outbox entry.
-    pub fn outbox(&self) -> Result<Vec<(Vec<u8>, OutboxRecord)>, StoreError> {
+    /// The outbox records not sent yet, in write order, each with the key of its
+    /// outbox entry; they count as sent from now on (see [`Partition::resend`]).
+    pub fn unsent(&mut self) -> Result<Vec<(Vec<u8>, OutboxRecord)>, StoreError> {
         let mut out = Vec::new();
         let id = self.id;
-        // [floor, next): exactly the keys not yet published (after a restart, old
-        // tombstones above `next` are out of range too).
-        let floor = outbox_key(self.outbox_floor.load(Ordering::Relaxed));
-        let next = outbox_key(self.pending.lock().unwrap().next_outbox);
-        self.store.scan(Cf::Outbox, &floor, Some(&next), &mut |k, v| {
+        // [sent, next): exactly the keys not yet sent (after a restart, old
+        // tombstones above `next` are out of range too; those below the floor, which
+        // `sent` never is below, were published and deleted).
+        let from = self
+            .outbox_sent
+            .max(self.outbox_floor.load(Ordering::Relaxed));
+        let next = self.pending.lock().unwrap().next_outbox;
+        self.outbox_sent = next;
+        let (from, next) = (outbox_key(from), outbox_key(next));
+        self.store.scan(Cf::Outbox, &from, Some(&next), &mut |k, v| {
             let recs = decode_entry(v).ok_or_else(|| {
                 StoreError::Backend(format!(
                     "partition {id}: an outbox entry is unreadable (delete the partition's state dir to restore it from the changelog)"
@@ -333,14 +340,20 @@ impl Partition {
         Ok(out)
     }
 
-    /// The broker acknowledged these outbox records: delete them, and remember the
-    /// last batch known to be published.
-    pub fn published(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+    /// A delivery failed: send every entry not yet published again.
+    pub fn resend(&mut self) {
+        self.outbox_sent = self.outbox_floor.load(Ordering::Relaxed);
+    }
+
+    /// The broker acknowledged these outbox entries' records: delete them, and
+    /// remember `last`, the marker of the last of them, as the last batch known to
+    /// be published.
+    pub fn published(&self, keys: &[Vec<u8>], last: &Marker) -> Result<(), StoreError> {
         let mut b = Batch::default();
         for k in keys {
             b.delete(Cf::Outbox, k.clone());
         }
-        b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), self.marker().encode());
+        b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), last.encode());
         self.store.write(b)?;
         if let Some(last) = keys
             .iter()

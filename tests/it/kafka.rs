@@ -43,6 +43,8 @@ pub struct Setup {
     pub group: String,
     /// `session.timeout.ms` of the instances' consumers.
     pub session_timeout_ms: u32,
+    /// `kafka.threads` (2 unless a test wants the one-thread path).
+    pub threads: usize,
 }
 
 impl Setup {
@@ -67,6 +69,7 @@ impl Setup {
             group: format!("{name}-group"),
             inputs,
             session_timeout_ms: 6000,
+            threads: 2,
         }
     }
 
@@ -87,6 +90,7 @@ method = "fixed"
 brokers = "{brokers}"
 group_id = "{group}"
 max_batch_events = 500
+threads = {threads}
 instance_id = "{instance}"
 [kafka.topics]
 purchases = "{p}"
@@ -109,6 +113,7 @@ stats = "{name}-stats"
                 .map(|d| format!("\"debug\" = \"{d}\""))
                 .unwrap_or_default(),
             session = self.session_timeout_ms,
+            threads = self.threads,
             // librdkafka requires max.poll.interval.ms >= session.timeout.ms.
             poll = self.session_timeout_ms.max(10_000),
             state = state.display(),
@@ -397,6 +402,8 @@ fn crash_and_restart_lose_nothing() {
     // (a broker bug, not what Kafka does). 15 s leaves room for a slow start; each
     // restart waits about that long for its partitions.
     s.session_timeout_ms = 15_000;
+    // The loop applying partitions itself (the other tests use two threads).
+    s.threads = 1;
     let cfg = s.config("a");
     let mut consumed_at_kill = Vec::new();
     for (round, ms) in [0u64, 150, 400].into_iter().enumerate() {

@@ -54,7 +54,7 @@ use crate::store::{Batch, Cf, Store, StoreError};
 use crate::telemetry::Metrics;
 
 use changelog::{Dest, Marker, OutboxRecord, Restorer, PUBLISHED_KEY};
-use partition::{local_markers, peers_of, Msg, Partition, PeerStats};
+use partition::{local_markers, peers_of, Msg, Outbox, Partition, PeerStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
@@ -283,15 +283,18 @@ fn send_outbox_record(
         Dest::Changelog => (&t.changelog, Some(p)),
         Dest::Stats => (&t.stats, Some(p)),
     };
-    let mut headers = OwnedHeaders::new();
-    for (hk, hv) in &r.headers {
-        headers = headers.insert(Header {
-            key: hk,
-            value: Some(hv.as_slice()),
-        });
+    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(r.key.as_slice());
+    if !r.headers.is_empty() {
+        // Only dead letters have headers: no header list for the rest.
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (hk, hv) in &r.headers {
+            headers = headers.insert(Header {
+                key: hk,
+                value: Some(hv.as_slice()),
+            });
+        }
+        rec = rec.headers(headers);
     }
-    let mut rec: BaseRecord<'_, [u8], [u8]> =
-        BaseRecord::to(topic).key(r.key.as_slice()).headers(headers);
     if let Some(v) = &r.value {
         rec = rec.payload(v.as_slice());
     }
@@ -446,12 +449,16 @@ impl ChangelogReader {
 /// One partition's outbox entries sent in one round.
 struct Sent {
     partition: i32,
+    outbox: Outbox,
     keys: Vec<Vec<u8>>,
     /// The marker of the last of them.
     last: Marker,
     /// Their changelog copies (at_least_once: sent once the rest is acknowledged).
     changelog: Vec<OutboxRecord>,
 }
+
+/// A worker thread applying one partition; it gives the partition back.
+type Worker = std::thread::JoinHandle<(Partition, Result<(), KafkaError>)>;
 
 /// The running service.
 struct Service {
@@ -486,6 +493,12 @@ struct Service {
     /// Outbox entries whose outputs were delivered and whose changelog copies are
     /// on their way (at_least_once; see [`Service::publish`]).
     changelog_in_flight: Vec<Sent>,
+    /// The outboxes of the partitions here, busy or not.
+    outboxes: BTreeMap<i32, Outbox>,
+    /// Partitions being applied on a worker thread (out of `parts` meanwhile).
+    busy: BTreeMap<i32, Worker>,
+    /// Messages polled for a busy partition, queued when it is back.
+    staged: BTreeMap<i32, Vec<(usize, Msg)>>,
 }
 
 impl Service {
@@ -613,6 +626,7 @@ impl Service {
             at.add_partition_offset(t, p, Offset::Offset(next))
                 .map_err(broker("offset"))?;
         }
+        self.outboxes.insert(p, part.outbox.clone());
         self.parts.insert(p, part);
         self.announce.insert(p);
         let mut st = self.status.lock().unwrap();
@@ -627,6 +641,8 @@ impl Service {
     }
 
     fn close_partition(&mut self, p: i32) {
+        self.outboxes.remove(&p);
+        self.staged.remove(&p);
         if let Some(part) = self.parts.remove(&p) {
             if let Err(e) = self.metrics.add_population(&part.store, -1) {
                 tracing::warn!(error = %e, partition = p, "Could not read the released partition's populations.");
@@ -661,7 +677,9 @@ impl Service {
         for c in changes {
             match c {
                 Change::Revoked(ps) => {
-                    // Hand over a changelog that holds everything published.
+                    // Finish the batches in hand; hand over a changelog that holds
+                    // everything published.
+                    self.reap(true)?;
                     self.settle()?;
                     ps.into_iter().for_each(|p| self.close_partition(p))
                 }
@@ -681,6 +699,10 @@ impl Service {
 
     /// Take up to `max_batch_events` messages, waiting at most `batch_wait_ms`.
     fn poll_batch(&mut self) -> Result<usize, KafkaError> {
+        if self.staged.values().map(Vec::len).sum::<usize>() >= self.full() {
+            // Busy partitions are far behind what is fetched: wait for them.
+            self.reap(true)?;
+        }
         let (wait, max) = {
             let k = &self.settings.raw.kafka;
             (k.batch_wait_ms, k.max_batch_events)
@@ -740,35 +762,106 @@ impl Service {
                 key: m.key().map(|k| k.to_vec()),
                 raw,
             };
-            let topic = self.inputs[i].clone();
             if let Some(part) = self.parts.get_mut(&p) {
-                part.enqueue(i, &topic, msg);
+                part.enqueue(i, &self.inputs[i], msg);
+                n += 1;
+            } else if self.busy.contains_key(&p) {
+                self.staged.entry(p).or_default().push((i, msg));
                 n += 1;
             }
         }
         Ok(n)
     }
 
-    /// Apply what each partition can, then write each partition's batch; the
-    /// partitions are spread over `kafka.threads` threads (each owns its state).
+    /// Hand each partition that can apply something to a worker thread (at most
+    /// `kafka.threads` at once; each partition owns its state, so they share
+    /// nothing), and take back those that finished. The loop meanwhile goes on
+    /// polling and publishing.
     fn process(&mut self) -> Result<(), KafkaError> {
-        let wall = self.settings.clock == Clock::Wall;
-        if wall {
-            let s = &self.settings;
-            let limit = chrono::Utc::now().timestamp_millis()
-                + s.raw.engine.max_future_skew_seconds as i64 * 1000;
-            for c in &mut self.contexts {
-                c.future_limit_millis = Some(limit);
+        self.reap(false)?;
+        let threads = match self.settings.raw.kafka.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let today = self.today();
+        for (p, caught) in self.ready()? {
+            if self.busy.len() >= threads {
+                break;
             }
+            let mut part = self.parts.remove(&p).expect("ready partitions are here");
+            let (inputs, metrics) = (self.inputs.clone(), self.metrics.clone());
+            let worker = std::thread::Builder::new()
+                .name(format!("strata-p{p}"))
+                .spawn(move || {
+                    let r = apply_batch(&mut part, &inputs, &caught, today, &metrics);
+                    (part, r)
+                })
+                .map_err(|e| KafkaError::Broker(format!("cannot start a thread: {e}")))?;
+            self.busy.insert(p, worker);
         }
-        let today = wall.then(|| crate::day::today(self.settings.tz));
+        Ok(())
+    }
+
+    /// Apply every partition that can apply something, on this thread (shutdown).
+    fn process_here(&mut self) -> Result<(), KafkaError> {
+        self.reap(true)?;
+        let today = self.today();
+        for (p, caught) in self.ready()? {
+            let part = self.parts.get_mut(&p).expect("ready partitions are here");
+            apply_batch(part, &self.inputs, &caught, today, &self.metrics)?;
+        }
+        Ok(())
+    }
+
+    /// Take back the partitions whose worker finished (all of them, waiting, with
+    /// `wait`), with the messages polled for them meanwhile.
+    fn reap(&mut self, wait: bool) -> Result<(), KafkaError> {
+        let done: Vec<i32> = self
+            .busy
+            .iter()
+            .filter(|(_, w)| wait || w.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        let mut result = Ok(());
+        for p in done {
+            let worker = self.busy.remove(&p).expect("listed above");
+            let (mut part, r) = worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            for (i, msg) in self.staged.remove(&p).unwrap_or_default() {
+                part.enqueue(i, &self.inputs[i], msg);
+            }
+            self.parts.insert(p, part);
+            result = result.and(r);
+        }
+        result
+    }
+
+    /// Today on the wall clock, when the clock is the wall clock.
+    fn today(&mut self) -> Option<crate::day::Day> {
+        if self.settings.clock != Clock::Wall {
+            return None;
+        }
+        let s = &self.settings;
+        let limit = chrono::Utc::now().timestamp_millis()
+            + s.raw.engine.max_future_skew_seconds as i64 * 1000;
+        for c in &mut self.contexts {
+            c.future_limit_millis = Some(limit);
+        }
+        Some(crate::day::today(self.settings.tz))
+    }
+
+    /// The partitions here that can apply something now — queued messages in
+    /// event-time order as far as it is certain, or a wall-clock day to turn — most
+    /// queued first, each with which of its inputs have nothing more to fetch (or
+    /// waited long enough).
+    fn ready(&mut self) -> Result<Vec<(i32, Vec<bool>)>, KafkaError> {
+        let today = self.today();
         let max_idle = Duration::from_millis(self.settings.raw.kafka.max_idle_ms);
         // A partition holding this many queued messages stops waiting for an empty
         // input (bounds memory when one input's fetching lags far behind).
-        let full = (10 * self.settings.raw.kafka.max_batch_events).max(100_000);
-        // Which inputs of each partition have nothing more to fetch (or waited long
-        // enough)? Decided here, on the loop's thread, which owns the consumer.
-        let mut caught: BTreeMap<i32, Vec<bool>> = BTreeMap::new();
+        let full = self.full();
+        let mut ready = Vec::new();
         for (&p, part) in &self.parts {
             let mut c = vec![false; self.inputs.len()];
             let crowded = part.queued() >= full;
@@ -794,58 +887,19 @@ impl Service {
                 };
                 c[i] = hw.is_some_and(|h| exp >= h) || idle;
             }
-            if part.queued() > 0 || wall {
-                caught.insert(p, c);
+            let day_turns = today.is_some_and(|d| part.proc.clock().is_none_or(|c| c < d));
+            if day_turns || part.ready(&|i| c[i]) {
+                ready.push((part.queued(), p, c));
             }
         }
-        let mut work: Vec<(&mut Partition, &[bool])> = self
-            .parts
-            .iter_mut()
-            .filter_map(|(p, part)| caught.get(p).map(|c| (part, c.as_slice())))
-            .collect();
-        let threads = match self.settings.raw.kafka.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
-        .clamp(1, work.len().max(1));
-        let (inputs, metrics) = (&self.inputs, &*self.metrics);
-        if threads == 1 {
-            for (part, c) in work {
-                apply_batch(part, inputs, c, today, metrics)?;
-            }
-            return Ok(());
-        }
-        // Deal the partitions out round-robin, one share per thread.
-        let mut shares: Vec<Vec<(&mut Partition, &[bool])>> =
-            (0..threads).map(|_| Vec::new()).collect();
-        for (i, w) in work.drain(..).enumerate() {
-            shares[i % threads].push(w);
-        }
-        std::thread::scope(|s| {
-            let mut shares = shares.into_iter();
-            let mine = shares.next().unwrap_or_default();
-            let others: Vec<_> = shares
-                .map(|share| {
-                    s.spawn(move || -> Result<(), KafkaError> {
-                        for (part, c) in share {
-                            apply_batch(part, inputs, c, today, metrics)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            let mut result = Ok(());
-            for (part, c) in mine {
-                if result.is_ok() {
-                    result = apply_batch(part, inputs, c, today, metrics);
-                }
-            }
-            for h in others {
-                let r = h.join().expect("a partition thread panicked");
-                result = result.and(r);
-            }
-            result
-        })
+        ready.sort_by_key(|r| std::cmp::Reverse(r.0));
+        Ok(ready.into_iter().map(|(_, p, c)| (p, c)).collect())
+    }
+
+    /// Queued (and staged) messages at which a partition stops waiting for an empty
+    /// input and polling stops until busy partitions are back.
+    fn full(&self) -> usize {
+        (10 * self.settings.raw.kafka.max_batch_events).max(100_000)
     }
 
     /// Wait until every record sent so far is acknowledged or has failed.
@@ -877,14 +931,20 @@ impl Service {
     /// They are not waited for: they travel while the next round is processed, and
     /// that round's flush (one per round) confirms them too, so their outbox entries
     /// are deleted one round later ([`Service::settle`] finishes a last round).
-    /// Under exactly_once one transaction holds them all and the order is moot.
+    /// Under exactly_once one transaction holds them all and the order is moot; it
+    /// waits for busy partitions, so it covers every partition's work so far.
     fn publish(&mut self) -> Result<(), KafkaError> {
+        if self.eos {
+            // A transaction covers everything applied so far, with every assigned
+            // partition's offsets: wait for the partitions being applied.
+            self.reap(true)?;
+        }
         let t = &self.settings.raw.kafka.topics;
         let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
         let mut fresh: Vec<Sent> = Vec::new();
         let mut in_flight = 0usize;
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for (&p, part) in self.parts.iter_mut() {
+        for (&p, part) in &self.parts {
             let recs = part.unsent()?;
             if recs.is_empty() {
                 continue;
@@ -896,6 +956,7 @@ impl Service {
             }
             let mut sent = Sent {
                 partition: p,
+                outbox: part.outbox.clone(),
                 keys: Vec::new(),
                 last: part.marker(),
                 changelog: Vec::new(),
@@ -955,7 +1016,11 @@ impl Service {
                 .group_metadata()
                 .ok_or_else(|| KafkaError::Broker("no consumer group metadata".into()))?;
             // A transaction of announcements only consumed nothing: no offsets.
+            // Its records are delivered first (commit would wait for them anyway):
+            // an abort then always concerns records already in the log, never ones
+            // librdkafka still held and purges.
             let r = if in_flight > 0 {
+                self.flush()?;
                 self.producer
                     .send_offsets_to_transaction(&tpl, &gm, Duration::from_secs(30))
             } else {
@@ -968,7 +1033,7 @@ impl Service {
                     .abort_transaction(Duration::from_secs(60))
                     .map_err(broker("cannot abort the transaction"))?;
                 self.metrics.transactions_aborted.inc();
-                self.parts.values_mut().for_each(Partition::resend);
+                self.outboxes.values().for_each(Outbox::resend);
                 return Ok(());
             }
         } else {
@@ -977,14 +1042,12 @@ impl Service {
         }
         if !self.all_delivered(failed_before) {
             self.changelog_in_flight.clear();
-            self.parts.values_mut().for_each(Partition::resend);
+            self.outboxes.values().for_each(Outbox::resend);
             return Ok(());
         }
         let done = std::mem::take(&mut self.changelog_in_flight);
         for sent in done.iter().chain(if self.eos { &fresh[..] } else { &[] }) {
-            if let Some(part) = self.parts.get(&sent.partition) {
-                part.published(&sent.keys, &sent.last)?;
-            }
+            sent.outbox.published(&sent.keys, &sent.last)?;
         }
         if !self.eos {
             for sent in &fresh {
@@ -1049,23 +1112,24 @@ impl Service {
         }
         self.gauges_at = Instant::now();
         let mut timers = 0i64;
-        for part in self.parts.values() {
-            timers += part.store.estimate_keys(Cf::Timers) as i64;
+        // Over every partition here, busy ones included (their stores are shared).
+        for (&p, outbox) in &self.outboxes {
+            timers += outbox.store().estimate_keys(Cf::Timers) as i64;
             for (i, t) in self.inputs.iter().enumerate() {
-                let exp = self.expected.get(&(i, part.id)).copied().unwrap_or(0);
-                if let Some(hw) = cached_high_watermark(&self.consumer, t, part.id) {
+                let exp = self.expected.get(&(i, p)).copied().unwrap_or(0);
+                if let Some(hw) = cached_high_watermark(&self.consumer, t, p) {
                     self.metrics
                         .consumer_lag
-                        .with_label_values(&[t.as_str(), &part.id.to_string()])
+                        .with_label_values(&[t.as_str(), &p.to_string()])
                         .set((hw - exp).max(0));
                 }
             }
         }
         self.metrics.timers_pending.set(timers);
         let sum = |name: &str| -> i64 {
-            self.parts
+            self.outboxes
                 .values()
-                .map(|p| p.store.property(name) as i64)
+                .map(|o| o.store().property(name) as i64)
                 .sum()
         };
         self.metrics
@@ -1076,7 +1140,7 @@ impl Service {
             .set(sum("rocksdb.estimate-pending-compaction-bytes"));
         self.metrics
             .rocksdb_block_cache
-            .set(self.parts.values().map(|p| p.store.memory().1 as i64).sum());
+            .set(self.outboxes.values().map(|o| o.store().memory().1 as i64).sum());
     }
 }
 
@@ -1185,6 +1249,9 @@ pub fn run(
         gauges_at: Instant::now(),
         announce: BTreeSet::new(),
         changelog_in_flight: Vec::new(),
+        outboxes: BTreeMap::new(),
+        busy: BTreeMap::new(),
+        staged: BTreeMap::new(),
     };
     svc.consumer
         .subscribe(&[inputs[0].as_str()])
@@ -1203,7 +1270,7 @@ pub fn run(
         }
         // Finish the batch in hand, write, publish, commit, leave the group.
         tracing::info!("Shutting down: finishing the batch in hand.");
-        svc.process()?;
+        svc.process_here()?;
         svc.publish()?;
         svc.settle()?;
         svc.commit_hint();

@@ -14,7 +14,7 @@
 //! the dead letters and the population summary into the outbox (see [`changelog`]).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::Settings;
@@ -84,13 +84,56 @@ pub struct Partition {
     /// Customers of the messages queued since the last drain: loaded with one
     /// multi-get before it (messages still queued from earlier drains were then).
     fresh: Vec<String>,
+    /// What was sent and published of the outbox (shared with the publisher).
+    pub outbox: Outbox,
+}
+
+/// A partition's outbox as the publisher sees it: confirming and re-sending work
+/// while the partition itself is being applied on a worker thread.
+#[derive(Clone)]
+pub struct Outbox {
+    store: Arc<RocksStore>,
     /// Outbox keys below this were published and deleted: scans start here, so they
     /// seek past the deletes instead of stepping over every tombstone (the outbox
     /// is a queue; without this, scans cost grew with everything ever published).
-    outbox_floor: std::sync::atomic::AtomicU64,
+    floor: Arc<AtomicU64>,
     /// Outbox keys below this were sent (perhaps not yet acknowledged): the next
     /// round sends from here. Back to the floor after a failed delivery.
-    outbox_sent: u64,
+    sent: Arc<AtomicU64>,
+}
+
+impl Outbox {
+    /// The partition's store.
+    pub fn store(&self) -> &RocksStore {
+        &self.store
+    }
+
+    /// A delivery failed: send every entry not yet published again.
+    pub fn resend(&self) {
+        self.sent
+            .store(self.floor.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// The broker acknowledged these outbox entries' records: delete them, and
+    /// remember `last`, the marker of the last of them, as the last batch known to
+    /// be published.
+    pub fn published(&self, keys: &[Vec<u8>], last: &Marker) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        for k in keys {
+            b.delete(Cf::Outbox, k.clone());
+        }
+        b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), last.encode());
+        self.store.write(b)?;
+        if let Some(last) = keys
+            .iter()
+            .filter_map(|k| <[u8; 8]>::try_from(k.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .max()
+        {
+            self.floor.fetch_max(last + 1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
 }
 
 impl Partition {
@@ -179,15 +222,19 @@ impl Partition {
             p.next_outbox += 1;
             batch.put(Cf::Outbox, k, encode_entry(&recs));
         }));
+        let first = first_outbox.unwrap_or(next_outbox);
         Ok(Partition {
             id,
+            outbox: Outbox {
+                store: store.clone(),
+                floor: Arc::new(first.into()),
+                sent: Arc::new(first.into()),
+            },
             store,
             proc,
             pending,
             queues: (0..topics).map(|_| VecDeque::new()).collect(),
             fresh: Vec::new(),
-            outbox_floor: first_outbox.unwrap_or(next_outbox).into(),
-            outbox_sent: first_outbox.unwrap_or(next_outbox),
         })
     }
 
@@ -316,17 +363,16 @@ impl Partition {
 
     /// The outbox records not sent yet, in write order, each with the key of its
     /// outbox entry; they count as sent from now on (see [`Partition::resend`]).
-    pub fn unsent(&mut self) -> Result<Vec<(Vec<u8>, OutboxRecord)>, StoreError> {
+    pub fn unsent(&self) -> Result<Vec<(Vec<u8>, OutboxRecord)>, StoreError> {
         let mut out = Vec::new();
         let id = self.id;
         // [sent, next): exactly the keys not yet sent (after a restart, old
         // tombstones above `next` are out of range too; those below the floor, which
         // `sent` never is below, were published and deleted).
-        let from = self
-            .outbox_sent
-            .max(self.outbox_floor.load(Ordering::Relaxed));
+        let sent = self.outbox.sent.load(Ordering::Relaxed);
+        let from = sent.max(self.outbox.floor.load(Ordering::Relaxed));
         let next = self.pending.lock().unwrap().next_outbox;
-        self.outbox_sent = next;
+        self.outbox.sent.store(next, Ordering::Relaxed);
         let (from, next) = (outbox_key(from), outbox_key(next));
         self.store.scan(Cf::Outbox, &from, Some(&next), &mut |k, v| {
             let recs = decode_entry(v).ok_or_else(|| {
@@ -340,30 +386,15 @@ impl Partition {
         Ok(out)
     }
 
-    /// A delivery failed: send every entry not yet published again.
-    pub fn resend(&mut self) {
-        self.outbox_sent = self.outbox_floor.load(Ordering::Relaxed);
-    }
-
-    /// The broker acknowledged these outbox entries' records: delete them, and
-    /// remember `last`, the marker of the last of them, as the last batch known to
-    /// be published.
-    pub fn published(&self, keys: &[Vec<u8>], last: &Marker) -> Result<(), StoreError> {
-        let mut b = Batch::default();
-        for k in keys {
-            b.delete(Cf::Outbox, k.clone());
-        }
-        b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), last.encode());
-        self.store.write(b)?;
-        if let Some(last) = keys
-            .iter()
-            .filter_map(|k| <[u8; 8]>::try_from(k.as_slice()).ok())
-            .map(u64::from_be_bytes)
-            .max()
-        {
-            self.outbox_floor.fetch_max(last + 1, Ordering::Relaxed);
-        }
-        Ok(())
+    /// Whether [`Partition::drain`] would apply anything now: a message is queued and
+    /// every empty queue's input is `caught_up`.
+    pub fn ready(&self, caught_up: &dyn Fn(usize) -> bool) -> bool {
+        self.queues.iter().any(|q| !q.is_empty())
+            && self
+                .queues
+                .iter()
+                .enumerate()
+                .all(|(i, q)| !q.is_empty() || caught_up(i))
     }
 
     /// Messages waiting in the queues.

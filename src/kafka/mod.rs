@@ -457,8 +457,8 @@ struct Sent {
     changelog: Vec<OutboxRecord>,
 }
 
-/// A worker thread applying one partition; it gives the partition back.
-type Worker = std::thread::JoinHandle<(Partition, Result<(), KafkaError>)>;
+/// A worker thread applying a share of the partitions; it gives them back.
+type Worker = std::thread::JoinHandle<Vec<(Partition, Result<(), KafkaError>)>>;
 
 /// The running service.
 struct Service {
@@ -495,8 +495,9 @@ struct Service {
     changelog_in_flight: Vec<Sent>,
     /// The outboxes of the partitions here, busy or not.
     outboxes: BTreeMap<i32, Outbox>,
-    /// Partitions being applied on a worker thread (out of `parts` meanwhile).
-    busy: BTreeMap<i32, Worker>,
+    /// Worker threads applying partitions (out of `parts` meanwhile), and which.
+    workers: Vec<Worker>,
+    busy: BTreeSet<i32>,
     /// Messages polled for a busy partition, queued when it is back.
     staged: BTreeMap<i32, Vec<(usize, Msg)>>,
 }
@@ -765,7 +766,7 @@ impl Service {
             if let Some(part) = self.parts.get_mut(&p) {
                 part.enqueue(i, &self.inputs[i], msg);
                 n += 1;
-            } else if self.busy.contains_key(&p) {
+            } else if self.busy.contains(&p) {
                 self.staged.entry(p).or_default().push((i, msg));
                 n += 1;
             }
@@ -773,31 +774,46 @@ impl Service {
         Ok(n)
     }
 
-    /// Hand each partition that can apply something to a worker thread (at most
-    /// `kafka.threads` at once; each partition owns its state, so they share
-    /// nothing), and take back those that finished. The loop meanwhile goes on
-    /// polling and publishing.
+    /// Deal the partitions that can apply something out to worker threads (at most
+    /// `kafka.threads` at once; partitions share nothing), and take back those
+    /// whose worker finished. The loop meanwhile goes on polling and publishing.
     fn process(&mut self) -> Result<(), KafkaError> {
         self.reap(false)?;
         let threads = match self.settings.raw.kafka.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let free = threads.saturating_sub(self.workers.len());
+        let ready = self.ready()?;
+        if free == 0 || ready.is_empty() {
+            return Ok(());
+        }
+        // Round-robin, most queued first, so the big ones spread over the workers.
+        let mut shares: Vec<Vec<(Partition, Vec<bool>)>> = (0..free.min(ready.len()))
+            .map(|_| Vec::new())
+            .collect();
+        for (i, (p, caught)) in ready.into_iter().enumerate() {
+            let part = self.parts.remove(&p).expect("ready partitions are here");
+            self.busy.insert(p);
+            let n = shares.len();
+            shares[i % n].push((part, caught));
+        }
         let today = self.today();
-        for (p, caught) in self.ready()? {
-            if self.busy.len() >= threads {
-                break;
-            }
-            let mut part = self.parts.remove(&p).expect("ready partitions are here");
+        for share in shares {
             let (inputs, metrics) = (self.inputs.clone(), self.metrics.clone());
             let worker = std::thread::Builder::new()
-                .name(format!("strata-p{p}"))
+                .name("strata-apply".into())
                 .spawn(move || {
-                    let r = apply_batch(&mut part, &inputs, &caught, today, &metrics);
-                    (part, r)
+                    share
+                        .into_iter()
+                        .map(|(mut part, caught)| {
+                            let r = apply_batch(&mut part, &inputs, &caught, today, &metrics);
+                            (part, r)
+                        })
+                        .collect()
                 })
                 .map_err(|e| KafkaError::Broker(format!("cannot start a thread: {e}")))?;
-            self.busy.insert(p, worker);
+            self.workers.push(worker);
         }
         Ok(())
     }
@@ -816,23 +832,24 @@ impl Service {
     /// Take back the partitions whose worker finished (all of them, waiting, with
     /// `wait`), with the messages polled for them meanwhile.
     fn reap(&mut self, wait: bool) -> Result<(), KafkaError> {
-        let done: Vec<i32> = self
-            .busy
-            .iter()
-            .filter(|(_, w)| wait || w.is_finished())
-            .map(|(p, _)| *p)
-            .collect();
         let mut result = Ok(());
-        for p in done {
-            let worker = self.busy.remove(&p).expect("listed above");
-            let (mut part, r) = worker
+        let (done, running) = std::mem::take(&mut self.workers)
+            .into_iter()
+            .partition(|w| wait || w.is_finished());
+        self.workers = running;
+        for worker in done {
+            let parts: Vec<(Partition, Result<(), KafkaError>)> = worker
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            for (i, msg) in self.staged.remove(&p).unwrap_or_default() {
-                part.enqueue(i, &self.inputs[i], msg);
+            for (mut part, r) in parts {
+                let p = part.id;
+                for (i, msg) in self.staged.remove(&p).unwrap_or_default() {
+                    part.enqueue(i, &self.inputs[i], msg);
+                }
+                self.busy.remove(&p);
+                self.parts.insert(p, part);
+                result = result.and(r);
             }
-            self.parts.insert(p, part);
-            result = result.and(r);
         }
         result
     }
@@ -1250,7 +1267,8 @@ pub fn run(
         announce: BTreeSet::new(),
         changelog_in_flight: Vec::new(),
         outboxes: BTreeMap::new(),
-        busy: BTreeMap::new(),
+        workers: Vec::new(),
+        busy: BTreeSet::new(),
         staged: BTreeMap::new(),
     };
     svc.consumer
@@ -1260,10 +1278,16 @@ pub fn run(
     tracing::info!(group = %k.group_id, guarantee = ?k.processing_guarantee, "Consuming.");
 
     let result = (|| -> Result<(), KafkaError> {
+        let full_batch = k.max_batch_events;
         while !shutdown.load(Ordering::Relaxed) {
             svc.apply_changes()?;
-            svc.poll_batch()?;
+            let polled = svc.poll_batch()?;
             svc.process()?;
+            if polled < full_batch {
+                // Not behind: this round's outputs go out in this round (latency);
+                // behind, applying overlaps the next poll and publish (throughput).
+                svc.reap(true)?;
+            }
             svc.publish()?;
             svc.commit_hint();
             svc.update_gauges();

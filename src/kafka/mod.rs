@@ -784,14 +784,16 @@ impl Service {
             n => n,
         };
         let free = threads.saturating_sub(self.workers.len());
+        if free == 0 {
+            return Ok(());
+        }
         let ready = self.ready()?;
-        if free == 0 || ready.is_empty() {
+        if ready.is_empty() {
             return Ok(());
         }
         // Round-robin, most queued first, so the big ones spread over the workers.
-        let mut shares: Vec<Vec<(Partition, Vec<bool>)>> = (0..free.min(ready.len()))
-            .map(|_| Vec::new())
-            .collect();
+        let mut shares: Vec<Vec<(Partition, Vec<bool>)>> =
+            (0..free.min(ready.len())).map(|_| Vec::new()).collect();
         for (i, (p, caught)) in ready.into_iter().enumerate() {
             let part = self.parts.remove(&p).expect("ready partitions are here");
             self.busy.insert(p);
@@ -1155,9 +1157,12 @@ impl Service {
         self.metrics
             .rocksdb_pending_compaction
             .set(sum("rocksdb.estimate-pending-compaction-bytes"));
-        self.metrics
-            .rocksdb_block_cache
-            .set(self.outboxes.values().map(|o| o.store().memory().1 as i64).sum());
+        self.metrics.rocksdb_block_cache.set(
+            self.outboxes
+                .values()
+                .map(|o| o.store().memory().1 as i64)
+                .sum(),
+        );
     }
 }
 
@@ -1326,7 +1331,12 @@ fn apply_batch(
     let before = part.proc.counters.clone();
     let started = Instant::now();
     let now = chrono::Utc::now().timestamp_millis();
-    tracing::trace!(partition = part.id, ?caught, queued = part.queued(), "Draining.");
+    tracing::trace!(
+        partition = part.id,
+        ?caught,
+        queued = part.queued(),
+        "Draining."
+    );
     let n = part.drain(inputs, &|i| caught[i], &mut |ev| {
         metrics
             .event_lag

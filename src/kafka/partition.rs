@@ -362,7 +362,7 @@ impl Partition {
     }
 
     /// The outbox records not sent yet, in write order, each with the key of its
-    /// outbox entry; they count as sent from now on (see [`Partition::resend`]).
+    /// outbox entry; they count as sent from now on (see [`Outbox::resend`]).
     pub fn unsent(&self) -> Result<Vec<(Vec<u8>, OutboxRecord)>, StoreError> {
         let mut out = Vec::new();
         let id = self.id;

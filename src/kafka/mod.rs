@@ -1,7 +1,9 @@
 //! `strata run`: the Kafka shell around the same [`Processor`] that `replay` drives.
 //!
-//! One loop on one thread (librdkafka and RocksDB calls block; the HTTP server runs
-//! on its own runtime):
+//! One loop on one thread owns the consumer and the producer (librdkafka and RocksDB
+//! calls block; the HTTP server runs on its own runtime); only applying a partition's
+//! batch runs on worker threads (`kafka.threads`), each owning the partitions it was
+//! handed until it gives them back:
 //!
 //! 1. **Rebalance.** The group subscribes to the purchases topic only, with
 //!    cooperative-sticky assignment; when it assigns purchases partition p, the
@@ -15,17 +17,20 @@
 //!    filtering. The group's committed offsets are only a progress hint for lag
 //!    dashboards.
 //! 2. **Batch.** Up to `kafka.max_batch_events` messages are polled and queued per
-//!    partition; each partition applies them in event-time order ([`partition`]) and
-//!    writes state, consumed offsets and an outbox (outputs, dead letters, changelog
-//!    records, its population summary) in one atomic RocksDB batch.
+//!    partition; a worker applies a ready partition's in event-time order
+//!    ([`partition`]) and writes state, consumed offsets and an outbox (outputs, dead
+//!    letters, changelog records, its population summary) in one atomic RocksDB
+//!    batch, while the loop polls and publishes on (messages for a busy partition are
+//!    staged until it is back).
 //! 3. **Publish.** The outboxes are sent by an idempotent producer (in one Kafka
 //!    transaction with the consumed offsets under `exactly_once`) and deleted only
 //!    after the broker acknowledged them. A crash can re-publish, with the same
 //!    `event_id`s; it cannot lose anything.
 //!
-//! Revocation happens inside `poll`, between batches: the batch in hand has already
-//! been written and published, so the partition is simply closed. Shutdown stops
-//! polling, finishes the batch, publishes, commits and leaves the group.
+//! Revocation happens inside `poll`, between batches: the loop waits for its workers
+//! and for the changelog copies in flight, so the batch in hand is written and
+//! published, then closes the partition. Shutdown stops polling, finishes the batch,
+//! publishes, commits and leaves the group.
 
 pub mod changelog;
 pub mod partition;

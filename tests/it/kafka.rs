@@ -43,7 +43,7 @@ pub struct Setup {
     pub group: String,
     /// `session.timeout.ms` of the instances' consumers.
     pub session_timeout_ms: u32,
-    /// `kafka.threads` (2 unless a test wants the one-thread path).
+    /// `kafka.threads`, the worker threads applying partitions (2; the crash test 1).
     pub threads: usize,
 }
 
@@ -402,7 +402,7 @@ fn crash_and_restart_lose_nothing() {
     // (a broker bug, not what Kafka does). 15 s leaves room for a slow start; each
     // restart waits about that long for its partitions.
     s.session_timeout_ms = 15_000;
-    // The loop applying partitions itself (the other tests use two threads).
+    // One worker thread applying partitions (the other tests have two).
     s.threads = 1;
     let cfg = s.config("a");
     let mut consumed_at_kill = Vec::new();

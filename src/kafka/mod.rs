@@ -500,9 +500,10 @@ struct Service {
     changelog_in_flight: Vec<Sent>,
     /// The outboxes of the partitions here, busy or not.
     outboxes: BTreeMap<i32, Outbox>,
-    /// Worker threads applying partitions (out of `parts` meanwhile), and which.
+    /// Worker threads applying partitions (out of `parts` meanwhile).
     workers: Vec<Worker>,
-    busy: BTreeSet<i32>,
+    /// `kafka.threads`, 0 resolved to the number of cores.
+    threads: usize,
     /// Messages polled for a busy partition, queued when it is back.
     staged: BTreeMap<i32, Vec<(usize, Msg)>>,
 }
@@ -771,7 +772,8 @@ impl Service {
             if let Some(part) = self.parts.get_mut(&p) {
                 part.enqueue(i, &self.inputs[i], msg);
                 n += 1;
-            } else if self.busy.contains(&p) {
+            } else if self.outboxes.contains_key(&p) {
+                // Ours, but on a worker thread.
                 self.staged.entry(p).or_default().push((i, msg));
                 n += 1;
             }
@@ -784,15 +786,12 @@ impl Service {
     /// whose worker finished. The loop meanwhile goes on polling and publishing.
     fn process(&mut self) -> Result<(), KafkaError> {
         self.reap(false)?;
-        let threads = match self.settings.raw.kafka.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let free = threads.saturating_sub(self.workers.len());
+        let free = self.threads.saturating_sub(self.workers.len());
         if free == 0 {
             return Ok(());
         }
-        let ready = self.ready()?;
+        let today = self.today();
+        let ready = self.ready(today);
         if ready.is_empty() {
             return Ok(());
         }
@@ -801,11 +800,9 @@ impl Service {
             (0..free.min(ready.len())).map(|_| Vec::new()).collect();
         for (i, (p, caught)) in ready.into_iter().enumerate() {
             let part = self.parts.remove(&p).expect("ready partitions are here");
-            self.busy.insert(p);
             let n = shares.len();
             shares[i % n].push((part, caught));
         }
-        let today = self.today();
         for share in shares {
             let (inputs, metrics) = (self.inputs.clone(), self.metrics.clone());
             let worker = std::thread::Builder::new()
@@ -829,7 +826,7 @@ impl Service {
     fn process_here(&mut self) -> Result<(), KafkaError> {
         self.reap(true)?;
         let today = self.today();
-        for (p, caught) in self.ready()? {
+        for (p, caught) in self.ready(today) {
             let part = self.parts.get_mut(&p).expect("ready partitions are here");
             apply_batch(part, &self.inputs, &caught, today, &self.metrics)?;
         }
@@ -853,7 +850,6 @@ impl Service {
                 for (i, msg) in self.staged.remove(&p).unwrap_or_default() {
                     part.enqueue(i, &self.inputs[i], msg);
                 }
-                self.busy.remove(&p);
                 self.parts.insert(p, part);
                 result = result.and(r);
             }
@@ -879,8 +875,7 @@ impl Service {
     /// event-time order as far as it is certain, or a wall-clock day to turn — most
     /// queued first, each with which of its inputs have nothing more to fetch (or
     /// waited long enough).
-    fn ready(&mut self) -> Result<Vec<(i32, Vec<bool>)>, KafkaError> {
-        let today = self.today();
+    fn ready(&mut self, today: Option<crate::day::Day>) -> Vec<(i32, Vec<bool>)> {
         let max_idle = Duration::from_millis(self.settings.raw.kafka.max_idle_ms);
         // A partition holding this many queued messages stops waiting for an empty
         // input (bounds memory when one input's fetching lags far behind).
@@ -917,7 +912,7 @@ impl Service {
             }
         }
         ready.sort_by_key(|r| std::cmp::Reverse(r.0));
-        Ok(ready.into_iter().map(|(_, p, c)| (p, c)).collect())
+        ready.into_iter().map(|(_, p, c)| (p, c)).collect()
     }
 
     /// Queued (and staged) messages at which a partition stops waiting for an empty
@@ -1278,7 +1273,10 @@ pub fn run(
         changelog_in_flight: Vec::new(),
         outboxes: BTreeMap::new(),
         workers: Vec::new(),
-        busy: BTreeSet::new(),
+        threads: match k.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
         staged: BTreeMap::new(),
     };
     svc.consumer

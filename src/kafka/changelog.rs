@@ -10,11 +10,13 @@
 //! work, and a crash can only publish something again, never lose it.
 //!
 //! The changelog topic (compacted, co-partitioned with the inputs) is keyed by
-//! `[column family][key]`; a tombstone deletes. Restoring a partition replays it
-//! from the start and applies records only up to the last marker seen: a batch whose
-//! marker never made it (the writer died half-way through publishing) is dropped
-//! whole, so a restored state is always one the writer had at a batch boundary, with
-//! the offsets that go with it.
+//! `[column family][key]`; a tombstone deletes. A publishing round sends each key
+//! once, its last value in the round, in the order of the last writes, so the
+//! round's last marker comes last. Restoring a partition replays it from the start
+//! and applies records only up to the last marker seen: records whose marker never
+//! made it (the writer died half-way through publishing) are dropped whole, so a
+//! restored state is always one the writer had at a batch boundary, with the offsets
+//! that go with it.
 
 use std::collections::BTreeMap;
 
@@ -86,7 +88,8 @@ impl Dest {
     }
 }
 
-/// One record waiting in the outbox.
+/// One record waiting in the outbox (owned: a dead letter until its batch is
+/// written, and tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRecord {
     pub dest: Dest,
@@ -97,6 +100,22 @@ pub struct OutboxRecord {
     pub value: Option<Vec<u8>>,
     /// Dead letters only: the source topic/partition/offset, as headers.
     pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl OutboxRecord {
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            dest: self.dest,
+            batch_seq: self.batch_seq,
+            key: &self.key,
+            value: self.value.as_deref(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect(),
+        }
+    }
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -120,47 +139,36 @@ fn take_bytes<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
 
 const OUTBOX_VERSION: u8 = 1;
 
-impl OutboxRecord {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(32 + self.key.len() + self.value.as_ref().map_or(0, |v| v.len()));
-        out.push(OUTBOX_VERSION);
-        out.push(self.dest as u8);
-        out.extend_from_slice(&self.batch_seq.to_be_bytes());
-        put_bytes(&mut out, &self.key);
-        match &self.value {
-            Some(v) => {
-                out.push(1);
-                put_bytes(&mut out, v);
-            }
-            None => out.push(0),
-        }
-        out.push(self.headers.len() as u8);
-        for (k, v) in &self.headers {
-            put_bytes(&mut out, k.as_bytes());
-            put_bytes(&mut out, v);
-        }
-        out
-    }
+/// An outbox record read in place from its stored entry (publishing sends straight
+/// from the store's bytes: librdkafka copies them anyway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub dest: Dest,
+    pub batch_seq: u64,
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<(&'a str, &'a [u8])>,
+}
 
-    pub fn decode(mut b: &[u8]) -> Option<OutboxRecord> {
+impl<'a> RecordRef<'a> {
+    pub fn decode(mut b: &'a [u8]) -> Option<RecordRef<'a>> {
         let b = &mut b;
         if take(b, 1)?[0] != OUTBOX_VERSION {
             return None;
         }
         let dest = Dest::from_u8(take(b, 1)?[0])?;
         let batch_seq = u64::from_be_bytes(take(b, 8)?.try_into().ok()?);
-        let key = take_bytes(b)?.to_vec();
+        let key = take_bytes(b)?;
         let value = match take(b, 1)?[0] {
             0 => None,
-            _ => Some(take_bytes(b)?.to_vec()),
+            _ => Some(take_bytes(b)?),
         };
         let mut headers = Vec::new();
         for _ in 0..take(b, 1)?[0] {
-            let k = String::from_utf8(take_bytes(b)?.to_vec()).ok()?;
-            headers.push((k, take_bytes(b)?.to_vec()));
+            let k = std::str::from_utf8(take_bytes(b)?).ok()?;
+            headers.push((k, take_bytes(b)?));
         }
-        Some(OutboxRecord {
+        Some(RecordRef {
             dest,
             batch_seq,
             key,
@@ -168,35 +176,125 @@ impl OutboxRecord {
             headers,
         })
     }
+
+    pub fn to_owned(&self) -> OutboxRecord {
+        OutboxRecord {
+            dest: self.dest,
+            batch_seq: self.batch_seq,
+            key: self.key.to_vec(),
+            value: self.value.map(<[u8]>::to_vec),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
+        }
+    }
 }
 
 const ENTRY_VERSION: u8 = 2;
 
 /// One outbox entry per written batch: its records, length-prefixed, in one value
-/// (one RocksDB key to insert and later delete per batch, not one per record).
-pub fn encode_entry(recs: &[OutboxRecord]) -> Vec<u8> {
-    let mut out = vec![ENTRY_VERSION];
-    for r in recs {
-        put_bytes(&mut out, &r.encode());
-    }
-    out
+/// (one RocksDB key to insert and later delete per batch, not one per record),
+/// encoded in place (no buffer per record).
+pub struct EntryWriter {
+    buf: Vec<u8>,
 }
 
-/// The records of an outbox entry; also reads an entry of one bare record, as
-/// written before entries held a whole batch.
-pub fn decode_entry(b: &[u8]) -> Option<Vec<OutboxRecord>> {
-    match *b.first()? {
-        OUTBOX_VERSION => Some(vec![OutboxRecord::decode(b)?]),
-        ENTRY_VERSION => {
-            let mut rest = &b[1..];
-            let mut recs = Vec::new();
-            while !rest.is_empty() {
-                recs.push(OutboxRecord::decode(take_bytes(&mut rest)?)?);
+impl EntryWriter {
+    pub fn with_capacity(bytes: usize) -> EntryWriter {
+        let mut buf = Vec::with_capacity(bytes + 1);
+        buf.push(ENTRY_VERSION);
+        EntryWriter { buf }
+    }
+
+    /// Start a record: its length is filled in by [`EntryWriter::end`].
+    fn begin(&mut self, dest: Dest, batch_seq: u64, key: &[u8]) -> usize {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        self.buf.push(OUTBOX_VERSION);
+        self.buf.push(dest as u8);
+        self.buf.extend_from_slice(&batch_seq.to_be_bytes());
+        put_bytes(&mut self.buf, key);
+        at
+    }
+
+    fn end(&mut self, at: usize) {
+        let n = (self.buf.len() - at - 4) as u32;
+        self.buf[at..at + 4].copy_from_slice(&n.to_be_bytes());
+    }
+
+    pub fn push(&mut self, r: &RecordRef<'_>) {
+        let at = self.begin(r.dest, r.batch_seq, r.key);
+        match r.value {
+            Some(v) => {
+                self.buf.push(1);
+                put_bytes(&mut self.buf, v);
             }
-            Some(recs)
+            None => self.buf.push(0),
+        }
+        self.buf.push(r.headers.len() as u8);
+        for (hk, hv) in &r.headers {
+            put_bytes(&mut self.buf, hk.as_bytes());
+            put_bytes(&mut self.buf, hv);
+        }
+        self.end(at);
+    }
+
+    /// A record whose value is `value` as JSON, serialised into the entry.
+    pub fn push_json<T: Serialize>(&mut self, dest: Dest, batch_seq: u64, key: &[u8], value: &T) {
+        let at = self.begin(dest, batch_seq, key);
+        self.buf.push(1);
+        let v = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        serde_json::to_writer(&mut self.buf, value).expect("outputs serialise");
+        let n = (self.buf.len() - v - 4) as u32;
+        self.buf[v..v + 4].copy_from_slice(&n.to_be_bytes());
+        self.buf.push(0);
+        self.end(at);
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// The records of an outbox entry, in order; `None` for an unreadable one (and
+/// nothing after it). A bare record (the format before entries) is an entry of one.
+pub fn entry_records(b: &[u8]) -> impl Iterator<Item = Option<RecordRef<'_>>> {
+    enum Next {
+        Bare,
+        Packed,
+        Unreadable,
+        Done,
+    }
+    let mut rest = b;
+    let mut next = match b.first() {
+        Some(&OUTBOX_VERSION) => Next::Bare,
+        Some(&ENTRY_VERSION) => {
+            rest = &b[1..];
+            Next::Packed
+        }
+        _ => Next::Unreadable,
+    };
+    std::iter::from_fn(move || match next {
+        Next::Bare => {
+            next = Next::Done;
+            Some(RecordRef::decode(rest))
+        }
+        Next::Unreadable => {
+            next = Next::Done;
+            Some(None)
+        }
+        Next::Packed if !rest.is_empty() => {
+            let r = take_bytes(&mut rest).and_then(RecordRef::decode);
+            if r.is_none() {
+                next = Next::Done;
+            }
+            Some(r)
         }
         _ => None,
-    }
+    })
 }
 
 /// Outbox keys: a big-endian sequence number, so a scan publishes in write order.
@@ -295,7 +393,6 @@ mod tests {
             value: Some(b"{\"x\":1}".to_vec()),
             headers: vec![("strata.source.offset".into(), b"42".to_vec())],
         };
-        assert_eq!(OutboxRecord::decode(&r.encode()), Some(r.clone()));
         let t = OutboxRecord {
             dest: Dest::Changelog,
             batch_seq: 1,
@@ -303,13 +400,38 @@ mod tests {
             value: None,
             headers: vec![],
         };
-        assert_eq!(OutboxRecord::decode(&t.encode()), Some(t.clone()));
-        assert_eq!(OutboxRecord::decode(&[9, 9]), None);
-        let entry = encode_entry(&[r.clone(), t.clone()]);
-        assert_eq!(decode_entry(&entry), Some(vec![r.clone(), t]));
-        assert_eq!(decode_entry(&r.encode()), Some(vec![r]), "a bare record");
-        assert_eq!(decode_entry(&entry[..entry.len() - 1]), None, "truncated");
-        assert_eq!(decode_entry(&[7]), None);
+        let mut w = EntryWriter::with_capacity(0);
+        w.push(&r.as_ref());
+        w.push(&t.as_ref());
+        #[derive(Serialize)]
+        struct Out {
+            id: &'static str,
+        }
+        w.push_json(Dest::TierChanges, 9, b"c2", &Out { id: "c2" });
+        let entry = w.finish();
+        let j = OutboxRecord {
+            dest: Dest::TierChanges,
+            batch_seq: 9,
+            key: b"c2".to_vec(),
+            value: Some(br#"{"id":"c2"}"#.to_vec()),
+            headers: vec![],
+        };
+        let owned = |e: &[u8]| -> Option<Vec<OutboxRecord>> {
+            entry_records(e).map(|r| r.map(|r| r.to_owned())).collect()
+        };
+        assert_eq!(owned(&entry), Some(vec![r.clone(), t.clone(), j]));
+        // A bare record (the format before entries): an entry of one.
+        let bare = &entry[5..5 + u32::from_be_bytes(entry[1..5].try_into().unwrap()) as usize];
+        assert_eq!(owned(bare), Some(vec![r]), "a bare record");
+        assert_eq!(owned(&entry[..entry.len() - 1]), None, "truncated");
+        assert_eq!(
+            entry_records(&entry[..entry.len() - 1]).count(),
+            3,
+            "two records, then the unreadable one, then nothing"
+        );
+        assert_eq!(owned(&[7]), None);
+        assert_eq!(owned(&[9, 9]), None);
+        assert_eq!(owned(&[ENTRY_VERSION]), Some(vec![]));
     }
 
     #[test]

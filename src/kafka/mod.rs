@@ -1,9 +1,9 @@
 //! `strata run`: the Kafka shell around the same [`Processor`] that `replay` drives.
 //!
-//! One loop on one thread owns the consumer and the producer (librdkafka and RocksDB
-//! calls block; the HTTP server runs on its own runtime); only applying a partition's
-//! batch runs on worker threads (`kafka.threads`), each owning the partitions it was
-//! handed until it gives them back:
+//! One loop on one thread owns the consumer and the transactions (librdkafka and
+//! RocksDB calls block; the HTTP server runs on its own runtime); parsing, applying
+//! and sending a partition's outputs run on worker threads (`kafka.threads`), each
+//! owning the partitions it was handed until it gives them back:
 //!
 //! 1. **Rebalance.** The group subscribes to the purchases topic only, with
 //!    cooperative-sticky assignment; when it assigns purchases partition p, the
@@ -17,28 +17,33 @@
 //!    filtering. The group's committed offsets are only a progress hint for lag
 //!    dashboards.
 //! 2. **Batch.** Up to `kafka.max_batch_events` messages are polled and queued per
-//!    partition; a worker applies a ready partition's in event-time order
-//!    ([`partition`]) and writes state, consumed offsets and an outbox (outputs, dead
-//!    letters, changelog records, its population summary) in one atomic RocksDB
-//!    batch, while the loop polls and publishes on (messages for a busy partition are
-//!    staged until it is back).
-//! 3. **Publish.** The outboxes are sent by an idempotent producer (in one Kafka
-//!    transaction with the consumed offsets under `exactly_once`) and deleted only
-//!    after the broker acknowledged them. A crash can re-publish, with the same
-//!    `event_id`s; it cannot lose anything.
+//!    partition as bytes; a worker parses a ready partition's messages, applies them
+//!    in event-time order ([`partition`]) and writes state, consumed offsets and an
+//!    outbox (outputs, dead letters, changelog records, its population summary) in
+//!    one atomic RocksDB batch, then sends the outputs, dead letters and summary,
+//!    while the loop polls on (messages for a busy partition are staged until it is
+//!    back).
+//! 3. **Publish.** The loop flushes the idempotent producer once per round; what
+//!    the broker acknowledged is deleted from the outboxes, and only then do the
+//!    round's changelog copies go, each key once (its last value in the round). Under
+//!    `exactly_once` the loop sends everything itself, in one Kafka transaction with
+//!    the consumed offsets. A crash can re-publish, with the same `event_id`s; it
+//!    cannot lose anything.
 //!
-//! Revocation happens inside `poll`, between batches: the loop waits for its workers
-//! and for the changelog copies in flight, so the batch in hand is written and
-//! published, then closes the partition. Shutdown stops polling, finishes the batch,
-//! publishes, commits and leaves the group.
+//! Revocation happens inside `poll`, between batches: the loop waits for its
+//! workers, publishes what they wrote and the changelog copies in flight, so the
+//! changelog handed over holds all of the partition's work, then closes it.
+//! Shutdown stops polling, finishes the batch, publishes, commits and leaves the
+//! group.
 
 pub mod changelog;
 pub mod partition;
 pub mod stats;
 pub mod topics;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,7 +63,7 @@ use crate::store::rocks::RocksStore;
 use crate::store::{Batch, Cf, Store, StoreError};
 use crate::telemetry::Metrics;
 
-use changelog::{Dest, Marker, OutboxRecord, Restorer, PUBLISHED_KEY};
+use changelog::{Dest, Marker, RecordRef, Restorer, PUBLISHED_KEY};
 use partition::{local_markers, peers_of, Msg, Outbox, Partition, PeerStats};
 
 #[derive(Debug, thiserror::Error)]
@@ -279,7 +284,7 @@ fn send_outbox_record(
     producer: &ThreadedProducer<PCtx>,
     t: &TopicsConfig,
     p: i32,
-    r: &OutboxRecord,
+    r: &RecordRef<'_>,
 ) -> Result<(), KafkaError> {
     let (topic, partition) = match r.dest {
         Dest::TierChanges => (&t.tier_changes, None),
@@ -288,20 +293,20 @@ fn send_outbox_record(
         Dest::Changelog => (&t.changelog, Some(p)),
         Dest::Stats => (&t.stats, Some(p)),
     };
-    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(r.key.as_slice());
+    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(r.key);
     if !r.headers.is_empty() {
         // Only dead letters have headers: no header list for the rest.
         let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
         for (hk, hv) in &r.headers {
             headers = headers.insert(Header {
                 key: hk,
-                value: Some(hv.as_slice()),
+                value: Some(*hv),
             });
         }
         rec = rec.headers(headers);
     }
-    if let Some(v) = &r.value {
-        rec = rec.payload(v.as_slice());
+    if let Some(v) = r.value {
+        rec = rec.payload(v);
     }
     if let Some(pp) = partition {
         rec = rec.partition(pp);
@@ -455,15 +460,137 @@ impl ChangelogReader {
 struct Sent {
     partition: i32,
     outbox: Outbox,
-    keys: Vec<Vec<u8>>,
+    keys: Vec<u64>,
+    /// The range of outbox keys they were claimed from.
+    range: Range<u64>,
     /// The marker of the last of them.
     last: Marker,
-    /// Their changelog copies (at_least_once: sent once the rest is acknowledged).
-    changelog: Vec<OutboxRecord>,
+    /// Their records, and their outputs by type.
+    records: usize,
+    counts: BTreeMap<&'static str, u64>,
+    /// Where each changelog key was last written among their changelog copies
+    /// (counted in write order): only that copy is sent ([`Sent::send_changelog`]).
+    latest: HashMap<Vec<u8>, usize>,
+    /// How many changelog records were sent for them.
+    changelog: usize,
+    /// The producer's count of failed deliveries before their latest sends began:
+    /// a failure after it sends everything unpublished again.
+    failed_before: u64,
 }
 
-/// A worker thread applying a share of the partitions; it gives them back.
-type Worker = std::thread::JoinHandle<Vec<(Partition, Result<(), KafkaError>)>>;
+impl Sent {
+    /// Claim a partition's outbox entries not sent yet (`None`: there are none).
+    fn claim(part: &Partition, producer: &ThreadedProducer<PCtx>) -> Option<Sent> {
+        let failed_before = producer.context().failed.load(Ordering::Relaxed);
+        Some(Sent {
+            partition: part.id,
+            outbox: part.outbox.clone(),
+            keys: Vec::new(),
+            range: part.claim_unsent()?,
+            last: part.marker(),
+            records: 0,
+            counts: BTreeMap::new(),
+            latest: HashMap::new(),
+            changelog: 0,
+            failed_before,
+        })
+    }
+
+    /// Claim a partition's outbox entries not sent yet and send their outputs (a
+    /// worker, right after writing them).
+    fn send_new(
+        part: &Partition,
+        producer: &ThreadedProducer<PCtx>,
+        settings: &Settings,
+    ) -> Result<Option<Sent>, KafkaError> {
+        let Some(mut sent) = Sent::claim(part, producer) else {
+            return Ok(None);
+        };
+        sent.send_outputs(producer, &settings.raw.kafka.topics)?;
+        Ok(Some(sent).filter(|s| !s.keys.is_empty()))
+    }
+
+    /// Send everything but the changelog copies (outputs, dead letters, stats), and
+    /// note where each changelog key was last written.
+    fn send_outputs(
+        &mut self,
+        producer: &ThreadedProducer<PCtx>,
+        t: &TopicsConfig,
+    ) -> Result<(), KafkaError> {
+        let (mut copies, mut failed) = (0, None);
+        let Sent {
+            partition,
+            outbox,
+            keys,
+            range,
+            records,
+            counts,
+            latest,
+            ..
+        } = self;
+        outbox.visit(range, &mut |seq, r| {
+            if keys.last() != Some(&seq) {
+                keys.push(seq);
+            }
+            *records += 1;
+            if r.dest == Dest::Changelog {
+                match latest.get_mut(r.key) {
+                    Some(at) => *at = copies,
+                    None => {
+                        latest.insert(r.key.to_vec(), copies);
+                    }
+                }
+                copies += 1;
+                return true;
+            }
+            if let Some(ty) = r.dest.output_type() {
+                *counts.entry(ty).or_default() += 1;
+            }
+            failed = send_outbox_record(producer, t, *partition, r).err();
+            failed.is_none()
+        })?;
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Send the changelog copies, each key once: its last value in the round, in
+    /// the order of the last writes. The round's last marker, which has one key, so
+    /// comes last: a restore takes the round whole or not at all (Kafka Streams'
+    /// record cache likewise forwards a key once per commit).
+    fn send_changelog(
+        &mut self,
+        producer: &ThreadedProducer<PCtx>,
+        t: &TopicsConfig,
+    ) -> Result<(), KafkaError> {
+        self.failed_before = producer.context().failed.load(Ordering::Relaxed);
+        let (mut nth, mut n, mut failed) = (0, 0, None);
+        let Sent {
+            partition,
+            outbox,
+            range,
+            latest,
+            ..
+        } = &*self;
+        outbox.visit(range, &mut |_, r| {
+            if r.dest != Dest::Changelog {
+                return true;
+            }
+            nth += 1;
+            if latest.get(r.key) != Some(&(nth - 1)) {
+                return true;
+            }
+            n += 1;
+            failed = send_outbox_record(producer, t, *partition, r).err();
+            failed.is_none()
+        })?;
+        self.latest = HashMap::new();
+        self.changelog = n;
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+/// A worker thread applying a share of the partitions; it gives them back, with
+/// what it sent of their outboxes (at_least_once).
+type Worker = std::thread::JoinHandle<Vec<(Partition, Result<Option<Sent>, KafkaError>)>>;
 
 /// The running service.
 struct Service {
@@ -471,7 +598,8 @@ struct Service {
     inputs: Vec<String>,
     contexts: Vec<ParseContext>,
     consumer: BaseConsumer<Ctx>,
-    producer: ThreadedProducer<PCtx>,
+    /// Shared with the workers, which send their partitions' outputs (at_least_once).
+    producer: Arc<ThreadedProducer<PCtx>>,
     eos: bool,
     changelog: ChangelogReader,
     parts: BTreeMap<i32, Partition>,
@@ -498,6 +626,8 @@ struct Service {
     /// Outbox entries whose outputs were delivered and whose changelog copies are
     /// on their way (at_least_once; see [`Service::publish`]).
     changelog_in_flight: Vec<Sent>,
+    /// What workers sent of their partitions' outboxes since the last round.
+    worker_sent: Vec<Sent>,
     /// The outboxes of the partitions here, busy or not.
     outboxes: BTreeMap<i32, Outbox>,
     /// Worker threads applying partitions (out of `parts` meanwhile).
@@ -557,8 +687,10 @@ impl Service {
             if let Some(cl) = tail.as_ref().filter(|_| self.eos) {
                 let mut b = Batch::default();
                 store.scan(Cf::Outbox, &[], None, &mut |k, v| {
-                    let batch_seq = changelog::decode_entry(v)
-                        .and_then(|recs| recs.first().map(|r| r.batch_seq));
+                    let batch_seq = changelog::entry_records(v)
+                        .next()
+                        .flatten()
+                        .map(|r| r.batch_seq);
                     if batch_seq.is_some_and(|s| s <= cl.seq) {
                         b.delete(Cf::Outbox, k.to_vec());
                     }
@@ -757,18 +889,11 @@ impl Service {
             }
             // Offsets may skip (transaction markers, compacted input topics).
             *exp = m.offset() + 1;
-            let raw = m.payload().unwrap_or_default().to_vec();
-            let parsed = parse_event(&raw, &self.contexts[i]);
-            match &parsed {
-                Ok(e) => self.metrics.consumed(e.kind.event_type()),
-                Err(r) => self.metrics.rejected(&r.reason.to_string()),
-            }
-            let msg = Msg {
-                offset: m.offset(),
-                parsed,
-                key: m.key().map(|k| k.to_vec()),
-                raw,
-            };
+            let msg = Msg::new(
+                m.offset(),
+                m.key().map(|k| k.to_vec()),
+                m.payload().unwrap_or_default().to_vec(),
+            );
             if let Some(part) = self.parts.get_mut(&p) {
                 part.enqueue(i, &self.inputs[i], msg);
                 n += 1;
@@ -783,7 +908,10 @@ impl Service {
 
     /// Deal the partitions that can apply something out to worker threads (at most
     /// `kafka.threads` at once; partitions share nothing), and take back those
-    /// whose worker finished. The loop meanwhile goes on polling and publishing.
+    /// whose worker finished. A worker parses, applies, writes, and then sends its
+    /// partitions' new outputs, dead letters and summaries (not under exactly_once,
+    /// where only the loop's transaction sends); the loop meanwhile goes on polling
+    /// and publishing.
     fn process(&mut self) -> Result<(), KafkaError> {
         self.reap(false)?;
         let free = self.threads.saturating_sub(self.workers.len());
@@ -805,13 +933,25 @@ impl Service {
         }
         for share in shares {
             let (inputs, metrics) = (self.inputs.clone(), self.metrics.clone());
+            let contexts = self.contexts.clone();
+            let (settings, producer, eos) =
+                (self.settings.clone(), self.producer.clone(), self.eos);
             let worker = std::thread::Builder::new()
                 .name("strata-apply".into())
                 .spawn(move || {
                     share
                         .into_iter()
                         .map(|(mut part, caught)| {
-                            let r = apply_batch(&mut part, &inputs, &caught, today, &metrics);
+                            let r = apply_batch(
+                                &mut part, &inputs, &contexts, &caught, today, &metrics,
+                            )
+                            .and_then(|()| {
+                                // Under exactly_once only the loop's transaction sends.
+                                match eos {
+                                    true => Ok(None),
+                                    false => Sent::send_new(&part, &producer, &settings),
+                                }
+                            });
                             (part, r)
                         })
                         .collect()
@@ -828,7 +968,14 @@ impl Service {
         let today = self.today();
         for (p, caught) in self.ready(today) {
             let part = self.parts.get_mut(&p).expect("ready partitions are here");
-            apply_batch(part, &self.inputs, &caught, today, &self.metrics)?;
+            apply_batch(
+                part,
+                &self.inputs,
+                &self.contexts,
+                &caught,
+                today,
+                &self.metrics,
+            )?;
         }
         Ok(())
     }
@@ -842,7 +989,7 @@ impl Service {
             .partition(|w| wait || w.is_finished());
         self.workers = running;
         for worker in done {
-            let parts: Vec<(Partition, Result<(), KafkaError>)> = worker
+            let parts = worker
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             for (mut part, r) in parts {
@@ -851,7 +998,10 @@ impl Service {
                     part.enqueue(i, &self.inputs[i], msg);
                 }
                 self.parts.insert(p, part);
-                result = result.and(r);
+                match r {
+                    Ok(sent) => self.worker_sent.extend(sent),
+                    Err(e) => result = result.and(Err(e)),
+                }
             }
         }
         result
@@ -929,8 +1079,9 @@ impl Service {
     }
 
     /// No delivery failed since the count was `failed_before` (else: say so).
-    fn all_delivered(&self, failed_before: u64) -> bool {
-        let failed = self.producer.context().failed.load(Ordering::Relaxed) - failed_before;
+    fn all_delivered(&self, failed_before: Option<u64>) -> bool {
+        let now = self.producer.context().failed.load(Ordering::Relaxed);
+        let failed = failed_before.map_or(0, |b| now - b);
         if failed > 0 {
             tracing::warn!(
                 failed,
@@ -940,8 +1091,9 @@ impl Service {
         failed == 0
     }
 
-    /// Send what the outboxes hold that was not sent yet; delete what the broker
-    /// acknowledged.
+    /// Send what the outboxes hold that was not sent yet (workers sent their
+    /// partitions' outputs already, see [`Service::process`]); delete what the
+    /// broker acknowledged.
     ///
     /// Under at_least_once a round's changelog copies go only after the broker has
     /// acknowledged everything else of the round: a batch on the changelog then means
@@ -959,43 +1111,33 @@ impl Service {
             self.reap(true)?;
         }
         let t = &self.settings.raw.kafka.topics;
-        let failed_before = self.producer.context().failed.load(Ordering::Relaxed);
-        let mut fresh: Vec<Sent> = Vec::new();
-        let mut in_flight = 0usize;
-        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for (&p, part) in &self.parts {
-            let recs = part.unsent()?;
-            if recs.is_empty() {
-                continue;
-            }
-            if fresh.is_empty() && self.eos {
-                self.producer
-                    .begin_transaction()
-                    .map_err(broker("cannot begin a transaction"))?;
-            }
-            let mut sent = Sent {
-                partition: p,
-                outbox: part.outbox.clone(),
-                keys: Vec::new(),
-                last: part.marker(),
-                changelog: Vec::new(),
-            };
-            for (k, r) in recs {
-                if sent.keys.last() != Some(&k) {
-                    sent.keys.push(k);
-                }
-                in_flight += 1;
-                if r.dest == Dest::Changelog && !self.eos {
-                    sent.changelog.push(r);
-                    continue;
-                }
-                if let Some(ty) = r.dest.output_type() {
-                    *counts.entry(ty).or_default() += 1;
-                }
-                send_outbox_record(&self.producer, t, p, &r)?;
-            }
-            fresh.push(sent);
+        // What workers sent after applying, then what is left here.
+        let mut fresh = std::mem::take(&mut self.worker_sent);
+        let claimed: Vec<Sent> = self
+            .parts
+            .values()
+            .filter_map(|part| Sent::claim(part, &self.producer))
+            .collect();
+        if self.eos && !claimed.is_empty() {
+            self.producer
+                .begin_transaction()
+                .map_err(broker("cannot begin a transaction"))?;
         }
+        for mut sent in claimed {
+            sent.send_outputs(&self.producer, t)?;
+            if self.eos {
+                sent.send_changelog(&self.producer, t)?;
+            }
+            if !sent.keys.is_empty() {
+                fresh.push(sent);
+            }
+        }
+        let in_flight: usize = fresh.iter().map(|s| s.records).sum();
+        let failed_before = fresh
+            .iter()
+            .chain(&self.changelog_in_flight)
+            .map(|s| s.failed_before)
+            .min();
         if fresh.is_empty() && self.changelog_in_flight.is_empty() {
             return Ok(());
         }
@@ -1064,15 +1206,19 @@ impl Service {
             self.outboxes.values().for_each(Outbox::resend);
             return Ok(());
         }
+        for (ty, n) in fresh.iter().flat_map(|s| &s.counts) {
+            self.metrics
+                .outputs_published
+                .with_label_values(&[ty])
+                .inc_by(*n);
+        }
         let done = std::mem::take(&mut self.changelog_in_flight);
         for sent in done.iter().chain(if self.eos { &fresh[..] } else { &[] }) {
             sent.outbox.published(&sent.keys, &sent.last)?;
         }
         if !self.eos {
-            for sent in &fresh {
-                for r in &sent.changelog {
-                    send_outbox_record(&self.producer, t, sent.partition, r)?;
-                }
+            for sent in &mut fresh {
+                sent.send_changelog(&self.producer, t)?;
             }
             self.changelog_in_flight = fresh;
         }
@@ -1082,22 +1228,19 @@ impl Service {
         self.metrics.outbox_pending.set(
             self.changelog_in_flight
                 .iter()
-                .map(|s| s.changelog.len() as i64)
+                .map(|s| s.changelog as i64)
                 .sum(),
         );
         tracing::debug!(records = in_flight, "Published the outboxes.");
-        for (ty, n) in counts {
-            self.metrics
-                .outputs_published
-                .with_label_values(&[ty])
-                .inc_by(n);
-        }
         Ok(())
     }
 
-    /// Finish the round in flight: wait for its changelog copies and delete their
-    /// outbox entries (before partitions are released and at shutdown).
+    /// Publish everything not yet published and finish the round in flight: wait
+    /// for its changelog copies and delete their outbox entries (before partitions
+    /// are released, so the changelog handed over holds all their work, and at
+    /// shutdown).
     fn settle(&mut self) -> Result<(), KafkaError> {
+        self.publish()?;
         while !self.changelog_in_flight.is_empty() {
             self.publish()?;
         }
@@ -1257,7 +1400,7 @@ pub fn run(
         inputs: inputs.clone(),
         contexts,
         consumer,
-        producer,
+        producer: Arc::new(producer),
         eos,
         parts: BTreeMap::new(),
         expected: BTreeMap::new(),
@@ -1271,6 +1414,7 @@ pub fn run(
         gauges_at: Instant::now(),
         announce: BTreeSet::new(),
         changelog_in_flight: Vec::new(),
+        worker_sent: Vec::new(),
         outboxes: BTreeMap::new(),
         workers: Vec::new(),
         threads: match k.threads {
@@ -1303,7 +1447,6 @@ pub fn run(
         // Finish the batch in hand, write, publish, commit, leave the group.
         tracing::info!("Shutting down: finishing the batch in hand.");
         svc.process_here()?;
-        svc.publish()?;
         svc.settle()?;
         svc.commit_hint();
         Ok(())
@@ -1324,6 +1467,7 @@ pub fn run(
 fn apply_batch(
     part: &mut Partition,
     inputs: &[String],
+    contexts: &[ParseContext],
     caught: &[bool],
     today: Option<crate::day::Day>,
     metrics: &Metrics,
@@ -1340,7 +1484,15 @@ fn apply_batch(
         queued = part.queued(),
         "Draining."
     );
-    let n = part.drain(inputs, &|i| caught[i], &mut |ev| {
+    let parse = |i: usize, raw: &[u8]| {
+        let parsed = parse_event(raw, &contexts[i]);
+        match &parsed {
+            Ok(e) => metrics.consumed(e.kind.event_type()),
+            Err(r) => metrics.rejected(&r.reason.to_string()),
+        }
+        parsed
+    };
+    let n = part.drain(inputs, &parse, &|i| caught[i], &mut |ev| {
         metrics
             .event_lag
             .observe(((now - ev.ts_millis) as f64 / 1000.0).max(0.0));

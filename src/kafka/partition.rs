@@ -14,6 +14,7 @@
 //! the dead letters and the population summary into the outbox (see [`changelog`]).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,24 +28,39 @@ use crate::store::{Batch, Cf, Store, StoreError};
 use crate::telemetry::Metrics;
 
 use super::changelog::{
-    changelog_key, decode_entry, encode_entry, outbox_key, Dest, Marker, OutboxRecord, MARKER_KEY,
+    changelog_key, entry_records, outbox_key, Dest, EntryWriter, Marker, OutboxRecord, RecordRef,
+    MARKER_KEY,
     PUBLISHED_KEY,
 };
 
-/// One consumed message, parsed on arrival.
+/// One consumed message; parsed by the thread that drains it (a worker), not by
+/// the loop that polls it.
 pub struct Msg {
     pub offset: i64,
-    pub parsed: Result<Event, Rejection>,
     pub key: Option<Vec<u8>>,
     pub raw: Vec<u8>,
+    /// `None` until the first drain after it was queued.
+    parsed: Option<Result<Event, Rejection>>,
 }
 
+/// Parses input `i`'s message bytes (and counts them).
+pub type Parser<'a> = &'a dyn Fn(usize, &[u8]) -> Result<Event, Rejection>;
+
 impl Msg {
+    pub fn new(offset: i64, key: Option<Vec<u8>>, raw: Vec<u8>) -> Msg {
+        Msg {
+            offset,
+            key,
+            raw,
+            parsed: None,
+        }
+    }
+
     /// Event time for ordering; bad messages go first (they change nothing).
     fn order_key(&self) -> i64 {
         match &self.parsed {
-            Ok(e) => e.ts_millis,
-            Err(_) => i64::MIN,
+            Some(Ok(e)) => e.ts_millis,
+            _ => i64::MIN,
         }
     }
 }
@@ -92,6 +108,7 @@ pub struct Partition {
 /// while the partition itself is being applied on a worker thread.
 #[derive(Clone)]
 pub struct Outbox {
+    partition: i32,
     store: Arc<RocksStore>,
     /// Outbox keys below this were published and deleted: scans start here, so they
     /// seek past the deletes instead of stepping over every tombstone (the outbox
@@ -100,12 +117,72 @@ pub struct Outbox {
     /// Outbox keys below this were sent (perhaps not yet acknowledged): the next
     /// round sends from here. Back to the floor after a failed delivery.
     sent: Arc<AtomicU64>,
+    /// The entries this process wrote and has not published yet, kept in memory
+    /// (up to [`KEPT_BYTES`]) so the publisher need not read back from RocksDB what
+    /// was just written (large entries rarely outlive a memtable).
+    kept: Arc<Mutex<Kept>>,
+}
+
+/// Memory for unpublished outbox entries, per partition; beyond it (a long broker
+/// outage) entries are read back from the store.
+const KEPT_BYTES: usize = 64 << 20;
+
+#[derive(Default)]
+struct Kept {
+    entries: BTreeMap<u64, Arc<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn keep(&mut self, seq: u64, entry: &[u8]) {
+        if self.bytes + entry.len() <= KEPT_BYTES {
+            self.bytes += entry.len();
+            self.entries.insert(seq, Arc::new(entry.to_vec()));
+        }
+    }
+
+    fn forget(&mut self, seq: u64) {
+        if let Some(e) = self.entries.remove(&seq) {
+            self.bytes -= e.len();
+        }
+    }
 }
 
 impl Outbox {
     /// The partition's store.
     pub fn store(&self) -> &RocksStore {
         &self.store
+    }
+
+    /// Visit the records of the outbox entries in `range` in write order, each
+    /// with its entry's sequence number, read in place; `f` returns false to stop.
+    pub fn visit(
+        &self,
+        range: &Range<u64>,
+        f: &mut dyn FnMut(u64, &RecordRef<'_>) -> bool,
+    ) -> Result<(), StoreError> {
+        for seq in range.clone() {
+            let kept = self.kept.lock().unwrap().entries.get(&seq).cloned();
+            let stored = match kept {
+                Some(_) => None,
+                None => self.store.get(Cf::Outbox, &outbox_key(seq))?,
+            };
+            let Some(entry) = kept.as_deref().or(stored.as_ref()) else {
+                continue;
+            };
+            for r in entry_records(entry) {
+                let r = r.ok_or_else(|| {
+                    StoreError::Backend(format!(
+                        "partition {}: an outbox entry is unreadable (delete the partition's state dir to restore it from the changelog)",
+                        self.partition
+                    ))
+                })?;
+                if !f(seq, &r) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A delivery failed: send every entry not yet published again.
@@ -117,19 +194,16 @@ impl Outbox {
     /// The broker acknowledged these outbox entries' records: delete them, and
     /// remember `last`, the marker of the last of them, as the last batch known to
     /// be published.
-    pub fn published(&self, keys: &[Vec<u8>], last: &Marker) -> Result<(), StoreError> {
+    pub fn published(&self, seqs: &[u64], last: &Marker) -> Result<(), StoreError> {
         let mut b = Batch::default();
-        for k in keys {
-            b.delete(Cf::Outbox, k.clone());
+        for &seq in seqs {
+            b.delete(Cf::Outbox, outbox_key(seq));
         }
         b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), last.encode());
         self.store.write(b)?;
-        if let Some(last) = keys
-            .iter()
-            .filter_map(|k| <[u8; 8]>::try_from(k.as_slice()).ok())
-            .map(u64::from_be_bytes)
-            .max()
-        {
+        let mut kept = self.kept.lock().unwrap();
+        seqs.iter().for_each(|&seq| kept.forget(seq));
+        if let Some(last) = seqs.iter().max() {
             self.floor.fetch_max(last + 1, Ordering::Relaxed);
         }
         Ok(())
@@ -168,67 +242,73 @@ impl Partition {
         }));
         let mut proc = Processor::open(settings, store.clone())?;
         let hook_pending = pending.clone();
+        let kept = Arc::new(Mutex::new(Kept::default()));
+        let hook_kept = kept.clone();
         proc.set_flush_hook(Box::new(move |batch, outputs| {
             let mut p = hook_pending.lock().unwrap();
             p.marker.seq += 1;
             p.marker.nonce = p.nonce;
             let seq = p.marker.seq;
             batch.put(Cf::Meta, MARKER_KEY.to_vec(), p.marker.encode());
-            let mut recs: Vec<OutboxRecord> = Vec::with_capacity(batch.len() + outputs.len());
+            let bytes: usize = batch
+                .ops
+                .iter()
+                .map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 32)
+                .sum();
+            let mut entry = EntryWriter::with_capacity(bytes + outputs.len() * 320);
             let mut stats = None;
             for (cf, k, v) in &batch.ops {
                 if let Some(key) = changelog_key(*cf, k) {
-                    recs.push(OutboxRecord {
+                    entry.push(&RecordRef {
                         dest: Dest::Changelog,
                         batch_seq: seq,
-                        key,
-                        value: v.clone(),
+                        key: &key,
+                        value: v.as_deref(),
                         headers: Vec::new(),
                     });
                 }
                 if *cf == Cf::Meta && k == b"population" {
-                    stats = v.clone();
+                    stats = v.as_deref();
                 }
             }
             metrics.observe_outputs(outputs.iter());
             for o in outputs.drain(..) {
-                recs.push(OutboxRecord {
-                    dest: match o.kind {
-                        OutputType::TierChanged => Dest::TierChanges,
-                        OutputType::ChurnWarning => Dest::ChurnWarnings,
-                        OutputType::ChurnRecovered => Dest::ChurnRecovered,
-                    },
+                let dest = match o.kind {
+                    OutputType::TierChanged => Dest::TierChanges,
+                    OutputType::ChurnWarning => Dest::ChurnWarnings,
+                    OutputType::ChurnRecovered => Dest::ChurnRecovered,
+                };
+                entry.push_json(dest, seq, o.customer_id.as_bytes(), &o);
+            }
+            for d in p.dead.drain(..) {
+                entry.push(&RecordRef {
                     batch_seq: seq,
-                    key: o.customer_id.clone().into_bytes(),
-                    value: Some(serde_json::to_vec(&o).expect("outputs serialise")),
-                    headers: Vec::new(),
+                    ..d.as_ref()
                 });
             }
-            let dead: Vec<_> = p.dead.drain(..).collect();
-            recs.extend(dead.into_iter().map(|mut d| {
-                d.batch_seq = seq;
-                d
-            }));
             if let Some(v) = stats {
-                recs.push(OutboxRecord {
+                entry.push(&RecordRef {
                     dest: Dest::Stats,
                     batch_seq: seq,
-                    key: p.partition.to_string().into_bytes(),
+                    key: p.partition.to_string().as_bytes(),
                     value: Some(v),
                     headers: Vec::new(),
                 });
             }
-            let k = outbox_key(p.next_outbox);
+            let (seq, entry) = (p.next_outbox, entry.finish());
             p.next_outbox += 1;
-            batch.put(Cf::Outbox, k, encode_entry(&recs));
+            hook_kept.lock().unwrap().keep(seq, &entry);
+            batch.put(Cf::Outbox, outbox_key(seq), entry);
         }));
         let first = first_outbox.unwrap_or(next_outbox);
         Ok(Partition {
             id,
             outbox: Outbox {
+                partition: id,
                 store: store.clone(),
                 floor: Arc::new(first.into()),
                 sent: Arc::new(first.into()),
+                kept,
             },
             store,
             proc,
@@ -261,9 +341,6 @@ impl Partition {
         if msg.offset < next || last_queued.is_some_and(|o| msg.offset <= o) {
             return;
         }
-        if let Ok(e) = &msg.parsed {
-            self.fresh.push(e.customer_id.clone());
-        }
         self.queues[topic_idx].push_back(msg);
     }
 
@@ -274,10 +351,23 @@ impl Partition {
     pub fn drain(
         &mut self,
         topics: &[String],
+        parse: Parser<'_>,
         caught_up: &dyn Fn(usize) -> bool,
         on_event: &mut dyn FnMut(&Event),
     ) -> Result<usize, StoreError> {
-        // Warm the cache for what was queued since the last drain with one multi-get.
+        // Parse what was queued since the last drain (at the queues' ends), and warm
+        // the cache for its customers with one multi-get.
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            let new = q.iter().rev().take_while(|m| m.parsed.is_none()).count();
+            let old = q.len() - new;
+            for m in q.range_mut(old..) {
+                let parsed = parse(i, &m.raw);
+                if let Ok(e) = &parsed {
+                    self.fresh.push(e.customer_id.clone());
+                }
+                m.parsed = Some(parsed);
+            }
+        }
         self.proc.prefetch(self.fresh.iter().map(|s| s.as_str()))?;
         self.fresh.clear();
         let mut n = 0;
@@ -300,7 +390,7 @@ impl Partition {
             let Some(i) = best else { return Ok(n) };
             let msg = self.queues[i].pop_front().unwrap();
             let topic = &topics[i];
-            match &msg.parsed {
+            match msg.parsed.as_ref().expect("parsed at the start of the drain") {
                 Ok(ev) => {
                     // The offset moves after: a write inside `process` (before a
                     // clock move) records offsets without this event, as its state;
@@ -361,11 +451,9 @@ impl Partition {
         self.proc.flush()
     }
 
-    /// The outbox records not sent yet, in write order, each with the key of its
-    /// outbox entry; they count as sent from now on (see [`Outbox::resend`]).
-    pub fn unsent(&self) -> Result<Vec<(Vec<u8>, OutboxRecord)>, StoreError> {
-        let mut out = Vec::new();
-        let id = self.id;
+    /// Claim the outbox entries not sent yet: they count as sent from now on (see
+    /// [`Outbox::resend`]). `None` when there are none.
+    pub fn claim_unsent(&self) -> Option<Range<u64>> {
         // [sent, next): exactly the keys not yet sent (after a restart, old
         // tombstones above `next` are out of range too; those below the floor, which
         // `sent` never is below, were published and deleted).
@@ -373,17 +461,7 @@ impl Partition {
         let from = sent.max(self.outbox.floor.load(Ordering::Relaxed));
         let next = self.pending.lock().unwrap().next_outbox;
         self.outbox.sent.store(next, Ordering::Relaxed);
-        let (from, next) = (outbox_key(from), outbox_key(next));
-        self.store.scan(Cf::Outbox, &from, Some(&next), &mut |k, v| {
-            let recs = decode_entry(v).ok_or_else(|| {
-                StoreError::Backend(format!(
-                    "partition {id}: an outbox entry is unreadable (delete the partition's state dir to restore it from the changelog)"
-                ))
-            })?;
-            out.extend(recs.into_iter().map(|r| (k.to_vec(), r)));
-            Ok(true)
-        })?;
-        Ok(out)
+        (from < next).then_some(from..next)
     }
 
     /// Whether [`Partition::drain`] would apply anything now: a message is queued and

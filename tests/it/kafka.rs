@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::broker::{
     brokers, caught_up, create_topics, end_offsets, http_get_with_head, metric_sum, produce,
-    read_topic, unique, Strata,
+    read_topic, unique, Rec, Strata,
 };
 use crate::util::{dump, generate, replay, strata, tempdir, write_lines};
 
@@ -365,6 +365,11 @@ fn end_to_end_outputs_and_state_equal_replay() {
         "the dump equals one replay of everything"
     );
 
+    assert_changelog_rounds_are_whole(&format!(
+        "{}-changelog",
+        s.group.trim_end_matches("-group")
+    ));
+
     crate::ops::assert_dashboard_and_alerts_use_live_metrics(&metrics);
     // The same stream, counted the same way in the metrics.
     let by_type = |t: &str| metric_sum(&metrics, "strata_events_consumed_total", &[("type", t)]);
@@ -381,6 +386,47 @@ fn end_to_end_outputs_and_state_equal_replay() {
         metric_sum(&metrics, "strata_customers", &[("dimension", "value_tier")]) as usize,
         run_dump.len()
     );
+}
+
+/// A publishing round sends each changelog key once (its last value), its marker
+/// last, and the last round before a clean stop is complete: between two markers of
+/// a partition no key repeats, marker sequence numbers rise, and every partition's
+/// log ends with a marker. A round spans several batches (one per as-of day), so
+/// marker sequence numbers skip the batches whose copies were folded into a later
+/// one; a changelog with every batch's copies would show no skip.
+fn assert_changelog_rounds_are_whole(topic: &str) {
+    // The marker's changelog key: the meta column family's code, then its key.
+    let is_marker = |k: &[u8]| k.ends_with(b"kafka.marker");
+    let mut by_partition: BTreeMap<i32, Vec<Rec>> = BTreeMap::new();
+    for r in read_topic(brokers(), topic, false) {
+        by_partition.entry(r.partition).or_default().push(r);
+    }
+    assert!(!by_partition.is_empty(), "the changelog has records");
+    let (mut rounds, mut folded) = (0, 0);
+    for (p, recs) in by_partition {
+        let (mut seen, mut last_seq) = (BTreeSet::new(), 0);
+        for r in &recs {
+            let k = r.key.clone().expect("changelog records have keys");
+            assert!(
+                seen.insert(k.clone()),
+                "partition {p}: key {:?} twice in one round (offset {})",
+                String::from_utf8_lossy(&k),
+                r.offset
+            );
+            if is_marker(&k) {
+                let m: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+                let seq = m["seq"].as_u64().unwrap();
+                assert!(seq > last_seq, "partition {p}: marker seqs rise");
+                folded += (seq - last_seq - 1) as usize;
+                (last_seq, rounds) = (seq, rounds + 1);
+                seen.clear();
+            }
+        }
+        let last = recs.last().and_then(|r| r.key.as_deref()).unwrap();
+        assert!(is_marker(last), "partition {p} ends with a marker");
+    }
+    assert!(rounds > 4, "several rounds ({rounds})");
+    assert!(folded > 0, "rounds of several batches send their keys once");
 }
 
 #[test]

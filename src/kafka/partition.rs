@@ -29,8 +29,7 @@ use crate::telemetry::Metrics;
 
 use super::changelog::{
     changelog_key, entry_records, outbox_key, Dest, EntryWriter, Marker, OutboxRecord, RecordRef,
-    MARKER_KEY,
-    PUBLISHED_KEY,
+    MARKER_KEY, PUBLISHED_KEY,
 };
 
 /// One consumed message; parsed by the thread that drains it (a worker), not by
@@ -97,9 +96,6 @@ pub struct Partition {
     pending: Arc<Mutex<Pending>>,
     /// One queue per input topic, in [`super::Inputs`] order.
     pub queues: Vec<VecDeque<Msg>>,
-    /// Customers of the messages queued since the last drain: loaded with one
-    /// multi-get before it (messages still queued from earlier drains were then).
-    fresh: Vec<String>,
     /// What was sent and published of the outbox (shared with the publisher).
     pub outbox: Outbox,
 }
@@ -110,9 +106,7 @@ pub struct Partition {
 pub struct Outbox {
     partition: i32,
     store: Arc<RocksStore>,
-    /// Outbox keys below this were published and deleted: scans start here, so they
-    /// seek past the deletes instead of stepping over every tombstone (the outbox
-    /// is a queue; without this, scans cost grew with everything ever published).
+    /// Outbox keys below this were published and deleted: claims start here.
     floor: Arc<AtomicU64>,
     /// Outbox keys below this were sent (perhaps not yet acknowledged): the next
     /// round sends from here. Back to the floor after a failed delivery.
@@ -314,7 +308,6 @@ impl Partition {
             proc,
             pending,
             queues: (0..topics).map(|_| VecDeque::new()).collect(),
-            fresh: Vec::new(),
         })
     }
 
@@ -357,19 +350,19 @@ impl Partition {
     ) -> Result<usize, StoreError> {
         // Parse what was queued since the last drain (at the queues' ends), and warm
         // the cache for its customers with one multi-get.
+        let mut fresh = Vec::new();
         for (i, q) in self.queues.iter_mut().enumerate() {
             let new = q.iter().rev().take_while(|m| m.parsed.is_none()).count();
             let old = q.len() - new;
             for m in q.range_mut(old..) {
                 let parsed = parse(i, &m.raw);
                 if let Ok(e) = &parsed {
-                    self.fresh.push(e.customer_id.clone());
+                    fresh.push(e.customer_id.clone());
                 }
                 m.parsed = Some(parsed);
             }
         }
-        self.proc.prefetch(self.fresh.iter().map(|s| s.as_str()))?;
-        self.fresh.clear();
+        self.proc.prefetch(fresh.iter().map(|s| s.as_str()))?;
         let mut n = 0;
         loop {
             let mut best: Option<usize> = None;
@@ -390,7 +383,11 @@ impl Partition {
             let Some(i) = best else { return Ok(n) };
             let msg = self.queues[i].pop_front().unwrap();
             let topic = &topics[i];
-            match msg.parsed.as_ref().expect("parsed at the start of the drain") {
+            match msg
+                .parsed
+                .as_ref()
+                .expect("parsed at the start of the drain")
+            {
                 Ok(ev) => {
                     // The offset moves after: a write inside `process` (before a
                     // clock move) records offsets without this event, as its state;

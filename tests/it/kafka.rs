@@ -365,10 +365,7 @@ fn end_to_end_outputs_and_state_equal_replay() {
         "the dump equals one replay of everything"
     );
 
-    assert_changelog_rounds_are_whole(&format!(
-        "{}-changelog",
-        s.group.trim_end_matches("-group")
-    ));
+    assert_changelog_rounds_are_whole(&format!("{}-changelog", s.group.trim_end_matches("-group")));
 
     crate::ops::assert_dashboard_and_alerts_use_live_metrics(&metrics);
     // The same stream, counted the same way in the metrics.

@@ -1118,7 +1118,8 @@ impl Service {
             .values()
             .filter_map(|part| Sent::claim(part, &self.producer))
             .collect();
-        if self.eos && !claimed.is_empty() {
+        let began = self.eos && !claimed.is_empty();
+        if began {
             self.producer
                 .begin_transaction()
                 .map_err(broker("cannot begin a transaction"))?;
@@ -1138,7 +1139,7 @@ impl Service {
             .chain(&self.changelog_in_flight)
             .map(|s| s.failed_before)
             .min();
-        if fresh.is_empty() && self.changelog_in_flight.is_empty() {
+        if fresh.is_empty() && self.changelog_in_flight.is_empty() && !began {
             return Ok(());
         }
         // Ownership announcements (for `GET /v1/customers/{id}` on other instances)

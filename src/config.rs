@@ -251,7 +251,7 @@ pub struct KafkaConfig {
     /// keeps event-time order across the three topics through slow fetches; shorter
     /// keeps one stalled topic from delaying the others.
     pub max_idle_ms: u64,
-    /// Worker threads that apply partitions' batches (Kafka Streams'
+    /// Worker threads that parse and apply partitions' batches and send their outputs (Kafka Streams'
     /// `num.stream.threads`; partitions share nothing), while the loop goes on
     /// polling and publishing. 0: one per CPU core.
     pub threads: usize,

@@ -251,9 +251,9 @@ pub struct KafkaConfig {
     /// keeps event-time order across the three topics through slow fetches; shorter
     /// keeps one stalled topic from delaying the others.
     pub max_idle_ms: u64,
-    /// Worker threads that parse and apply partitions' batches and send their outputs (Kafka Streams'
-    /// `num.stream.threads`; partitions share nothing), while the loop goes on
-    /// polling and publishing. 0: one per CPU core.
+    /// Worker threads that parse and apply partitions' batches and send their
+    /// outputs (Kafka Streams' `num.stream.threads`; partitions share nothing),
+    /// while the loop goes on polling and publishing. 0: one per CPU core.
     pub threads: usize,
     /// Used for the producer's `transactional.id` with `exactly_once`
     /// (`<group_id>-<instance_id>`); must be stable across restarts of one instance

@@ -208,7 +208,8 @@ impl EntryWriter {
         EntryWriter { buf }
     }
 
-    /// Start a record: its length is filled in by [`EntryWriter::end`].
+    /// Start a record (after room for its length, which [`EntryWriter::end`] fills
+    /// in).
     fn begin(&mut self, dest: Dest, batch_seq: u64, key: &[u8]) -> usize {
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]);
@@ -219,6 +220,7 @@ impl EntryWriter {
         at
     }
 
+    /// Write the length of what follows the 4 bytes at `at` into them.
     fn end(&mut self, at: usize) {
         let n = (self.buf.len() - at - 4) as u32;
         self.buf[at..at + 4].copy_from_slice(&n.to_be_bytes());
@@ -248,8 +250,7 @@ impl EntryWriter {
         let v = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]);
         serde_json::to_writer(&mut self.buf, value).expect("outputs serialise");
-        let n = (self.buf.len() - v - 4) as u32;
-        self.buf[v..v + 4].copy_from_slice(&n.to_be_bytes());
+        self.end(v);
         self.buf.push(0);
         self.end(at);
     }

@@ -238,6 +238,13 @@ struct PCtx {
     failed: AtomicU64,
 }
 
+impl PCtx {
+    /// Deliveries that failed so far.
+    fn failures(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
 impl ClientContext for PCtx {}
 
 impl ProducerContext for PCtx {
@@ -458,7 +465,6 @@ impl ChangelogReader {
 
 /// One partition's outbox entries sent in one round.
 struct Sent {
-    partition: i32,
     outbox: Outbox,
     keys: Vec<u64>,
     /// The range of outbox keys they were claimed from.
@@ -481,12 +487,12 @@ struct Sent {
 impl Sent {
     /// Claim a partition's outbox entries not sent yet (`None`: there are none).
     fn claim(part: &Partition, producer: &ThreadedProducer<PCtx>) -> Option<Sent> {
-        let failed_before = producer.context().failed.load(Ordering::Relaxed);
+        let failed_before = producer.context().failures();
+        let range = part.claim_unsent()?;
         Some(Sent {
-            partition: part.id,
             outbox: part.outbox.clone(),
             keys: Vec::new(),
-            range: part.claim_unsent()?,
+            range,
             last: part.marker(),
             records: 0,
             counts: BTreeMap::new(),
@@ -519,7 +525,6 @@ impl Sent {
     ) -> Result<(), KafkaError> {
         let (mut copies, mut failed) = (0, None);
         let Sent {
-            partition,
             outbox,
             keys,
             range,
@@ -546,7 +551,7 @@ impl Sent {
             if let Some(ty) = r.dest.output_type() {
                 *counts.entry(ty).or_default() += 1;
             }
-            failed = send_outbox_record(producer, t, *partition, r).err();
+            failed = send_outbox_record(producer, t, outbox.partition(), r).err();
             failed.is_none()
         })?;
         failed.map_or(Ok(()), Err)
@@ -561,10 +566,9 @@ impl Sent {
         producer: &ThreadedProducer<PCtx>,
         t: &TopicsConfig,
     ) -> Result<(), KafkaError> {
-        self.failed_before = producer.context().failed.load(Ordering::Relaxed);
+        self.failed_before = producer.context().failures();
         let (mut nth, mut n, mut failed) = (0, 0, None);
         let Sent {
-            partition,
             outbox,
             range,
             latest,
@@ -579,7 +583,7 @@ impl Sent {
                 return true;
             }
             n += 1;
-            failed = send_outbox_record(producer, t, *partition, r).err();
+            failed = send_outbox_record(producer, t, outbox.partition(), r).err();
             failed.is_none()
         })?;
         self.latest = HashMap::new();
@@ -1080,7 +1084,7 @@ impl Service {
 
     /// No delivery failed since the count was `failed_before` (else: say so).
     fn all_delivered(&self, failed_before: Option<u64>) -> bool {
-        let now = self.producer.context().failed.load(Ordering::Relaxed);
+        let now = self.producer.context().failures();
         let failed = failed_before.map_or(0, |b| now - b);
         if failed > 0 {
             tracing::warn!(
@@ -1597,7 +1601,7 @@ pub fn produce_lines(
     producer
         .flush(Duration::from_secs(120))
         .map_err(broker("the producer did not deliver in 120 s"))?;
-    let failed = producer.context().failed.load(Ordering::Relaxed);
+    let failed = producer.context().failures();
     if failed > 0 {
         return Err(KafkaError::Broker(format!(
             "{failed} of {n} events were not delivered (do the topics exist?)"

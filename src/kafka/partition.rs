@@ -143,6 +143,11 @@ impl Kept {
 }
 
 impl Outbox {
+    /// The state partition whose outbox this is.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
     /// The partition's store.
     pub fn store(&self) -> &RocksStore {
         &self.store

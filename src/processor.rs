@@ -8,7 +8,8 @@
 //! of work is the same everywhere, which is what makes replay an oracle for production.
 //!
 //! When the clock moves from day c to day d > c:
-//! 1. the batch in hand is flushed;
+//! 1. nothing is written (timer and index moves not written yet are read through an
+//!    overlay, see [`Derived`]);
 //! 2. for each day c+1 ..= d in turn, the population window slides and every timer due
 //!    that day fires (cause `"timer"`, as-of that day);
 //! 3. if a recalibration is due (`recalibrate_every_days`), new thresholds are taken
@@ -25,7 +26,9 @@
 //! A flush writes dirty customers, timer and index moves, archived event ids and the
 //! meta records in one batch, so a crash leaves the store at a batch boundary.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::config::Settings;
@@ -86,6 +89,8 @@ pub struct Processor<S: Store> {
     cache: HashMap<String, Slot>,
     dirty: Vec<String>,
     pending: Batch,
+    /// Timer and index changes since the last write, netted per key.
+    derived: Derived,
     pending_archive: HashSet<Vec<u8>>,
     pop: Population,
     /// Thresholds of the last recalibration, and its day.
@@ -142,6 +147,96 @@ pub fn rebuild_derived(store: &dyn Store) -> Result<(), StoreError> {
     store.write(b)
 }
 
+/// Changes to the derived column families (`DERIVED`) not written yet, netted per
+/// key: key → wanted (present or absent), kept only while it differs from the store.
+///
+/// A derived key is put only when absent and deleted only when present (the keys
+/// mirror each customer's `timer` and `indexed`), so a key's first change says what
+/// the store holds, and a key changed back is dropped: a customer who moves several
+/// times between writes costs one delete and one put at the write, not one pair per
+/// move. Scans of those column families read the store through this overlay, so the
+/// processor need not write before a day's timers fire or a recalibration walks its
+/// indexes (RocksDB's `WriteBatchWithIndex` plays this part in other systems).
+#[derive(Debug, Default)]
+struct Derived(BTreeMap<(Cf, Vec<u8>), bool>);
+
+impl Derived {
+    fn set(&mut self, cf: Cf, key: Vec<u8>, present: bool) {
+        match self.0.entry((cf, key)) {
+            Entry::Occupied(e) => {
+                if *e.get() != present {
+                    e.remove();
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(present);
+            }
+        }
+    }
+
+    /// Move every change into `batch`.
+    fn drain_into(&mut self, batch: &mut Batch) {
+        for ((cf, k), present) in std::mem::take(&mut self.0) {
+            match present {
+                true => batch.put(cf, k, Vec::new()),
+                false => batch.delete(cf, k),
+            }
+        }
+    }
+
+    /// [`Store::scan`] of a derived column family as it will be after the next write:
+    /// the store's keys in `from..to` merged in order with this overlay's.
+    fn scan(
+        &self,
+        store: &dyn Store,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let upper = match to {
+            Some(t) => Bound::Excluded((cf, t.to_vec())),
+            None => Bound::Unbounded,
+        };
+        let mut over = self
+            .0
+            .range((Bound::Included((cf, from.to_vec())), upper))
+            .take_while(|((c, _), _)| *c == cf)
+            .map(|((_, k), present)| (k.as_slice(), *present))
+            .peekable();
+        let mut stopped = false;
+        store.scan(cf, from, to, &mut |k, _| {
+            while let Some(&(o, present)) = over.peek() {
+                if o > k {
+                    break;
+                }
+                over.next();
+                if o == k {
+                    if !present {
+                        return Ok(true); // deleted since the last write
+                    }
+                    break; // put again: visit it once, as the store's
+                }
+                if present && !f(o)? {
+                    stopped = true;
+                    return Ok(false);
+                }
+            }
+            let go = f(k)?;
+            stopped = !go;
+            Ok(go)
+        })?;
+        if !stopped {
+            for (o, present) in over {
+                if present && !f(o)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn corrupt(key: &[u8], e: crate::store::codec::CodecError) -> StoreError {
     StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
@@ -169,6 +264,7 @@ impl<S: Store> Processor<S> {
             cache: HashMap::new(),
             dirty: Vec::new(),
             pending: Batch::default(),
+            derived: Derived::default(),
             pending_archive: HashSet::new(),
             pop,
             current,
@@ -309,20 +405,20 @@ impl<S: Store> Processor<S> {
                 );
                 if o != n {
                     if let Some(k) = o {
-                        self.pending.delete(cf, k);
+                        self.derived.set(cf, k, false);
                     }
                     if let Some(k) = n {
-                        self.pending.put(cf, k, Vec::new());
+                        self.derived.set(cf, k, true);
                     }
                 }
             }
         }
         if let Some((old, new)) = fx.timer_moved {
             if let Some(d) = old {
-                self.pending.delete(Cf::Timers, timer_key(d, id));
+                self.derived.set(Cf::Timers, timer_key(d, id), false);
             }
             if let Some(d) = new {
-                self.pending.put(Cf::Timers, timer_key(d, id), Vec::new());
+                self.derived.set(Cf::Timers, timer_key(d, id), true);
             }
         }
         let slot = self
@@ -422,7 +518,6 @@ impl<S: Store> Processor<S> {
         if day <= start {
             return Ok(());
         }
-        self.flush()?;
         for d in start + 1..=day {
             let h = self.horizon(d);
             self.pop.advance(d, self.settings.window_days, h);
@@ -433,7 +528,7 @@ impl<S: Store> Processor<S> {
             self.recalibrate(day)?;
         }
         self.meta_dirty = true;
-        self.flush()
+        self.flush_if_full()
     }
 
     fn fire_timers(&mut self, day: Day) -> Result<(), StoreError> {
@@ -441,14 +536,16 @@ impl<S: Store> Processor<S> {
         // straight to this day's keys also skips their tombstones.
         let mut due = Vec::new();
         let (from, to) = (last_day_prefix(day), last_day_prefix(day + 1));
-        self.store.scan(Cf::Timers, &from, Some(&to), &mut |k, _| {
-            let (d, id) = decode_timer_key(k).map_err(|e| corrupt(k, e))?;
-            if d > day {
-                return Ok(false);
-            }
-            due.push((d, id));
-            Ok(true)
-        })?;
+        let store = &self.store;
+        self.derived
+            .scan(store, Cf::Timers, &from, Some(&to), &mut |k| {
+                let (d, id) = decode_timer_key(k).map_err(|e| corrupt(k, e))?;
+                if d > day {
+                    return Ok(false);
+                }
+                due.push((d, id));
+                Ok(true)
+            })?;
         if due.is_empty() {
             return Ok(());
         }
@@ -460,7 +557,7 @@ impl<S: Store> Processor<S> {
             self.counters.timers_fired += 1;
             let Some(slot) = self.load(&id)? else {
                 // A timer without its customer: drop it.
-                self.pending.delete(Cf::Timers, timer_key(d, &id));
+                self.derived.set(Cf::Timers, timer_key(d, &id), false);
                 continue;
             };
             let mut fx = Effects::default();
@@ -478,10 +575,10 @@ impl<S: Store> Processor<S> {
                 &thresholds,
                 &mut fx,
             );
-            self.pending.delete(Cf::Timers, timer_key(d, &id));
+            self.derived.set(Cf::Timers, timer_key(d, &id), false);
             self.record(&id, fx);
         }
-        self.flush()
+        self.flush_if_full()
     }
 
     /// Pareto cut-offs: walking purchasers by window monetary, biggest first, the
@@ -522,8 +619,8 @@ impl<S: Store> Processor<S> {
                 let to = (u64::MAX - lo + 1).to_be_bytes();
                 let mut running = above;
                 let mut found = None;
-                self.store
-                    .scan(Cf::ByMonetary, &from, Some(&to), &mut |k, _| {
+                self.derived
+                    .scan(&self.store, Cf::ByMonetary, &from, Some(&to), &mut |k| {
                         let (m, _) =
                             decode_index_key(Cf::ByMonetary, k).map_err(|e| corrupt(k, e))?;
                         running += m as u128;
@@ -561,16 +658,16 @@ impl<S: Store> Processor<S> {
             // Descending keys: from the largest figure down to the smallest.
             _ => (money(hi), (lo > 0).then(|| money(lo - 1))),
         };
-        self.store.scan(cf, &from, to.as_deref(), &mut |k, _| {
-            let (_, id) = decode_index_key(cf, k).map_err(|e| corrupt(k, e))?;
-            into.insert(id.to_string());
-            Ok(true)
-        })
+        self.derived
+            .scan(&self.store, cf, &from, to.as_deref(), &mut |k| {
+                let (_, id) = decode_index_key(cf, k).map_err(|e| corrupt(k, e))?;
+                into.insert(id.to_string());
+                Ok(true)
+            })
     }
 
     /// New thresholds as of `day`; re-evaluate every customer they can move.
     pub fn recalibrate(&mut self, day: Day) -> Result<(), StoreError> {
-        self.flush()?;
         let peers = self.peers.as_ref().and_then(|source| source());
         let merged = match &peers {
             Some(p) => self.pop.merged(p),
@@ -590,6 +687,8 @@ impl<S: Store> Processor<S> {
                 visit.insert(String::from_utf8_lossy(k).into_owned());
                 Ok(true)
             })?;
+            // and those not written yet
+            visit.extend(self.dirty.iter().cloned());
         } else if new.purchasers > 0 {
             // A figure x is "high" iff x·n ≥ Σ ⇔ x ≥ ⌈Σ/n⌉ (x an integer). Its side can
             // only change for min(t_old, t_new) ≤ x < max(t_old, t_new).
@@ -675,7 +774,7 @@ impl<S: Store> Processor<S> {
         }
         self.persisted = Some((day, new));
         self.meta_dirty = true;
-        self.flush()
+        self.flush_if_full()
     }
 
     /// Flush (which also trims the cache) when the cache is over its cap or the batch
@@ -737,6 +836,7 @@ impl<S: Store> Processor<S> {
     /// Write everything pending in one atomic batch and trim the cache.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         let mut batch = std::mem::take(&mut self.pending);
+        self.derived.drain_into(&mut batch);
         let mut buf = Vec::with_capacity(256);
         for id in self.dirty.drain(..) {
             if let Some(slot) = self.cache.get_mut(&id) {

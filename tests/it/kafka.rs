@@ -328,6 +328,15 @@ fn end_to_end_outputs_and_state_equal_replay() {
     let n = s.produce_file(&file);
     assert!(n > 3000, "a meaningful stream ({n} events)");
     let cfg = s.config("a");
+    // Small engine batches: a drain writes several, at points that fall between a
+    // clock move and the timers and recalibration it triggers, and a publishing
+    // round spans several batches (see `assert_changelog_rounds_are_whole`).
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("[engine]\n", "[engine]\nbatch_events = 40\n"),
+    )
+    .unwrap();
     let mut a = Strata::start(&cfg, s.dir.path(), "a");
     s.wait_caught_up(Duration::from_secs(240), &mut [&mut a]);
     let metrics = a.get("/metrics").unwrap().1;
@@ -388,9 +397,10 @@ fn end_to_end_outputs_and_state_equal_replay() {
 /// A publishing round sends each changelog key once (its last value), its marker
 /// last, and the last round before a clean stop is complete: between two markers of
 /// a partition no key repeats, marker sequence numbers rise, and every partition's
-/// log ends with a marker. A round spans several batches (one per as-of day), so
-/// marker sequence numbers skip the batches whose copies were folded into a later
-/// one; a changelog with every batch's copies would show no skip.
+/// log ends with a marker. A round spans several batches (the caller sets a small
+/// `engine.batch_events`), so marker sequence numbers skip the batches whose copies
+/// were folded into a later one; a changelog with every batch's copies would show no
+/// skip.
 fn assert_changelog_rounds_are_whole(topic: &str) {
     // The marker's changelog key: the meta column family's code, then its key.
     let is_marker = |k: &[u8]| k.ends_with(b"kafka.marker");

@@ -29,6 +29,8 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
+
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 use crate::config::Settings;
@@ -147,6 +149,11 @@ pub fn rebuild_derived(store: &dyn Store) -> Result<(), StoreError> {
     store.write(b)
 }
 
+/// A derived key, kept inline: the overlay's searches compare keys without chasing a
+/// pointer per comparison (a key is a 4- or 8-byte figure and the customer id; ids up
+/// to 24 bytes fit).
+type DerivedKey = SmallVec<[u8; 32]>;
+
 /// Changes to the derived column families (`DERIVED`) not written yet, netted per
 /// key: key → wanted (present or absent), kept only while it differs from the store.
 ///
@@ -157,12 +164,18 @@ pub fn rebuild_derived(store: &dyn Store) -> Result<(), StoreError> {
 /// move. Scans of those column families read the store through this overlay, so the
 /// processor need not write before a day's timers fire or a recalibration walks its
 /// indexes (RocksDB's `WriteBatchWithIndex` plays this part in other systems).
+/// One ordered map per column family.
 #[derive(Debug, Default)]
-struct Derived(BTreeMap<(Cf, Vec<u8>), bool>);
+struct Derived([BTreeMap<DerivedKey, bool>; DERIVED.len()]);
 
 impl Derived {
-    fn set(&mut self, cf: Cf, key: Vec<u8>, present: bool) {
-        match self.0.entry((cf, key)) {
+    fn map(&self, cf: Cf) -> &BTreeMap<DerivedKey, bool> {
+        &self.0[DERIVED.iter().position(|&d| d == cf).expect("a derived column family")]
+    }
+
+    fn set(&mut self, cf: Cf, key: &[u8], present: bool) {
+        let i = DERIVED.iter().position(|&d| d == cf).expect("a derived column family");
+        match self.0[i].entry(DerivedKey::from_slice(key)) {
             Entry::Occupied(e) => {
                 if *e.get() != present {
                     e.remove();
@@ -176,10 +189,12 @@ impl Derived {
 
     /// Move every change into `batch`.
     fn drain_into(&mut self, batch: &mut Batch) {
-        for ((cf, k), present) in std::mem::take(&mut self.0) {
-            match present {
-                true => batch.put(cf, k, Vec::new()),
-                false => batch.delete(cf, k),
+        for (cf, map) in DERIVED.into_iter().zip(&mut self.0) {
+            for (k, present) in std::mem::take(map) {
+                match present {
+                    true => batch.put(cf, k.to_vec(), Vec::new()),
+                    false => batch.delete(cf, k.to_vec()),
+                }
             }
         }
     }
@@ -195,14 +210,13 @@ impl Derived {
         f: &mut dyn FnMut(&[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let upper = match to {
-            Some(t) => Bound::Excluded((cf, t.to_vec())),
+            Some(t) => Bound::Excluded(t),
             None => Bound::Unbounded,
         };
         let mut over = self
-            .0
-            .range((Bound::Included((cf, from.to_vec())), upper))
-            .take_while(|((c, _), _)| *c == cf)
-            .map(|((_, k), present)| (k.as_slice(), *present))
+            .map(cf)
+            .range::<[u8], _>((Bound::Included(from), upper))
+            .map(|(k, present)| (k.as_slice(), *present))
             .peekable();
         let mut stopped = false;
         store.scan(cf, from, to, &mut |k, _| {
@@ -405,20 +419,20 @@ impl<S: Store> Processor<S> {
                 );
                 if o != n {
                     if let Some(k) = o {
-                        self.derived.set(cf, k, false);
+                        self.derived.set(cf, &k, false);
                     }
                     if let Some(k) = n {
-                        self.derived.set(cf, k, true);
+                        self.derived.set(cf, &k, true);
                     }
                 }
             }
         }
         if let Some((old, new)) = fx.timer_moved {
             if let Some(d) = old {
-                self.derived.set(Cf::Timers, timer_key(d, id), false);
+                self.derived.set(Cf::Timers, &timer_key(d, id), false);
             }
             if let Some(d) = new {
-                self.derived.set(Cf::Timers, timer_key(d, id), true);
+                self.derived.set(Cf::Timers, &timer_key(d, id), true);
             }
         }
         let slot = self
@@ -557,7 +571,7 @@ impl<S: Store> Processor<S> {
             self.counters.timers_fired += 1;
             let Some(slot) = self.load(&id)? else {
                 // A timer without its customer: drop it.
-                self.derived.set(Cf::Timers, timer_key(d, &id), false);
+                self.derived.set(Cf::Timers, &timer_key(d, &id), false);
                 continue;
             };
             let mut fx = Effects::default();
@@ -575,7 +589,7 @@ impl<S: Store> Processor<S> {
                 &thresholds,
                 &mut fx,
             );
-            self.derived.set(Cf::Timers, timer_key(d, &id), false);
+            self.derived.set(Cf::Timers, &timer_key(d, &id), false);
             self.record(&id, fx);
         }
         self.flush_if_full()

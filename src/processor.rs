@@ -170,11 +170,17 @@ struct Derived([BTreeMap<DerivedKey, bool>; DERIVED.len()]);
 
 impl Derived {
     fn map(&self, cf: Cf) -> &BTreeMap<DerivedKey, bool> {
-        &self.0[DERIVED.iter().position(|&d| d == cf).expect("a derived column family")]
+        &self.0[DERIVED
+            .iter()
+            .position(|&d| d == cf)
+            .expect("a derived column family")]
     }
 
     fn set(&mut self, cf: Cf, key: &[u8], present: bool) {
-        let i = DERIVED.iter().position(|&d| d == cf).expect("a derived column family");
+        let i = DERIVED
+            .iter()
+            .position(|&d| d == cf)
+            .expect("a derived column family");
         match self.0[i].entry(DerivedKey::from_slice(key)) {
             Entry::Occupied(e) => {
                 if *e.get() != present {

@@ -29,9 +29,9 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use smallvec::SmallVec;
-use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::config::{ThresholdMode, ValueMethod};
@@ -169,19 +169,15 @@ type DerivedKey = SmallVec<[u8; 32]>;
 struct Derived([BTreeMap<DerivedKey, bool>; DERIVED.len()]);
 
 impl Derived {
-    fn map(&self, cf: Cf) -> &BTreeMap<DerivedKey, bool> {
-        &self.0[DERIVED
+    fn index(cf: Cf) -> usize {
+        DERIVED
             .iter()
             .position(|&d| d == cf)
-            .expect("a derived column family")]
+            .expect("a derived column family")
     }
 
     fn set(&mut self, cf: Cf, key: &[u8], present: bool) {
-        let i = DERIVED
-            .iter()
-            .position(|&d| d == cf)
-            .expect("a derived column family");
-        match self.0[i].entry(DerivedKey::from_slice(key)) {
+        match self.0[Self::index(cf)].entry(DerivedKey::from_slice(key)) {
             Entry::Occupied(e) => {
                 if *e.get() != present {
                     e.remove();
@@ -219,8 +215,7 @@ impl Derived {
             Some(t) => Bound::Excluded(t),
             None => Bound::Unbounded,
         };
-        let mut over = self
-            .map(cf)
+        let mut over = self.0[Self::index(cf)]
             .range::<[u8], _>((Bound::Included(from), upper))
             .map(|(k, present)| (k.as_slice(), *present))
             .peekable();

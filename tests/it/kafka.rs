@@ -45,6 +45,9 @@ pub struct Setup {
     pub session_timeout_ms: u32,
     /// `kafka.threads`, the worker threads applying partitions (2; the crash test 1).
     pub threads: usize,
+    /// `engine.batch_events` (the default unless a test wants several writes per
+    /// drain).
+    pub batch_events: Option<usize>,
 }
 
 impl Setup {
@@ -70,6 +73,7 @@ impl Setup {
             inputs,
             session_timeout_ms: 6000,
             threads: 2,
+            batch_events: None,
         }
     }
 
@@ -82,6 +86,7 @@ impl Setup {
 [engine]
 clock = "event"
 state_dir = "{state}"
+{batch_events}
 [segments]
 thresholds = "fixed"
 [value_tiers]
@@ -111,6 +116,10 @@ stats = "{name}-stats"
 "#,
             debug = std::env::var("STRATA_TEST_KAFKA_DEBUG")
                 .map(|d| format!("\"debug\" = \"{d}\""))
+                .unwrap_or_default(),
+            batch_events = self
+                .batch_events
+                .map(|n| format!("batch_events = {n}"))
                 .unwrap_or_default(),
             session = self.session_timeout_ms,
             threads = self.threads,
@@ -323,20 +332,15 @@ fn assert_outputs_cover_oracle(run: &[(String, Value)], oracle: &[(String, Value
 #[test]
 fn end_to_end_outputs_and_state_equal_replay() {
     let _serial = serial();
-    let s = Setup::new(&[4, 4, 4]);
+    let mut s = Setup::new(&[4, 4, 4]);
+    // Small engine batches: a drain writes several, at points that fall between a
+    // clock move and the timers and recalibration it triggers, and a publishing
+    // round spans several batches (see `assert_changelog_rounds_are_whole`).
+    s.batch_events = Some(40);
     let file = s.generate(800, 200, 11, "2026-01-01");
     let n = s.produce_file(&file);
     assert!(n > 3000, "a meaningful stream ({n} events)");
     let cfg = s.config("a");
-    // Small engine batches: a drain writes several, at points that fall between a
-    // clock move and the timers and recalibration it triggers, and a publishing
-    // round spans several batches (see `assert_changelog_rounds_are_whole`).
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        text.replace("[engine]\n", "[engine]\nbatch_events = 40\n"),
-    )
-    .unwrap();
     let mut a = Strata::start(&cfg, s.dir.path(), "a");
     s.wait_caught_up(Duration::from_secs(240), &mut [&mut a]);
     let metrics = a.get("/metrics").unwrap().1;

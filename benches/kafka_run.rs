@@ -57,6 +57,18 @@ impl Drop for Killed {
     }
 }
 
+/// CPU time (user + system) a process has used so far, from /proc (Linux).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime is the 12th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
 /// Offsets at the end of every input partition, read to end-of-partition.
 fn consume_all(brokers: &str) -> (u64, f64, BTreeMap<(String, i32), i64>) {
     let c: BaseConsumer = ClientConfig::new()
@@ -142,7 +154,7 @@ fn main() {
     let port = free_port();
     let brokers = format!("127.0.0.1:{port}");
     let home = PathBuf::from(std::env::var("HOME").unwrap());
-    let _tansu = Killed(
+    let tansu = Killed(
         Command::new(home.join(".cargo/bin/tansu"))
             .args([
                 "broker",
@@ -204,6 +216,7 @@ fn main() {
 
     let cfg = config(dir.path(), &brokers, "a");
     let t1 = Instant::now();
+    let broker_before = cpu_seconds(tansu.0.id());
     let a = Killed(
         Command::new(strata_bin())
             .args(["run", "--config"])
@@ -221,6 +234,17 @@ fn main() {
         "strata run: {n} events in {run_secs:.1}s = {rate:.0} events/s (ratio to raw consume {:.3}; includes startup)",
         rate / raw
     );
+    // CPU per event: steadier than the rate on a shared machine (and the rate's
+    // ceiling when the cores are busy).
+    if let (Some(cpu), Some(b0), Some(b1)) =
+        (cpu_seconds(a.0.id()), broker_before, cpu_seconds(tansu.0.id()))
+    {
+        println!(
+            "strata run CPU: {cpu:.1} s user+system = {:.1} µs per event (the broker meanwhile: {:.1} s)",
+            cpu * 1e6 / n as f64,
+            b1 - b0
+        );
+    }
     if std::env::var_os("STRATA_BENCH_ONLY_RUN").is_some() {
         return;
     }

@@ -691,10 +691,12 @@ impl Service {
             if let Some(cl) = tail.as_ref().filter(|_| self.eos) {
                 let mut b = Batch::default();
                 store.scan(Cf::Outbox, &[], None, &mut |k, v| {
-                    let batch_seq = changelog::entry_records(v)
-                        .next()
-                        .flatten()
-                        .map(|r| r.batch_seq);
+                    let batch_seq = changelog::unpack(v).and_then(|e| {
+                        changelog::entry_records(&e)
+                            .next()
+                            .flatten()
+                            .map(|r| r.batch_seq)
+                    });
                     if batch_seq.is_some_and(|s| s <= cl.seq) {
                         b.delete(Cf::Outbox, k.to_vec());
                     }
@@ -1069,17 +1071,35 @@ impl Service {
         ready.into_iter().map(|(_, p, c)| (p, c)).collect()
     }
 
+    /// Whether the broker holds records of an input partition here that are not
+    /// polled yet (librdkafka's cached high watermarks: no round trip).
+    fn behind(&self) -> bool {
+        self.expected.iter().any(|(&(i, p), &exp)| {
+            cached_high_watermark(&self.consumer, &self.inputs[i], p).is_some_and(|h| exp < h)
+        })
+    }
+
     /// Queued (and staged) messages at which a partition stops waiting for an empty
     /// input and polling stops until busy partitions are back.
     fn full(&self) -> usize {
         (10 * self.settings.raw.kafka.max_batch_events).max(100_000)
     }
 
-    /// Wait until every record sent so far is acknowledged or has failed.
+    /// Wait until every record sent so far is acknowledged or has failed: until
+    /// librdkafka holds neither records nor delivery reports. Not `producer.flush`:
+    /// with the producer's own thread serving the reports, its poll can sleep
+    /// 100 ms past the last one, and the loop waits here once per round.
     fn flush(&self) -> Result<(), KafkaError> {
-        self.producer.flush(Duration::from_secs(60)).map_err(broker(
-            "the producer did not deliver in 60 s (is the broker up?)",
-        ))
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() > deadline {
+                return Err(KafkaError::Broker(
+                    "the producer did not deliver in 60 s (is the broker up?)".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        Ok(())
     }
 
     /// No delivery failed since the count was `failed_before` (else: say so).
@@ -1440,9 +1460,11 @@ pub fn run(
             svc.apply_changes()?;
             let polled = svc.poll_batch()?;
             svc.process()?;
-            if polled < full_batch {
-                // Not behind: this round's outputs go out in this round (latency);
-                // behind, applying overlaps the next poll and publish (throughput).
+            if polled < full_batch && !svc.behind() {
+                // Not behind (the broker has nothing more): this round's outputs go
+                // out in this round (latency); behind, applying overlaps the next
+                // poll and publish (throughput). A round that ends at
+                // `batch_wait_ms` with records still on the broker is behind too.
                 svc.reap(true)?;
             }
             svc.publish()?;

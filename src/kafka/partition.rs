@@ -13,6 +13,7 @@
 //! write the batch marker (consumed offsets), and copies of the write, the outputs,
 //! the dead letters and the population summary into the outbox (see [`changelog`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +29,8 @@ use crate::store::{Batch, Cf, Store, StoreError};
 use crate::telemetry::Metrics;
 
 use super::changelog::{
-    changelog_key, entry_records, outbox_key, Dest, EntryWriter, Marker, OutboxRecord, RecordRef,
-    MARKER_KEY, PUBLISHED_KEY,
+    changelog_key, entry_records, outbox_key, pack, unpack, Dest, EntryWriter, Marker,
+    OutboxRecord, RecordRef, MARKER_KEY, PUBLISHED_KEY,
 };
 
 /// One consumed message; parsed by the thread that drains it (a worker), not by
@@ -128,10 +129,10 @@ struct Kept {
 }
 
 impl Kept {
-    fn keep(&mut self, seq: u64, entry: &[u8]) {
+    fn keep(&mut self, seq: u64, entry: Vec<u8>) {
         if self.bytes + entry.len() <= KEPT_BYTES {
             self.bytes += entry.len();
-            self.entries.insert(seq, Arc::new(entry.to_vec()));
+            self.entries.insert(seq, Arc::new(entry));
         }
     }
 
@@ -161,21 +162,24 @@ impl Outbox {
         f: &mut dyn FnMut(u64, &RecordRef<'_>) -> bool,
     ) -> Result<(), StoreError> {
         for seq in range.clone() {
+            let unreadable = || {
+                StoreError::Backend(format!(
+                    "partition {}: an outbox entry is unreadable (delete the partition's state dir to restore it from the changelog)",
+                    self.partition
+                ))
+            };
             let kept = self.kept.lock().unwrap().entries.get(&seq).cloned();
             let stored = match kept {
                 Some(_) => None,
                 None => self.store.get(Cf::Outbox, &outbox_key(seq))?,
             };
-            let Some(entry) = kept.as_deref().or(stored.as_ref()) else {
-                continue;
+            let entry = match (&kept, &stored) {
+                (Some(k), _) => Cow::Borrowed(&k[..]),
+                (None, Some(s)) => unpack(s).ok_or_else(unreadable)?,
+                (None, None) => continue,
             };
-            for r in entry_records(entry) {
-                let r = r.ok_or_else(|| {
-                    StoreError::Backend(format!(
-                        "partition {}: an outbox entry is unreadable (delete the partition's state dir to restore it from the changelog)",
-                        self.partition
-                    ))
-                })?;
+            for r in entry_records(&entry) {
+                let r = r.ok_or_else(unreadable)?;
                 if !f(seq, &r) {
                     return Ok(());
                 }
@@ -296,8 +300,8 @@ impl Partition {
             }
             let (seq, entry) = (p.next_outbox, entry.finish());
             p.next_outbox += 1;
-            hook_kept.lock().unwrap().keep(seq, &entry);
-            batch.put(Cf::Outbox, outbox_key(seq), entry);
+            batch.put(Cf::Outbox, outbox_key(seq), pack(&entry));
+            hook_kept.lock().unwrap().keep(seq, entry);
         }));
         let first = first_outbox.unwrap_or(next_outbox);
         Ok(Partition {

@@ -159,11 +159,10 @@ impl ConsumerContext for Ctx {
             .filter(|e| e.topic() == self.inputs[0])
             .map(|e| e.partition())
             .collect();
+        // The other inputs are the loop's feeders' (see `Service::feeders`).
         let mut full = TopicPartitionList::new();
         for p in &parts {
-            for t in &self.inputs {
-                full.add_partition(t, *p);
-            }
+            full.add_partition(&self.inputs[0], *p);
         }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -601,7 +600,14 @@ struct Service {
     settings: Arc<Settings>,
     inputs: Vec<String>,
     contexts: Vec<ParseContext>,
+    /// The group member: it consumes the lead (purchases) input.
     consumer: BaseConsumer<Ctx>,
+    /// One consumer per other input (not group members: the loop assigns them
+    /// partition p of their topic with the lead's partition p). A consumer per
+    /// topic fetches the topics side by side: one consumer's fetch requests hold
+    /// every partition, and a broker may fill a response with one topic's backlog
+    /// (tansu serves the topics one after another), starving the event-time merge.
+    feeders: Vec<BaseConsumer<Ctx>>,
     /// Shared with the workers, which send their partitions' outputs (at_least_once).
     producer: Arc<ThreadedProducer<PCtx>>,
     eos: bool,
@@ -799,12 +805,17 @@ impl Service {
         }
         // Normally the revocation callback released the inputs already; not when
         // the revocation overtook an assignment the loop had not applied yet.
-        let mut inputs = TopicPartitionList::new();
-        for t in &self.inputs {
-            inputs.add_partition(t, p);
-        }
-        if let Err(e) = release(&self.consumer, &inputs, false) {
+        let mut lead = TopicPartitionList::new();
+        lead.add_partition(&self.inputs[0], p);
+        if let Err(e) = release(&self.consumer, &lead, false) {
             tracing::warn!(error = %e, partition = p, "Could not release a revoked partition.");
+        }
+        for (f, t) in self.feeders.iter().zip(&self.inputs[1..]) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(t, p);
+            if let Err(e) = f.incremental_unassign(&tpl) {
+                tracing::warn!(error = %e, partition = p, topic = %t, "Could not release a revoked partition.");
+            }
         }
         self.hinted.retain(|(_, q), _| *q != p);
         self.announce.remove(&p);
@@ -834,8 +845,18 @@ impl Service {
                         self.open_partition(p, &mut at)?;
                     }
                     tracing::debug!(offsets = ?at, "Assigning the inputs at the stored offsets.");
-                    take(&self.consumer, &at)
+                    for (i, t) in self.inputs.iter().enumerate() {
+                        let mut tpl = TopicPartitionList::new();
+                        for e in at.elements_for_topic(t) {
+                            tpl.add_partition_offset(t, e.partition(), e.offset())
+                                .map_err(broker("offset"))?;
+                        }
+                        match i {
+                            0 => take(&self.consumer, &tpl),
+                            _ => self.feeders[i - 1].incremental_assign(&tpl),
+                        }
                         .map_err(broker("cannot assign the input partitions"))?;
+                    }
                 }
             }
         }
@@ -854,6 +875,11 @@ impl Service {
         };
         let deadline = Instant::now() + Duration::from_millis(wait);
         let mut n = 0;
+        // Round-robin over the inputs' consumers without waiting; once none has a
+        // message, wait a little on the group member (whose poll also serves the
+        // rebalance callbacks).
+        let (mut next, mut empty) = (0, 0);
+        let inputs = 1 + self.feeders.len();
         while n < max {
             let left = deadline.saturating_duration_since(Instant::now());
             // A rebalance happens inside poll: apply it before routing more messages.
@@ -861,11 +887,22 @@ impl Service {
                 self.apply_changes()?;
             }
             let t0 = Instant::now();
-            let r = self.consumer.poll(left);
+            let k = next;
+            next = (next + 1) % inputs;
+            let r = match (k, empty >= inputs) {
+                (0, true) => self.consumer.poll(left.min(Duration::from_millis(1))),
+                (0, false) => self.consumer.poll(Duration::ZERO),
+                (k, _) => self.feeders[k - 1].poll(Duration::ZERO),
+            };
             self.polled += t0.elapsed();
             let Some(r) = r else {
-                break;
+                if k == 0 && empty >= inputs && left.is_zero() {
+                    break;
+                }
+                empty += 1;
+                continue;
             };
+            empty = 0;
             let m = match r {
                 Ok(m) => m,
                 Err(e) => {
@@ -1042,7 +1079,7 @@ impl Service {
             let crowded = part.queued() >= full;
             for (i, t) in self.inputs.iter().enumerate() {
                 let exp = self.expected.get(&(i, p)).copied().unwrap_or(0);
-                let hw = cached_high_watermark(&self.consumer, t, p);
+                let hw = cached_high_watermark(self.input_consumer(i), t, p);
                 let empty = part.queues[i].is_empty();
                 let idle = if empty && hw.is_none_or(|h| exp < h) {
                     let since = *self.waiting_since.entry((i, p)).or_insert(self.polled);
@@ -1071,11 +1108,20 @@ impl Service {
         ready.into_iter().map(|(_, p, c)| (p, c)).collect()
     }
 
+    /// The consumer that fetches input `i`.
+    fn input_consumer(&self, i: usize) -> &BaseConsumer<Ctx> {
+        match i {
+            0 => &self.consumer,
+            _ => &self.feeders[i - 1],
+        }
+    }
+
     /// Whether the broker holds records of an input partition here that are not
     /// polled yet (librdkafka's cached high watermarks: no round trip).
     fn behind(&self) -> bool {
         self.expected.iter().any(|(&(i, p), &exp)| {
-            cached_high_watermark(&self.consumer, &self.inputs[i], p).is_some_and(|h| exp < h)
+            cached_high_watermark(self.input_consumer(i), &self.inputs[i], p)
+                .is_some_and(|h| exp < h)
         })
     }
 
@@ -1304,7 +1350,7 @@ impl Service {
             timers += outbox.store().estimate_keys(Cf::Timers) as i64;
             for (i, t) in self.inputs.iter().enumerate() {
                 let exp = self.expected.get(&(i, p)).copied().unwrap_or(0);
-                if let Some(hw) = cached_high_watermark(&self.consumer, t, p) {
+                if let Some(hw) = cached_high_watermark(self.input_consumer(i), t, p) {
                     self.metrics
                         .consumer_lag
                         .with_label_values(&[t.as_str(), &p.to_string()])
@@ -1366,6 +1412,16 @@ pub fn run(
             changes: Mutex::new(Vec::new()),
         })
         .map_err(broker("cannot create the consumer (check [kafka.client])"))?;
+    let feeders = inputs[1..]
+        .iter()
+        .map(|_| {
+            cc.create_with_context(Ctx {
+                inputs: inputs.clone(),
+                changes: Mutex::new(Vec::new()),
+            })
+            .map_err(broker("cannot create the consumer (check [kafka.client])"))
+        })
+        .collect::<Result<Vec<BaseConsumer<Ctx>>, _>>()?;
     let partitions = topics::check_copartitioned(&consumer, &inputs)?;
     status.lock().unwrap().partitions = partitions as i32;
     topics::ensure_topics(&base, &consumer, t, partitions)?;
@@ -1425,6 +1481,7 @@ pub fn run(
         inputs: inputs.clone(),
         contexts,
         consumer,
+        feeders,
         producer: Arc::new(producer),
         eos,
         parts: BTreeMap::new(),

@@ -14,7 +14,9 @@
 //!    local state is missing or behind it — and only then assigns the inputs, at the
 //!    offsets stored *in the state* (librdkafka waits for that call, heartbeating
 //!    meanwhile). No fetch starts anywhere else, so nothing needs seeking or
-//!    filtering. The group's committed offsets are only a progress hint for lag
+//!    filtering. Interactions and complaints are fetched by a consumer each
+//!    ([`Service::feeders`], assigned by the loop, never group members), so the
+//!    topics arrive side by side. The group's committed offsets are only a progress hint for lag
 //!    dashboards.
 //! 2. **Batch.** Up to `kafka.max_batch_events` messages are polled and queued per
 //!    partition as bytes; a worker parses a ready partition's messages, applies them

@@ -480,7 +480,9 @@ mod tests {
         assert!(stored.len() < entry.len() && stored[0] == ENTRY_LZ4);
         assert_eq!(unpack(&stored).as_deref(), Some(&entry[..]));
         assert_eq!(unpack(&entry).as_deref(), Some(&entry[..]));
-        let big: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_be_bytes()).collect();
+        let big: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_be_bytes())
+            .collect();
         assert_eq!(unpack(&pack(&big)).as_deref(), Some(&big[..]));
         // Damaged: truncated, or a length LZ4 could not have produced.
         assert_eq!(unpack(&stored[..stored.len() - 1]), None);

@@ -2,8 +2,9 @@
 //!
 //! One loop on one thread owns the consumer and the transactions (librdkafka and
 //! RocksDB calls block; the HTTP server runs on its own runtime); parsing, applying
-//! and sending a partition's outputs run on worker threads (`kafka.threads`), each
-//! owning the partitions it was handed until it gives them back:
+//! and sending a partition's outputs run on a pool of worker threads
+//! (`kafka.threads`, [`pool`]), each owning the partition it was handed until it
+//! gives it back:
 //!
 //! 1. **Rebalance.** The group subscribes to the purchases topic only, with
 //!    cooperative-sticky assignment; when it assigns purchases partition p, the
@@ -40,6 +41,7 @@
 
 pub mod changelog;
 pub mod partition;
+pub mod pool;
 pub mod stats;
 pub mod topics;
 
@@ -67,6 +69,7 @@ use crate::telemetry::Metrics;
 
 use changelog::{Dest, Marker, RecordRef, Restorer, PUBLISHED_KEY};
 use partition::{local_markers, peers_of, Msg, Outbox, Partition, PeerStats};
+use pool::Pool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
@@ -593,9 +596,18 @@ impl Sent {
     }
 }
 
-/// A worker thread applying a share of the partitions; it gives them back, with
-/// what it sent of their outboxes (at_least_once).
-type Worker = std::thread::JoinHandle<Vec<(Partition, Result<Option<Sent>, KafkaError>)>>;
+/// A partition handed to a worker: which of its inputs have nothing more to fetch
+/// now (`caught`), the wall-clock day, the parse contexts of the moment.
+struct Job {
+    part: Partition,
+    caught: Vec<bool>,
+    today: Option<crate::day::Day>,
+    contexts: Vec<ParseContext>,
+}
+
+/// A partition a worker gives back, with what it sent of its outbox
+/// (at_least_once).
+type Done = (Partition, Result<Option<Sent>, KafkaError>);
 
 /// The running service.
 struct Service {
@@ -642,8 +654,8 @@ struct Service {
     worker_sent: Vec<Sent>,
     /// The outboxes of the partitions here, busy or not.
     outboxes: BTreeMap<i32, Outbox>,
-    /// Worker threads applying partitions (out of `parts` meanwhile).
-    workers: Vec<Worker>,
+    /// The worker threads applying partitions (out of `parts` meanwhile).
+    pool: Pool<Job, Done>,
     /// `kafka.threads`, 0 resolved to the number of cores.
     threads: usize,
     /// Messages polled for a busy partition, queued when it is back.
@@ -867,9 +879,13 @@ impl Service {
 
     /// Take up to `max_batch_events` messages, waiting at most `batch_wait_ms`.
     fn poll_batch(&mut self) -> Result<usize, KafkaError> {
-        if self.staged.values().map(Vec::len).sum::<usize>() >= self.full() {
-            // Busy partitions are far behind what is fetched: wait for them.
-            self.reap(true)?;
+        while self.staged.values().map(Vec::len).sum::<usize>() >= self.full()
+            && self.pool.outstanding() > 0
+        {
+            // Busy partitions are far behind what is fetched: wait for one back
+            // (its staged messages join its queue) and keep the workers fed.
+            self.reap_one()?;
+            self.process(false)?;
         }
         let (wait, max) = {
             let k = &self.settings.raw.kafka;
@@ -900,6 +916,10 @@ impl Service {
             let Some(r) = r else {
                 if k == 0 && empty >= inputs && left.is_zero() {
                     break;
+                }
+                if k == 0 && empty >= inputs {
+                    // Nothing fetched yet: keep the workers fed meanwhile.
+                    self.process(false)?;
                 }
                 empty += 1;
                 continue;
@@ -941,68 +961,51 @@ impl Service {
             );
             if let Some(part) = self.parts.get_mut(&p) {
                 part.enqueue(i, &self.inputs[i], msg);
-                n += 1;
             } else if self.outboxes.contains_key(&p) {
                 // Ours, but on a worker thread.
                 self.staged.entry(p).or_default().push((i, msg));
-                n += 1;
+            } else {
+                continue;
+            }
+            n += 1;
+            if n % 1024 == 0 {
+                // A worker that finished gets its next partition now, not at the
+                // end of the round.
+                self.process(false)?;
             }
         }
         Ok(n)
     }
 
-    /// Deal the partitions that can apply something out to worker threads (at most
-    /// `kafka.threads` at once; partitions share nothing), and take back those
-    /// whose worker finished. A worker parses, applies, writes, and then sends its
-    /// partitions' new outputs, dead letters and summaries (not under exactly_once,
-    /// where only the loop's transaction sends); the loop meanwhile goes on polling
-    /// and publishing.
-    fn process(&mut self) -> Result<(), KafkaError> {
+    /// Hand the partitions that can apply something to the workers, most queued
+    /// first, and take back those the workers finished. A worker parses, applies,
+    /// writes, and then sends its partition's new outputs, dead letters and summary
+    /// (not under exactly_once, where only the loop's transaction sends); the loop
+    /// meanwhile goes on polling and publishing.
+    ///
+    /// Behind, at most two partitions per worker are out at once (one being applied,
+    /// one waiting for it): the others go on queueing what is polled for them, so a
+    /// partition's drain takes everything queued by the time a worker is free for it
+    /// (big drains write each customer once). With `all` (caught up), every ready
+    /// partition goes, so this round's outputs leave in this round.
+    fn process(&mut self, all: bool) -> Result<(), KafkaError> {
         self.reap(false)?;
-        let free = self.threads.saturating_sub(self.workers.len());
-        if free == 0 {
+        let room = match all {
+            true => usize::MAX,
+            false => (2 * self.threads).saturating_sub(self.pool.outstanding()),
+        };
+        if room == 0 {
             return Ok(());
         }
         let today = self.today();
-        let ready = self.ready(today);
-        if ready.is_empty() {
-            return Ok(());
-        }
-        // Round-robin, most queued first, so the big ones spread over the workers.
-        let mut shares: Vec<Vec<(Partition, Vec<bool>)>> =
-            (0..free.min(ready.len())).map(|_| Vec::new()).collect();
-        for (i, (p, caught)) in ready.into_iter().enumerate() {
+        for (p, caught) in self.ready(today).into_iter().take(room) {
             let part = self.parts.remove(&p).expect("ready partitions are here");
-            let n = shares.len();
-            shares[i % n].push((part, caught));
-        }
-        for share in shares {
-            let (inputs, metrics) = (self.inputs.clone(), self.metrics.clone());
-            let contexts = self.contexts.clone();
-            let (settings, producer, eos) =
-                (self.settings.clone(), self.producer.clone(), self.eos);
-            let worker = std::thread::Builder::new()
-                .name("strata-apply".into())
-                .spawn(move || {
-                    share
-                        .into_iter()
-                        .map(|(mut part, caught)| {
-                            let r = apply_batch(
-                                &mut part, &inputs, &contexts, &caught, today, &metrics,
-                            )
-                            .and_then(|()| {
-                                // Under exactly_once only the loop's transaction sends.
-                                match eos {
-                                    true => Ok(None),
-                                    false => Sent::send_new(&part, &producer, &settings),
-                                }
-                            });
-                            (part, r)
-                        })
-                        .collect()
-                })
-                .map_err(|e| KafkaError::Broker(format!("cannot start a thread: {e}")))?;
-            self.workers.push(worker);
+            self.pool.submit(Job {
+                part,
+                caught,
+                today,
+                contexts: self.contexts.clone(),
+            });
         }
         Ok(())
     }
@@ -1028,25 +1031,28 @@ impl Service {
     /// Take back the partitions whose worker finished (all of them, waiting, with
     /// `wait`), with the messages polled for them meanwhile.
     fn reap(&mut self, wait: bool) -> Result<(), KafkaError> {
+        let done = self.pool.collect(wait);
+        self.returned(done)
+    }
+
+    /// Wait until a worker gives a partition back (none when none is out), and
+    /// take back every other finished one.
+    fn reap_one(&mut self) -> Result<(), KafkaError> {
+        let done = self.pool.collect_one();
+        self.returned(done)
+    }
+
+    fn returned(&mut self, done: Vec<Done>) -> Result<(), KafkaError> {
         let mut result = Ok(());
-        let (done, running) = std::mem::take(&mut self.workers)
-            .into_iter()
-            .partition(|w| wait || w.is_finished());
-        self.workers = running;
-        for worker in done {
-            let parts = worker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            for (mut part, r) in parts {
-                let p = part.id;
-                for (i, msg) in self.staged.remove(&p).unwrap_or_default() {
-                    part.enqueue(i, &self.inputs[i], msg);
-                }
-                self.parts.insert(p, part);
-                match r {
-                    Ok(sent) => self.worker_sent.extend(sent),
-                    Err(e) => result = result.and(Err(e)),
-                }
+        for (mut part, r) in done {
+            let p = part.id;
+            for (i, msg) in self.staged.remove(&p).unwrap_or_default() {
+                part.enqueue(i, &self.inputs[i], msg);
+            }
+            self.parts.insert(p, part);
+            match r {
+                Ok(sent) => self.worker_sent.extend(sent),
+                Err(e) => result = result.and(Err(e)),
             }
         }
         result
@@ -1477,6 +1483,36 @@ pub fn run(
         c
     })
     .collect();
+    let producer = Arc::new(producer);
+    let threads = match k.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let pool = {
+        let (inputs, metrics, settings, producer) = (
+            inputs.clone(),
+            metrics.clone(),
+            settings.clone(),
+            producer.clone(),
+        );
+        Pool::new("strata-apply", threads, move |job: Job| {
+            let Job {
+                mut part,
+                caught,
+                today,
+                contexts,
+            } = job;
+            let r = apply_batch(&mut part, &inputs, &contexts, &caught, today, &metrics).and_then(
+                |()| match eos {
+                    // Under exactly_once only the loop's transaction sends.
+                    true => Ok(None),
+                    false => Sent::send_new(&part, &producer, &settings),
+                },
+            );
+            (part, r)
+        })
+        .map_err(|e| KafkaError::Broker(format!("cannot start a thread: {e}")))?
+    };
     let mut svc = Service {
         changelog: ChangelogReader::new(&base, &t.changelog, eos)?,
         settings: settings.clone(),
@@ -1484,7 +1520,7 @@ pub fn run(
         contexts,
         consumer,
         feeders,
-        producer: Arc::new(producer),
+        producer,
         eos,
         parts: BTreeMap::new(),
         expected: BTreeMap::new(),
@@ -1500,11 +1536,8 @@ pub fn run(
         changelog_in_flight: Vec::new(),
         worker_sent: Vec::new(),
         outboxes: BTreeMap::new(),
-        workers: Vec::new(),
-        threads: match k.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        },
+        pool,
+        threads,
         staged: BTreeMap::new(),
     };
     svc.consumer
@@ -1518,12 +1551,13 @@ pub fn run(
         while !shutdown.load(Ordering::Relaxed) {
             svc.apply_changes()?;
             let polled = svc.poll_batch()?;
-            svc.process()?;
-            if polled < full_batch && !svc.behind() {
-                // Not behind (the broker has nothing more): this round's outputs go
-                // out in this round (latency); behind, applying overlaps the next
-                // poll and publish (throughput). A round that ends at
-                // `batch_wait_ms` with records still on the broker is behind too.
+            // Not behind (the broker has nothing more): this round's outputs go out
+            // in this round (latency); behind, applying overlaps the next poll and
+            // publish (throughput). A round that ends at `batch_wait_ms` with records
+            // still on the broker is behind too.
+            let caught_up = polled < full_batch && !svc.behind();
+            svc.process(caught_up)?;
+            if caught_up {
                 svc.reap(true)?;
             }
             svc.publish()?;

@@ -17,6 +17,16 @@
 //! made it (the writer died half-way through publishing) are dropped whole, so a
 //! restored state is always one the writer had at a batch boundary, with the offsets
 //! that go with it.
+//!
+//! Such an unfinished round stays in the log, and the partition's next writer's
+//! rounds follow it: their first marker would complete it for any later restore.
+//! So the next writer, when it opens the partition, finds the records after the
+//! changelog's last marker (the [`Restorer`]'s or the tail read's `orphans`) and
+//! publishes, in its first round, each of their keys' values as it restored them
+//! (a tombstone where it has none). Later offsets win in a restore and in
+//! compaction, so the unfinished round is undone in the log itself; tagging records
+//! by round instead would not survive compaction, which keeps a record and drops
+//! the marker of its round.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -389,6 +399,9 @@ pub struct Restorer {
     ready: Batch,
     pub last_marker: Option<Marker>,
     pub records: u64,
+    /// After [`Restorer::finish`]: the keys of the records after the last marker,
+    /// which were not applied (see the module docs).
+    pub orphans: Vec<(Cf, Vec<u8>)>,
 }
 
 impl Restorer {
@@ -415,9 +428,13 @@ impl Restorer {
     }
 
     /// The whole batches not yet returned. Records after the last marker (a batch
-    /// that was never completely published) are dropped.
+    /// that was never completely published) are dropped; their keys are `orphans`.
     pub fn finish(&mut self) -> Batch {
-        self.pending = Batch::default();
+        self.orphans = std::mem::take(&mut self.pending)
+            .ops
+            .into_iter()
+            .map(|(cf, k, _)| (cf, k))
+            .collect();
         std::mem::take(&mut self.ready)
     }
 }
@@ -536,5 +553,6 @@ mod tests {
         assert_eq!(b.ops[1], (Cf::Customers, b"b".to_vec(), None));
         assert_eq!(r.last_marker, Some(marker(1)));
         assert_eq!(r.records, 4);
+        assert_eq!(r.orphans, vec![(Cf::Customers, b"c".to_vec())]);
     }
 }

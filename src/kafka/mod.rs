@@ -679,12 +679,17 @@ impl Service {
         };
         let mut store = open(&dir)?;
         let (local, published) = local_markers(&store)?;
-        // The changelog's last whole batch (its marker is the batch's last record).
+        // The changelog's last whole batch (its marker is the batch's last record),
+        // and the keys of the records after it: a round its writer never finished.
         let mut tail: Option<Marker> = None;
+        let mut orphans = Vec::new();
         let has_records = self.changelog.read(p, Some(4096), &mut |k, v| {
             if let Some((cf, key)) = changelog::parse_changelog_key(k) {
                 if changelog::is_marker(cf, key) {
                     tail = v.and_then(Marker::decode);
+                    orphans.clear();
+                } else {
+                    orphans.push((cf, key.to_vec()));
                 }
             }
             Ok(())
@@ -749,6 +754,7 @@ impl Service {
                 Ok(())
             })?;
             let mut b = r.finish();
+            orphans = std::mem::take(&mut r.orphans);
             if let Some(m) = &r.last_marker {
                 b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), m.encode());
             }
@@ -772,6 +778,14 @@ impl Service {
         )?;
         let stats = self.stats.clone();
         part.proc.set_peers(Box::new(move || peers_of(&stats, p)));
+        if !orphans.is_empty() {
+            tracing::info!(
+                partition = p,
+                records = orphans.len(),
+                "The changelog ends with a round its writer never finished; publishing those keys' restored values over it."
+            );
+            part.republish(orphans)?;
+        }
         // One write at once (marker and population summary): the next publish round
         // then has records, and this instance's ownership announcement rides with it
         // even if the partition stays idle.

@@ -73,6 +73,10 @@ struct Pending {
     nonce: u64,
     dead: Vec<OutboxRecord>,
     next_outbox: u64,
+    /// Writes of values the store already holds, for the next batch's changelog
+    /// copies: keys an unfinished round left on the changelog (see
+    /// [`Partition::republish`]).
+    republish: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// Dead-letter record (SPEC §2): the reason, the source, and the original bytes.
@@ -242,6 +246,7 @@ impl Partition {
             nonce,
             dead: Vec::new(),
             next_outbox,
+            republish: Vec::new(),
         }));
         let mut proc = Processor::open(settings, store.clone())?;
         let hook_pending = pending.clone();
@@ -252,6 +257,9 @@ impl Partition {
             p.marker.seq += 1;
             p.marker.nonce = p.nonce;
             let seq = p.marker.seq;
+            // First, so that the batch's own writes of those keys come after them.
+            let republish = std::mem::take(&mut p.republish);
+            batch.ops.splice(0..0, republish);
             batch.put(Cf::Meta, MARKER_KEY.to_vec(), p.marker.encode());
             let bytes: usize = batch
                 .ops
@@ -449,6 +457,23 @@ impl Partition {
             headers,
         });
         self.proc.mark_dirty();
+    }
+
+    /// Have the next batch publish these keys' values as the store holds them (a
+    /// tombstone for a key it does not hold): they are the keys of a round left
+    /// unfinished at the end of the changelog, which this writer's first marker
+    /// would otherwise complete for any later restore (see [`super::changelog`]).
+    pub fn republish(&mut self, mut keys: Vec<(Cf, Vec<u8>)>) -> Result<(), StoreError> {
+        keys.sort();
+        keys.dedup();
+        let mut ops = Vec::with_capacity(keys.len());
+        for (cf, k) in keys {
+            let v = self.store.get(cf, &k)?;
+            ops.push((cf, k, v));
+        }
+        self.pending.lock().unwrap().republish.extend(ops);
+        self.proc.mark_dirty();
+        Ok(())
     }
 
     /// Write everything applied so far (state, offsets, outbox) in one batch.

@@ -495,6 +495,93 @@ fn crash_and_restart_lose_nothing() {
     );
 }
 
+/// A writer that dies half-way through publishing a round leaves records on the
+/// changelog without the marker that ends their round, and the partition's next
+/// writer's first marker would complete that round for any later restore. The next
+/// writer publishes those keys' values as it has them over it: here a phantom
+/// customer, injected as such an unfinished round between two lives of an
+/// instance, must not appear in a third instance's restored state.
+#[test]
+fn an_unfinished_round_on_the_changelog_is_undone_by_the_next_writer() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use strata::kafka::changelog::changelog_key;
+    use strata::store::Cf;
+
+    let _serial = serial();
+    let s = Setup::new(&[2, 2, 2]);
+    let file = s.generate(300, 200, 13, "2026-01-01");
+    let parts = split_lines(&file, 2);
+    let changelog = format!("{}-changelog", s.group.trim_end_matches("-group"));
+    // First life: part one, then a clean stop (whole rounds only).
+    s.produce_file(&parts[0]);
+    let mut a = Strata::start(&s.config("a"), s.dir.path(), "a1");
+    s.wait_caught_up(Duration::from_secs(120), &mut [&mut a]);
+    assert!(a.terminate());
+    // The dead writer's unfinished round: a customer record (a real customer's
+    // value under a phantom's key) with no marker after it.
+    let customer = changelog_key(Cf::Customers, b"").unwrap();
+    let value = read_topic(brokers(), &changelog, false)
+        .into_iter()
+        .find(|r| r.partition == 0 && r.key.as_deref().is_some_and(|k| k.starts_with(&customer)))
+        .and_then(|r| r.value)
+        .expect("partition 0 has customers");
+    let key = changelog_key(Cf::Customers, b"phantom-customer").unwrap();
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::to(&changelog)
+                .partition(0)
+                .key(&key[..])
+                .payload(&value[..]),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+    // Second life (its local state is current: no restore): part two, so its
+    // rounds follow the unfinished one. Its first round deletes the phantom.
+    s.produce_file(&parts[1]);
+    let mut a = Strata::start(&s.config("a"), s.dir.path(), "a2");
+    s.wait_caught_up(Duration::from_secs(120), &mut [&mut a]);
+    assert!(a.terminate());
+    let after: Vec<Rec> = read_topic(brokers(), &changelog, false)
+        .into_iter()
+        .filter(|r| r.partition == 0)
+        .skip_while(|r| r.key.as_deref() != Some(&key[..]))
+        .collect();
+    let tombstone = after
+        .iter()
+        .position(|r| r.key.as_deref() == Some(&key[..]) && r.value.is_none())
+        .expect("the next writer publishes a tombstone over the phantom");
+    assert!(
+        after[..tombstone]
+            .iter()
+            .all(|r| !r.key.as_deref().unwrap().ends_with(b"kafka.marker")),
+        "before its first marker"
+    );
+    // A newcomer restores everything from the changelog.
+    let mut b = Strata::start(&s.config("b"), s.dir.path(), "b");
+    wait_for(
+        "the newcomer to restore and own both partitions",
+        Duration::from_secs(60),
+        &[&b],
+        || assigned(&b).len() == 2 && b.get("/readyz").is_some_and(|(c, _)| c == 200),
+    );
+    s.wait_caught_up(Duration::from_secs(60), &mut [&mut b]);
+    assert!(b.terminate());
+    let day = last_day(&file);
+    let restored = sorted_dump(&s.state("b"), &day);
+    assert!(
+        !restored
+            .iter()
+            .any(|c| c["customer_id"] == "phantom-customer"),
+        "the unfinished round was applied"
+    );
+    assert_eq!(restored, global_dump(&s, &file, &day));
+}
+
 /// `file`'s lines in `n` consecutive parts (`<stem>.<i>.jsonl` beside it).
 fn split_lines(file: &Path, n: usize) -> Vec<PathBuf> {
     let text = std::fs::read_to_string(file).unwrap();
@@ -556,12 +643,27 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
     // while it waits in a join or sync round; on a loaded machine such rounds took
     // over 6 s, tansu expelled a live member and, with its immediate JoinGroup
     // answers, gave that member's partitions to another while it still processed
-    // them. A leave (below) needs no session timeout, so a long one costs nothing.
+    // them. So a long session timeout — which is also how long the group takes to
+    // notice the instance killed below.
     s.session_timeout_ms = 30_000;
     let file = s.generate(2000, 365, 9, "2025-03-01");
+    // The whole stream is on the broker before anyone consumes: producing while
+    // instances consume lets an input look caught up (its cached high watermark)
+    // just before more of it arrives, and the event-time merge then applies the
+    // other inputs ahead of it — a valid order, but not the oracle's.
     s.produce_file(&file);
-    let a = Strata::start(&s.config("a"), s.dir.path(), "a");
-    let mut b = Strata::start(&s.config("b"), s.dir.path(), "b");
+    let mut a = Strata::start(&s.config("a"), s.dir.path(), "a");
+    // A joins first and owns everything: it is the group's leader. (tansu 0.6
+    // cannot recover a group whose *leader* dies — JoinGroup keeps naming the
+    // dead member and SyncGroup loops on "rebalance in progress" — so the
+    // instance killed is the other one; Kafka hands the leadership on.)
+    wait_for(
+        "the first instance to own every partition",
+        Duration::from_secs(60),
+        &[&a],
+        || assigned(&a).len() == 4,
+    );
+    let b = Strata::start(&s.config("b"), s.dir.path(), "b");
     // Cooperative rebalancing moves partitions one step at a time: wait until the
     // group has settled with both instances owning some and all four owned.
     wait_for(
@@ -573,27 +675,37 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
             !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4
         },
     );
-    std::thread::sleep(Duration::from_millis(800));
-    // A leaves mid-stream. (SIGTERM: with kill -9 the group must first evict the dead
-    // member after its session times out, which tansu 0.6 does not do reliably — it
-    // keeps the dead member as the group's leader; a crash of a lone instance is
-    // `crash_and_restart_lose_nothing`.)
-    assert!(a.terminate(), "A leaves cleanly");
-    // The survivor takes A's partitions over and restores them from the changelog.
+    let b_consumed = || {
+        b.get("/metrics")
+            .map(|(_, m)| metric_sum(&m, "strata_events_consumed_total", &[]))
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        "the second instance to apply events",
+        Duration::from_secs(60),
+        &[&a, &b],
+        || b_consumed() > 0.0,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // B dies mid-stream, with work in flight: no leave, no last publish.
+    b.kill9();
+    // Once the group notices (the session timeout), the survivor takes B's
+    // partitions over and restores them from the changelog: its own state of
+    // them is older than B's work.
     wait_for(
         "the survivor to own every partition",
-        Duration::from_secs(60),
-        &[&b],
-        || assigned(&b).len() == 4,
+        Duration::from_secs(120),
+        &[&a],
+        || assigned(&a).len() == 4,
     );
     let restored = metric_sum(
-        &b.get("/metrics").unwrap().1,
+        &a.get("/metrics").unwrap().1,
         "strata_restore_records_total",
         &[],
     );
     assert!(
         restored > 0.0,
-        "the survivor restored A's partitions from the changelog"
+        "the survivor restored the dead instance's partitions from the changelog"
     );
     // A third instance joins mid-stream and starts from restored state.
     let mut c = Strata::start(&s.config("c"), s.dir.path(), "c");
@@ -602,7 +714,7 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
     wait_for(
         "the newcomer to be ready",
         Duration::from_secs(90),
-        &[&b, &c],
+        &[&a, &c],
         || match c.get("/readyz") {
             Some((200, body)) => {
                 let v: Value = serde_json::from_str(&body).unwrap();
@@ -621,15 +733,15 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
         "/readyz was 503 with the restoring partitions listed"
     );
     assert!(!assigned(&c).is_empty(), "the newcomer owns partitions");
-    s.wait_caught_up(Duration::from_secs(120), &mut [&mut b, &mut c]);
-    let (mut pb, mut pc) = (Vec::new(), Vec::new());
+    s.wait_caught_up(Duration::from_secs(120), &mut [&mut a, &mut c]);
+    let (mut pa, mut pc) = (Vec::new(), Vec::new());
     wait_for(
         "the group to settle",
         Duration::from_secs(60),
-        &[&b, &c],
+        &[&a, &c],
         || {
-            (pb, pc) = (assigned(&b), assigned(&c));
-            !pc.is_empty() && pb.len() + pc.len() == 4
+            (pa, pc) = (assigned(&a), assigned(&c));
+            !pc.is_empty() && pa.len() + pc.len() == 4
         },
     );
     let c_restored = metric_sum(
@@ -642,10 +754,10 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
         "the newcomer restored its partitions from the changelog"
     );
     let day = last_day(&file);
-    assert_lookups_find_the_owner(&b, &c, &global_dump(&s, &file, &day));
-    b.kill9();
+    assert_lookups_find_the_owner(&a, &c, &global_dump(&s, &file, &day));
+    a.kill9();
     c.kill9();
-    let combined = combine(&s, &[("b", pb), ("c", pc)]);
+    let combined = combine(&s, &[("a", pa), ("c", pc)]);
     let (oracle, _) = s.oracle();
     assert_outputs_cover_oracle(&s.outputs(), &oracle);
     assert_eq!(sorted_dump(&combined, &day), global_dump(&s, &file, &day));

@@ -653,10 +653,10 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
     // other inputs ahead of it — a valid order, but not the oracle's.
     s.produce_file(&file);
     let mut a = Strata::start(&s.config("a"), s.dir.path(), "a");
-    // A joins first and owns everything: it is the group's leader. (tansu 0.6
-    // cannot recover a group whose *leader* dies — JoinGroup keeps naming the
-    // dead member and SyncGroup loops on "rebalance in progress" — so the
-    // instance killed is the other one; Kafka hands the leadership on.)
+    // A joins first and owns everything: it is the group's leader. (When tansu 0.6
+    // expels a dead leader, a member that joined since and is not expelled with it
+    // waits for an assignment forever — see the README — so the instance killed
+    // is the other one; Kafka hands the leadership on.)
     wait_for(
         "the first instance to own every partition",
         Duration::from_secs(60),

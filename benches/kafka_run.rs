@@ -19,7 +19,8 @@
 //!    handed to the producer (p50/p99/max).
 //!
 //! `cargo bench --bench kafka_run` (tansu must be installed: `scripts/setup --test`).
-//! `STRATA_BENCH_ONLY_RUN=1` stops after (3), for quicker experiments.
+//! `STRATA_BENCH_ONLY_RUN=1` stops after (3), for quicker experiments;
+//! `STRATA_BENCH_BIN` runs another `strata` binary (A/B comparisons of two builds).
 //! Under `cargo test` it does nothing.
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,7 +48,12 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The `strata` binary built with the bench, or `STRATA_BENCH_BIN` (to compare
+/// two builds run after run on the same broker and machine).
 fn strata_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("STRATA_BENCH_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().parent().unwrap().join("strata")
 }

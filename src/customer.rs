@@ -241,6 +241,7 @@ impl CustomerState {
     }
 
     /// Spend over the latest `dw` days and the `dw` days before, as of `day`.
+    #[cfg(test)]
     fn drop_halves(&self, day: Day, dw: i32) -> (u64, u64) {
         let (mut recent, mut previous) = (0u64, 0u64);
         for b in self
@@ -283,8 +284,27 @@ impl CustomerState {
             consider(b.day + w);
         }
         let c = &s.raw.churn;
+        // Running spend over the purchase days, so that each half's spend is two
+        // binary searches, not a walk over every bucket per candidate day. (Sums
+        // of non-negative amounts: the total capped at u64::MAX is exactly what
+        // adding them up saturating gives.)
+        let mut spent: smallvec::SmallVec<[(Day, u128); 32]> = smallvec::SmallVec::new();
+        if c.spend_drop {
+            let mut total = 0u128;
+            for b in self.buckets.iter().filter(|b| b.purchases > 0) {
+                total += b.micros as u128;
+                spent.push((b.day, total));
+            }
+        }
+        let through = |d: Day| match spent.partition_point(|&(day, _)| day <= d) {
+            0 => 0,
+            i => spent[i - 1].1,
+        };
+        let between =
+            |after: Day, upto: Day| (through(upto) - through(after)).min(u64::MAX as u128);
         let drop_holds = |d: Day| {
-            let (recent, previous) = self.drop_halves(d, dw);
+            // Spend over d−dw+1 … d, and over the dw days before those.
+            let (recent, previous) = (between(d - dw, d), between(d - 2 * dw, d - dw));
             previous > 0 && (recent as f64) < c.drop_ratio * previous as f64
         };
         if c.spend_drop && !drop_holds(as_of) {
@@ -343,6 +363,79 @@ mod tests {
         assert_eq!((f.frequency, f.monetary_micros), (1, 7));
         assert_eq!(f.mean_interpurchase_days, Some(364.0));
         assert_eq!(c.next_change(&c.figures(464, &s), &s), Some(465));
+    }
+
+    /// The next change day, as first written: every candidate day's spend halves
+    /// summed afresh from the buckets.
+    fn next_change_reference(c: &CustomerState, f: &Figures, s: &Settings) -> Option<Day> {
+        let (w, dw, as_of) = (s.window_days, s.raw.churn.drop_window_days as i32, f.as_of);
+        let mut next: Option<Day> = None;
+        let mut consider = |d: Day| {
+            if d > as_of && next.is_none_or(|n| d < n) {
+                next = Some(d);
+            }
+        };
+        for b in c.buckets.iter().filter(|b| b.purchases > 0) {
+            consider(b.day + w);
+        }
+        let ch = &s.raw.churn;
+        let drop_holds = |d: Day| {
+            let (recent, previous) = c.drop_halves(d, dw);
+            previous > 0 && (recent as f64) < ch.drop_ratio * previous as f64
+        };
+        if ch.spend_drop && !drop_holds(as_of) {
+            if let Some(d) = c
+                .buckets
+                .iter()
+                .filter(|b| b.purchases > 0 && b.day <= as_of)
+                .map(|b| b.day + dw)
+                .filter(|&d| d > as_of)
+                .find(|&d| drop_holds(d))
+            {
+                consider(d);
+            }
+        }
+        if let Some(last) = f.last_purchase_day {
+            if let Some(limit) = crate::policy::overdue_threshold(f, s) {
+                consider(last + limit.floor() as i32 + 1);
+            }
+            consider(last + s.raw.lifecycle.lapsed_after_days as i32);
+        }
+        next
+    }
+
+    /// Random purchase histories (amounts up to 10^12, so sums saturate), every
+    /// as-of day: the same next change day as the reference.
+    #[test]
+    fn next_change_agrees_with_the_reference() {
+        use rand::{Rng, SeedableRng};
+        let s = Settings::defaults();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for round in 0..400 {
+            let mut c = CustomerState::default();
+            let (mut day, n) = (0, rng.gen_range(0..40));
+            for i in 0..n {
+                day += rng.gen_range(0..30);
+                let amount_micros = match rng.gen_range(0..10) {
+                    0 => 0,
+                    1 => 1_000_000_000_000_000_000,
+                    _ => rng.gen_range(1..500_000_000),
+                };
+                let kind = match rng.gen_range(0..4) {
+                    0 => EventKind::Interaction,
+                    _ => EventKind::Purchase { amount_micros },
+                };
+                c.apply(&ev(day, kind), (round * 100 + i) as u64, 0);
+            }
+            for as_of in (0..=day + 400).step_by(3) {
+                let f = c.figures(as_of, &s);
+                assert_eq!(
+                    c.next_change(&f, &s),
+                    next_change_reference(&c, &f, &s),
+                    "round {round}, as of {as_of}: {c:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! day arithmetic (recency, window bounds, timers) is plain integer arithmetic and the
 //! zone is consulted only when an instant is turned into a day or back.
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
+use std::fmt::Write;
+
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, TimeZone, Utc};
 use chrono_tz::Tz;
 
 pub type Day = i32;
@@ -25,9 +27,21 @@ pub fn date_of(day: Day) -> NaiveDate {
     epoch() + chrono::Duration::days(day as i64)
 }
 
-/// `YYYY-MM-DD`.
+/// `YYYY-MM-DD`. (Written directly: every output carries one or two, and chrono's
+/// `format` parses its pattern on every call.)
 pub fn format_day(day: Day) -> String {
-    date_of(day).format("%Y-%m-%d").to_string()
+    let mut s = String::with_capacity(10);
+    push_date(&mut s, date_of(day));
+    s
+}
+
+fn push_date(s: &mut String, d: NaiveDate) {
+    if (0..=9999).contains(&d.year()) {
+        write!(s, "{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+    } else {
+        write!(s, "{}", d.format("%Y-%m-%d"))
+    }
+    .expect("writing to a String never fails");
 }
 
 pub fn parse_day(s: &str) -> Option<Day> {
@@ -52,9 +66,29 @@ pub fn day_start_millis(day: Day, tz: Tz) -> i64 {
 
 /// RFC 3339 in UTC, with fractional seconds only when present.
 pub fn rfc3339_utc(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-        .unwrap_or_default()
+    let Some(t) = DateTime::<Utc>::from_timestamp_millis(ms) else {
+        return String::new();
+    };
+    if !(0..=9999).contains(&t.year()) {
+        return t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    }
+    let secs = ms.div_euclid(1000).rem_euclid(86_400);
+    let mut s = String::with_capacity(24);
+    push_date(&mut s, t.date_naive());
+    write!(
+        s,
+        "T{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+    .expect("writing to a String never fails");
+    match ms.rem_euclid(1000) {
+        0 => {}
+        frac => write!(s, ".{frac:03}").expect("writing to a String never fails"),
+    }
+    s.push('Z');
+    s
 }
 
 /// Today in `tz` by the wall clock.
@@ -77,6 +111,35 @@ mod tests {
         assert_eq!(format_day(utc), "2026-11-20");
         assert_eq!(format_day(sh), "2026-11-21");
         assert_eq!(parse_day("2026-11-21"), Some(sh));
+    }
+
+    /// The hand-written formats equal chrono's, across eras, signs and fractions.
+    #[test]
+    fn formats_equal_chronos() {
+        let mut ms: Vec<i64> = vec![0, -1, 1, 999, -999, 1_000, -86_400_000, 253_402_300_799_999];
+        ms.extend((0..2000).map(|i: i64| i * 7_919_993_117 - 5_000_000_000_000 + i % 1000));
+        ms.extend([
+            DateTime::<Utc>::MIN_UTC.timestamp_millis(),
+            DateTime::<Utc>::MAX_UTC.timestamp_millis(),
+            -62_167_219_200_001, // just before year 0
+            253_402_300_800_000, // year 10000
+        ]);
+        for m in ms {
+            let chrono = DateTime::<Utc>::from_timestamp_millis(m)
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+                .unwrap_or_default();
+            assert_eq!(rfc3339_utc(m), chrono, "{m}");
+        }
+        for d in (-800_000..3_000_000)
+            .step_by(997)
+            .chain([i32::MIN / 400, 2_932_896])
+        {
+            assert_eq!(
+                format_day(d),
+                date_of(d).format("%Y-%m-%d").to_string(),
+                "{d}"
+            );
+        }
     }
 
     #[test]

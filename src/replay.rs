@@ -213,7 +213,7 @@ pub fn run_with_metrics<S: Store>(
                 sum.events_read += 1;
                 match parse_event(line, &ctx) {
                     Ok(ev) => {
-                        metrics.consumed(ev.kind.event_type());
+                        metrics.consumed(ev.kind.event_type(), 1);
                         events.push(ev)
                     }
                     Err(rej) => {

@@ -156,8 +156,12 @@ impl Metrics {
         String::from_utf8(buf).expect("the text format is UTF-8")
     }
 
-    pub fn consumed(&self, ty: crate::event::EventType) {
-        self.events_consumed.with_label_values(&[ty.as_str()]).inc();
+    pub fn consumed(&self, ty: crate::event::EventType, n: u64) {
+        if n > 0 {
+            self.events_consumed
+                .with_label_values(&[ty.as_str()])
+                .inc_by(n);
+        }
     }
 
     pub fn rejected(&self, reason: &str) {
@@ -179,8 +183,16 @@ impl Metrics {
 
     /// Outputs written with the state: transitions, populations, churn. (Published
     /// counts are added by the shell: on the broker's acknowledgement in `run`, by
-    /// [`Metrics::observe_written`] in replay.)
+    /// [`Metrics::observe_written`] in replay.) Counted here first and added once
+    /// per label set: a labelled metric's lookup hashes its labels and takes a lock.
     pub fn observe_outputs<'a>(&self, outputs: impl IntoIterator<Item = &'a Output>) {
+        type Labels = (&'static str, &'static str, &'static str);
+        let (mut transitions, mut customers, mut warnings) = (
+            BTreeMap::<Labels, u64>::new(),
+            BTreeMap::<(&'static str, &'static str), i64>::new(),
+            BTreeMap::<(&'static str, &'static str), u64>::new(),
+        );
+        let mut at_risk = 0i64;
         for o in outputs {
             match &o.body {
                 Body::TierChanged { from, to, .. } => {
@@ -205,33 +217,45 @@ impl Metrics {
                         if f == Some(t) {
                             continue;
                         }
-                        self.tier_transitions
-                            .with_label_values(&[dim, f.unwrap_or("none"), t])
-                            .inc();
+                        *transitions
+                            .entry((dim, f.unwrap_or("none"), t))
+                            .or_default() += 1;
                         if let Some(f) = f {
-                            self.customers.with_label_values(&[dim, f]).dec();
+                            *customers.entry((dim, f)).or_default() -= 1;
                         }
-                        self.customers.with_label_values(&[dim, t]).inc();
+                        *customers.entry((dim, t)).or_default() += 1;
                     }
                 }
                 Body::ChurnWarning {
                     reasons, severity, ..
                 } => {
                     for r in reasons {
-                        self.churn_warnings
-                            .with_label_values(&[r, severity.as_str()])
-                            .inc();
+                        *warnings.entry((*r, severity.as_str())).or_default() += 1;
                     }
                     if o.opens_episode {
-                        self.customers_at_risk.inc();
+                        at_risk += 1;
                     }
                 }
                 Body::ChurnRecovered { .. } => {
                     debug_assert_eq!(o.kind, OutputType::ChurnRecovered);
-                    self.customers_at_risk.dec();
+                    at_risk -= 1;
                 }
             }
         }
+        for ((dim, f, t), n) in transitions {
+            self.tier_transitions
+                .with_label_values(&[dim, f, t])
+                .inc_by(n);
+        }
+        for ((dim, v), n) in customers {
+            self.customers.with_label_values(&[dim, v]).add(n);
+        }
+        for ((r, severity), n) in warnings {
+            self.churn_warnings
+                .with_label_values(&[r, severity])
+                .inc_by(n);
+        }
+        self.customers_at_risk.add(at_risk);
     }
 
     /// Replay and demo: outputs count as published when written.

@@ -152,6 +152,28 @@ enum Change {
 struct Ctx {
     inputs: Vec<String>,
     changes: Mutex<Vec<Change>>,
+    /// Whether `changes` has any (read for every message polled: no lock).
+    changed: AtomicBool,
+}
+
+impl Ctx {
+    fn new(inputs: Vec<String>) -> Ctx {
+        Ctx {
+            inputs,
+            changes: Mutex::new(Vec::new()),
+            changed: AtomicBool::new(false),
+        }
+    }
+
+    fn push(&self, change: Change) {
+        self.changes.lock().unwrap().push(change);
+        self.changed.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<Change> {
+        self.changed.store(false, Ordering::Release);
+        std::mem::take(&mut *self.changes.lock().unwrap())
+    }
 }
 
 impl ClientContext for Ctx {}
@@ -179,12 +201,12 @@ impl ConsumerContext for Ctx {
                     }
                 } else {
                     // `Service::apply_changes` assigns them once their state is open.
-                    self.changes.lock().unwrap().push(Change::Assigned(parts));
+                    self.push(Change::Assigned(parts));
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = ?parts, lost = c.assignment_lost(), "Partitions revoked.");
-                self.changes.lock().unwrap().push(Change::Revoked(parts));
+                self.push(Change::Revoked(parts));
                 // Only what the loop has assigned (a revocation can overtake an
                 // assignment not yet applied; `close_partition` releases those).
                 if let Err(e) = release(c, &full, true) {
@@ -857,7 +879,7 @@ impl Service {
     }
 
     fn apply_changes(&mut self) -> Result<(), KafkaError> {
-        let changes = std::mem::take(&mut *self.consumer.context().changes.lock().unwrap());
+        let changes = self.consumer.context().take();
         for c in changes {
             match c {
                 Change::Revoked(ps) => {
@@ -913,25 +935,32 @@ impl Service {
         let (mut next, mut empty) = (0, 0);
         let inputs = 1 + self.feeders.len();
         while n < max {
-            let left = deadline.saturating_duration_since(Instant::now());
             // A rebalance happens inside poll: apply it before routing more messages.
-            if !self.consumer.context().changes.lock().unwrap().is_empty() {
+            if self.consumer.context().changed.load(Ordering::Acquire) {
                 self.apply_changes()?;
             }
-            let t0 = Instant::now();
             let k = next;
             next = (next + 1) % inputs;
-            let r = match (k, empty >= inputs) {
-                (0, true) => self.consumer.poll(left.min(Duration::from_millis(1))),
+            let waits = k == 0 && empty >= inputs;
+            let mut left = Duration::ZERO;
+            let r = match (k, waits) {
+                (0, true) => {
+                    // Only a waiting poll reads the clock (twice per message
+                    // otherwise, for nothing).
+                    let t0 = Instant::now();
+                    left = deadline.saturating_duration_since(t0);
+                    let r = self.consumer.poll(left.min(Duration::from_millis(1)));
+                    self.polled += t0.elapsed();
+                    r
+                }
                 (0, false) => self.consumer.poll(Duration::ZERO),
                 (k, _) => self.feeders[k - 1].poll(Duration::ZERO),
             };
-            self.polled += t0.elapsed();
             let Some(r) = r else {
-                if k == 0 && empty >= inputs && left.is_zero() {
+                if waits && left.is_zero() {
                     break;
                 }
-                if k == 0 && empty >= inputs {
+                if waits {
                     // Nothing fetched yet: keep the workers fed meanwhile.
                     self.process(false)?;
                 }
@@ -1429,19 +1458,13 @@ pub fn run(
         cc.set(key, v);
     }
     let consumer: BaseConsumer<Ctx> = cc
-        .create_with_context(Ctx {
-            inputs: inputs.clone(),
-            changes: Mutex::new(Vec::new()),
-        })
+        .create_with_context(Ctx::new(inputs.clone()))
         .map_err(broker("cannot create the consumer (check [kafka.client])"))?;
     let feeders = inputs[1..]
         .iter()
         .map(|_| {
-            cc.create_with_context(Ctx {
-                inputs: inputs.clone(),
-                changes: Mutex::new(Vec::new()),
-            })
-            .map_err(broker("cannot create the consumer (check [kafka.client])"))
+            cc.create_with_context(Ctx::new(inputs.clone()))
+                .map_err(broker("cannot create the consumer (check [kafka.client])"))
         })
         .collect::<Result<Vec<BaseConsumer<Ctx>>, _>>()?;
     let partitions = topics::check_copartitioned(&consumer, &inputs)?;
@@ -1618,19 +1641,32 @@ fn apply_batch(
         queued = part.queued(),
         "Draining."
     );
+    // Counted here and added to the metrics every 1,024 (each labelled lookup
+    // hashes and locks) and at the end.
+    let consumed: [std::cell::Cell<u64>; 3] = Default::default();
     let parse = |i: usize, raw: &[u8]| {
         let parsed = parse_event(raw, &contexts[i]);
         match &parsed {
-            Ok(e) => metrics.consumed(e.kind.event_type()),
+            Ok(e) => {
+                let ty = e.kind.event_type();
+                let c = &consumed[ty as usize];
+                c.set(c.get() + 1);
+                if c.get() == 1024 {
+                    metrics.consumed(ty, c.take());
+                }
+            }
             Err(r) => metrics.rejected(&r.reason.to_string()),
         }
         parsed
     };
+    let lag = metrics.event_lag.local();
     let n = part.drain(inputs, &parse, &|i| caught[i], &mut |ev| {
-        metrics
-            .event_lag
-            .observe(((now - ev.ts_millis) as f64 / 1000.0).max(0.0));
+        lag.observe(((now - ev.ts_millis) as f64 / 1000.0).max(0.0));
     })?;
+    lag.flush();
+    for ty in EventType::ALL {
+        metrics.consumed(ty, consumed[ty as usize].take());
+    }
     if n > 0 {
         part.commit()?;
     }

@@ -597,6 +597,35 @@ fn split_lines(file: &Path, n: usize) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Split a generated stream (event-time order) at `day`: the events before it, and
+/// the purchases from it on. The file is rewritten to the two concatenated — the
+/// stream as produced — and the two parts are returned.
+fn split_at_day(file: &Path, day: &str) -> (PathBuf, PathBuf) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let (mut early, mut late) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["ts"].as_str().unwrap()[..10] < *day {
+            early.push(line.to_string());
+        } else if v["type"] == "purchase" {
+            late.push(line.to_string());
+        }
+    }
+    assert!(
+        !early.is_empty() && late.len() >= 100,
+        "both stages have events"
+    );
+    let (e, l) = (
+        file.with_extension("early.jsonl"),
+        file.with_extension("late.jsonl"),
+    );
+    write_lines(&e, &early);
+    write_lines(&l, &late);
+    early.extend(late);
+    write_lines(file, &early);
+    (e, l)
+}
+
 /// Copy the partition dirs each final owner reported into one state dir.
 fn combine(s: &Setup, owners: &[(&str, Vec<i64>)]) -> PathBuf {
     let root = s.dir.path().join("combined").join("partitions");
@@ -647,11 +676,17 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
     // notice the instance killed below.
     s.session_timeout_ms = 30_000;
     let file = s.generate(2000, 365, 9, "2025-03-01");
-    // The whole stream is on the broker before anyone consumes: producing while
-    // instances consume lets an input look caught up (its cached high watermark)
-    // just before more of it arrives, and the event-time merge then applies the
-    // other inputs ahead of it — a valid order, but not the oracle's.
-    s.produce_file(&file);
+    // Two stages, so that the second instance has work of its own however fast the
+    // first one is: everything before December is on the broker before anyone
+    // consumes (producing the three inputs while an instance consumes them lets an
+    // input look caught up — its cached high watermark — just before more of it
+    // arrives, and the event-time merge then applies the other inputs ahead of it:
+    // a valid order, but not the oracle's); December's purchases arrive later, while
+    // both instances consume. One topic alone cannot race that way: its partitions
+    // are applied in offset order, which is event-time order. The other inputs of
+    // December are left out of the stream.
+    let (early, late) = split_at_day(&file, "2025-12-01");
+    s.produce_file(&early);
     let mut a = Strata::start(&s.config("a"), s.dir.path(), "a");
     // A joins first and owns everything: it is the group's leader. (When tansu 0.6
     // expels a dead leader, a member that joined since and is not expelled with it
@@ -663,6 +698,7 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
         &[&a],
         || assigned(&a).len() == 4,
     );
+    s.wait_caught_up(Duration::from_secs(120), &mut [&mut a]);
     let b = Strata::start(&s.config("b"), s.dir.path(), "b");
     // Cooperative rebalancing moves partitions one step at a time: wait until the
     // group has settled with both instances owning some and all four owned.
@@ -675,20 +711,37 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
             !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 4
         },
     );
-    let b_consumed = || {
-        b.get("/metrics")
+    let consumed = |x: &Strata| {
+        x.get("/metrics")
             .map(|(_, m)| metric_sum(&m, "strata_events_consumed_total", &[]))
             .unwrap_or(0.0)
     };
-    wait_for(
-        "the second instance to apply events",
-        Duration::from_secs(60),
-        &[&a, &b],
-        || b_consumed() > 0.0,
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    // B dies mid-stream, with work in flight: no leave, no last publish.
-    b.kill9();
+    assert_eq!(consumed(&b), 0.0, "the first stage was applied by A alone");
+    std::thread::scope(|scope| {
+        // December's purchases in ten parts, a tenth of a second apart: B dies
+        // while they still arrive.
+        let producer = scope.spawn(|| {
+            for part in split_lines(&late, 10) {
+                s.produce_file(&part);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        wait_for(
+            "the second instance to apply events",
+            Duration::from_secs(60),
+            &[&a, &b],
+            || consumed(&b) > 0.0,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        eprintln!(
+            "events applied before B's kill -9: A {}, B {}",
+            consumed(&a),
+            consumed(&b)
+        );
+        // B dies mid-stream, with work in flight: no leave, no last publish.
+        b.kill9();
+        producer.join().unwrap();
+    });
     // Once the group notices (the session timeout), the survivor takes B's
     // partitions over and restores them from the changelog: its own state of
     // them is older than B's work.

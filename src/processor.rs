@@ -8,8 +8,8 @@
 //! of work is the same everywhere, which is what makes replay an oracle for production.
 //!
 //! When the clock moves from day c to day d > c:
-//! 1. nothing is written (timer and index moves not written yet are read through an
-//!    overlay, see [`Derived`]);
+//! 1. nothing is written (timer and index entries that moved since the last write
+//!    are read from the cache, see [`Cache`]);
 //! 2. for each day c+1 ..= d in turn, the population window slides and every timer due
 //!    that day fires (cause `"timer"`, as-of that day);
 //! 3. if a recalibration is due (`recalibrate_every_days`), new thresholds are taken
@@ -26,16 +26,12 @@
 //! A flush writes dirty customers, timer and index moves, archived event ids and the
 //! meta records in one batch, so a crash leaves the store at a batch boundary.
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ops::Bound;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-use smallvec::SmallVec;
 
 use crate::config::Settings;
 use crate::config::{ThresholdMode, ValueMethod};
-use crate::customer::CustomerState;
+use crate::customer::{CustomerState, Indexed};
 use crate::day::Day;
 use crate::engine::{event_hash, Applied, Effects, Engine};
 use crate::event::Event;
@@ -43,8 +39,8 @@ use crate::output::{Cause, Output, OutputType};
 use crate::policy::{self, Thresholds, ThresholdsBuilder};
 use crate::population::{bucket_range, decode_thresholds, encode_thresholds, Population};
 use crate::store::codec::{
-    decode_customer, decode_index_key, decode_timer_key, dedupe_key, encode_customer, index_key,
-    last_day_prefix, timer_key,
+    decode_customer, decode_index_key, decode_timer_key, dedupe_key, encode_customer, index_figure,
+    index_key, last_day_prefix, timer_key,
 };
 use crate::store::{Batch, Cf, Store, StoreError};
 
@@ -80,19 +76,98 @@ pub struct Audit {
 /// atomic write. Without a hook, outputs stay until [`Processor::take_outputs`].
 pub type FlushHook = Box<dyn FnMut(&mut Batch, &mut Vec<Output>) + Send>;
 
+/// One cached customer.
 struct Slot {
+    id: Box<str>,
     state: CustomerState,
     dirty: bool,
+    /// The timer and index entries the store holds for this customer: those of its
+    /// record as last written or loaded. They differ from `state.timer` and
+    /// `state.indexed` only while the customer is dirty and its entries moved;
+    /// the next write moves them in the store (a delete and a put per entry,
+    /// however often they moved in between).
+    stored_timer: Option<Day>,
+    stored_indexed: Option<Indexed>,
+}
+
+impl Slot {
+    /// A customer as read from the store (`stored`), or new.
+    fn new(id: &str, state: CustomerState, stored: bool) -> Slot {
+        let (stored_timer, stored_indexed) = match stored {
+            true => (state.timer, state.indexed),
+            false => (None, None),
+        };
+        Slot {
+            id: id.into(),
+            state,
+            dirty: false,
+            stored_timer,
+            stored_indexed,
+        }
+    }
+
+    /// Whether the store's index entries of this customer are not its current ones.
+    fn index_moved(&self) -> bool {
+        self.state.indexed != self.stored_indexed
+    }
+}
+
+/// The write-back cache: slots in a `Vec`, found by id through a map, so the
+/// dirty customers are a list of slot numbers that the timer and index scans walk
+/// directly. Slots stay put until a write: numbers are valid until then.
+#[derive(Default)]
+struct Cache {
+    index: HashMap<Box<str>, u32>,
+    slots: Vec<Slot>,
+}
+
+impl Cache {
+    fn find(&self, id: &str) -> Option<u32> {
+        self.index.get(id).copied()
+    }
+
+    fn insert(&mut self, slot: Slot) -> u32 {
+        let i = self.slots.len() as u32;
+        self.index.insert(slot.id.clone(), i);
+        self.slots.push(slot);
+        i
+    }
+
+    /// Forget the slot inserted last (a new customer whose event was a duplicate).
+    fn pop(&mut self) {
+        if let Some(s) = self.slots.pop() {
+            self.index.remove(&s.id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Keep the `keep` slots loaded last (all of them clean).
+    fn trim(&mut self, keep: usize) {
+        let excess = self.slots.len().saturating_sub(keep);
+        if excess == 0 {
+            return;
+        }
+        self.slots.drain(..excess);
+        self.index.clear();
+        for (i, s) in self.slots.iter().enumerate() {
+            self.index.insert(s.id.clone(), i as u32);
+        }
+    }
 }
 
 pub struct Processor<S: Store> {
     settings: Arc<Settings>,
     store: S,
-    cache: HashMap<String, Slot>,
-    dirty: Vec<String>,
+    cache: Cache,
+    /// Dirty slots, each once, in the order they became dirty.
+    dirty: Vec<u32>,
+    /// Slots whose timer moved to a day since the last write (the day's timer scan
+    /// checks each against its current timer: a slot may have moved on since).
+    timer_moves: HashMap<Day, Vec<u32>>,
     pending: Batch,
-    /// Timer and index changes since the last write, netted per key.
-    derived: Derived,
     pending_archive: HashSet<Vec<u8>>,
     pop: Population,
     /// Thresholds of the last recalibration, and its day.
@@ -149,109 +224,6 @@ pub fn rebuild_derived(store: &dyn Store) -> Result<(), StoreError> {
     store.write(b)
 }
 
-/// A derived key, kept inline: the overlay's searches compare keys without chasing a
-/// pointer per comparison (a key is a 4- or 8-byte figure and the customer id; ids up
-/// to 24 bytes fit).
-type DerivedKey = SmallVec<[u8; 32]>;
-
-/// Changes to the derived column families (`DERIVED`) not written yet, netted per
-/// key: key → wanted (present or absent), kept only while it differs from the store.
-///
-/// A derived key is put only when absent and deleted only when present (the keys
-/// mirror each customer's `timer` and `indexed`), so a key's first change says what
-/// the store holds, and a key changed back is dropped: a customer who moves several
-/// times between writes costs one delete and one put at the write, not one pair per
-/// move. Scans of those column families read the store through this overlay, so the
-/// processor need not write before a day's timers fire or a recalibration walks its
-/// indexes (RocksDB's `WriteBatchWithIndex` plays this part in other systems).
-/// One ordered map per column family.
-#[derive(Debug, Default)]
-struct Derived([BTreeMap<DerivedKey, bool>; DERIVED.len()]);
-
-impl Derived {
-    fn index(cf: Cf) -> usize {
-        DERIVED
-            .iter()
-            .position(|&d| d == cf)
-            .expect("a derived column family")
-    }
-
-    fn set(&mut self, cf: Cf, key: &[u8], present: bool) {
-        match self.0[Self::index(cf)].entry(DerivedKey::from_slice(key)) {
-            Entry::Occupied(e) => {
-                if *e.get() != present {
-                    e.remove();
-                }
-            }
-            Entry::Vacant(e) => {
-                e.insert(present);
-            }
-        }
-    }
-
-    /// Move every change into `batch`.
-    fn drain_into(&mut self, batch: &mut Batch) {
-        for (cf, map) in DERIVED.into_iter().zip(&mut self.0) {
-            for (k, present) in std::mem::take(map) {
-                match present {
-                    true => batch.put(cf, k.to_vec(), Vec::new()),
-                    false => batch.delete(cf, k.to_vec()),
-                }
-            }
-        }
-    }
-
-    /// [`Store::scan`] of a derived column family as it will be after the next write:
-    /// the store's keys in `from..to` merged in order with this overlay's.
-    fn scan(
-        &self,
-        store: &dyn Store,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8]) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError> {
-        let upper = match to {
-            Some(t) => Bound::Excluded(t),
-            None => Bound::Unbounded,
-        };
-        let mut over = self.0[Self::index(cf)]
-            .range::<[u8], _>((Bound::Included(from), upper))
-            .map(|(k, present)| (k.as_slice(), *present))
-            .peekable();
-        let mut stopped = false;
-        store.scan(cf, from, to, &mut |k, _| {
-            while let Some(&(o, present)) = over.peek() {
-                if o > k {
-                    break;
-                }
-                over.next();
-                if o == k {
-                    if !present {
-                        return Ok(true); // deleted since the last write
-                    }
-                    break; // put again: visit it once, as the store's
-                }
-                if present && !f(o)? {
-                    stopped = true;
-                    return Ok(false);
-                }
-            }
-            let go = f(k)?;
-            stopped = !go;
-            Ok(go)
-        })?;
-        if !stopped {
-            for (o, present) in over {
-                if present && !f(o)? {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 fn corrupt(key: &[u8], e: crate::store::codec::CodecError) -> StoreError {
     StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
@@ -276,10 +248,10 @@ impl<S: Store> Processor<S> {
         let mut p = Processor {
             settings,
             store,
-            cache: HashMap::new(),
+            cache: Cache::default(),
             dirty: Vec::new(),
+            timer_moves: HashMap::new(),
             pending: Batch::default(),
-            derived: Derived::default(),
             pending_archive: HashSet::new(),
             pop,
             current,
@@ -351,23 +323,19 @@ impl<S: Store> Processor<S> {
         std::mem::take(&mut self.outputs)
     }
 
-    fn load(&mut self, id: &str) -> Result<Option<&mut Slot>, StoreError> {
-        if !self.cache.contains_key(id) {
-            match self.store.get(Cf::Customers, id.as_bytes())? {
-                Some(b) => {
-                    let state = decode_customer(&b).map_err(|e| corrupt(id.as_bytes(), e))?;
-                    self.cache.insert(
-                        id.to_string(),
-                        Slot {
-                            state,
-                            dirty: false,
-                        },
-                    );
-                }
-                None => return Ok(None),
-            }
+    /// The cache slot of a customer, read from the store if need be (`None`: an
+    /// unknown customer).
+    fn load(&mut self, id: &str) -> Result<Option<u32>, StoreError> {
+        if let Some(i) = self.cache.find(id) {
+            return Ok(Some(i));
         }
-        Ok(self.cache.get_mut(id))
+        Ok(match self.store.get(Cf::Customers, id.as_bytes())? {
+            Some(b) => {
+                let state = decode_customer(&b).map_err(|e| corrupt(id.as_bytes(), e))?;
+                Some(self.cache.insert(Slot::new(id, state, true)))
+            }
+            None => None,
+        })
     }
 
     /// Warm the cache for a batch of customer ids with one multi-get.
@@ -377,7 +345,7 @@ impl<S: Store> Processor<S> {
     ) -> Result<(), StoreError> {
         let mut want: Vec<&str> = ids
             .into_iter()
-            .filter(|id| !self.cache.contains_key(*id))
+            .filter(|id| self.cache.find(id).is_none())
             .collect();
         want.sort_unstable();
         want.dedup();
@@ -388,61 +356,33 @@ impl<S: Store> Processor<S> {
         for (id, v) in want.iter().zip(self.store.multi_get(Cf::Customers, &keys)?) {
             if let Some(b) = v {
                 let state = decode_customer(&b).map_err(|e| corrupt(id.as_bytes(), e))?;
-                self.cache.insert(
-                    id.to_string(),
-                    Slot {
-                        state,
-                        dirty: false,
-                    },
-                );
+                self.cache.insert(Slot::new(id, state, true));
             }
         }
         Ok(())
     }
 
-    fn record(&mut self, id: &str, fx: Effects) {
+    fn record(&mut self, i: u32, fx: Effects) {
         for o in &fx.outputs {
             *self.counters.outputs.entry(o.kind).or_default() += 1;
         }
         self.outputs.extend(fx.outputs);
+        let slot = &mut self.cache.slots[i as usize];
         for h in fx.archive {
-            let k = dedupe_key(id, h);
+            let k = dedupe_key(&slot.id, h);
             self.pending_archive.insert(k.clone());
             self.pending.put(Cf::Dedupe, k, Vec::new());
         }
         if let Some((old, new)) = fx.index_moved {
             self.pop
                 .on_index_move(old.map(|i| i.micros), new.map(|i| i.micros));
-            for cf in Cf::INDEXES {
-                let (o, n) = (
-                    old.map(|i| index_key(cf, &i, id)),
-                    new.map(|i| index_key(cf, &i, id)),
-                );
-                if o != n {
-                    if let Some(k) = o {
-                        self.derived.set(cf, &k, false);
-                    }
-                    if let Some(k) = n {
-                        self.derived.set(cf, &k, true);
-                    }
-                }
-            }
         }
-        if let Some((old, new)) = fx.timer_moved {
-            if let Some(d) = old {
-                self.derived.set(Cf::Timers, &timer_key(d, id), false);
-            }
-            if let Some(d) = new {
-                self.derived.set(Cf::Timers, &timer_key(d, id), true);
-            }
+        if let Some((_, Some(day))) = fx.timer_moved {
+            self.timer_moves.entry(day).or_default().push(i);
         }
-        let slot = self
-            .cache
-            .get_mut(id)
-            .expect("recorded customers are cached");
         if !slot.dirty {
             slot.dirty = true;
-            self.dirty.push(id.to_string());
+            self.dirty.push(i);
         }
     }
 
@@ -465,21 +405,18 @@ impl<S: Store> Processor<S> {
             archived =
                 self.pending_archive.contains(&k) || self.store.get(Cf::Dedupe, &k)?.is_some();
         }
-        let is_new = self.load(&ev.customer_id)?.is_none();
-        if is_new {
-            self.cache.insert(
-                ev.customer_id.clone(),
-                Slot {
-                    state: CustomerState::default(),
-                    dirty: false,
-                },
-            );
-        }
+        let (i, is_new) = match self.load(&ev.customer_id)? {
+            Some(i) => (i, false),
+            None => {
+                let slot = Slot::new(&ev.customer_id, CustomerState::default(), false);
+                (self.cache.insert(slot), true)
+            }
+        };
         let thresholds = match self.current_day {
             Some(_) => None,
             None => Some(self.pop.thresholds(None, None)),
         };
-        let slot = self.cache.get_mut(&ev.customer_id).unwrap();
+        let slot = &mut self.cache.slots[i as usize];
         let mut fx = Effects::default();
         let applied = engine.apply_event(
             &mut slot.state,
@@ -495,7 +432,7 @@ impl<S: Store> Processor<S> {
             Applied::Duplicate => {
                 self.counters.duplicates += 1;
                 if is_new {
-                    self.cache.remove(&ev.customer_id);
+                    self.cache.pop();
                 }
                 return Ok(applied);
             }
@@ -506,7 +443,7 @@ impl<S: Store> Processor<S> {
                 }
             }
         }
-        self.record(&ev.customer_id, fx);
+        self.record(i, fx);
         self.since_flush += 1;
         // Also flush when the cache has outgrown its cap by two read chunks: the cache
         // is trimmed only at a flush.
@@ -548,37 +485,52 @@ impl<S: Store> Processor<S> {
 
     fn fire_timers(&mut self, day: Day) -> Result<(), StoreError> {
         // Timers of earlier days were consumed when the clock passed them; seeking
-        // straight to this day's keys also skips their tombstones.
-        let mut due = Vec::new();
+        // straight to this day's keys also skips their tombstones. A stored key is
+        // due unless its customer's timer moved since the last write; timers that
+        // moved to this day since then are listed in `timer_moves`.
+        let mut due: Vec<String> = Vec::new();
         let (from, to) = (last_day_prefix(day), last_day_prefix(day + 1));
-        let store = &self.store;
-        self.derived
-            .scan(store, Cf::Timers, &from, Some(&to), &mut |k| {
-                let (d, id) = decode_timer_key(k).map_err(|e| corrupt(k, e))?;
-                if d > day {
-                    return Ok(false);
-                }
-                due.push((d, id));
-                Ok(true)
-            })?;
+        let cache = &self.cache;
+        self.store.scan(Cf::Timers, &from, Some(&to), &mut |k, _| {
+            let (d, id) = decode_timer_key(k).map_err(|e| corrupt(k, e))?;
+            if d > day {
+                return Ok(false);
+            }
+            match cache.find(&id) {
+                Some(i) if cache.slots[i as usize].state.timer != Some(day) => {}
+                _ => due.push(id),
+            }
+            Ok(true)
+        })?;
+        for &i in self.timer_moves.get(&day).into_iter().flatten() {
+            let s = &self.cache.slots[i as usize];
+            if s.state.timer == Some(day) && s.stored_timer != Some(day) {
+                due.push(s.id.to_string());
+            }
+        }
         if due.is_empty() {
             return Ok(());
         }
+        // In key order, as the store holds them.
+        due.sort_unstable();
+        due.dedup();
         let settings = self.settings.clone();
         let engine = Engine::new(&settings);
         let thresholds = self.thresholds();
         let horizon = engine.horizon(day);
-        for (d, id) in due {
+        for id in due {
             self.counters.timers_fired += 1;
-            let Some(slot) = self.load(&id)? else {
+            let Some(i) = self.load(&id)? else {
                 // A timer without its customer: drop it.
-                self.derived.set(Cf::Timers, &timer_key(d, &id), false);
+                self.pending.delete(Cf::Timers, timer_key(day, &id));
                 continue;
             };
+            let slot = &mut self.cache.slots[i as usize];
             let mut fx = Effects::default();
             fx.archive.extend(slot.state.prune(horizon));
-            // The fired key is consumed; evaluate schedules the next one.
-            if slot.state.timer == Some(d) {
+            // The fired timer is consumed (the next write deletes its key);
+            // evaluate schedules the next one.
+            if slot.state.timer == Some(day) {
                 slot.state.timer = None;
             }
             engine.evaluate(
@@ -590,10 +542,67 @@ impl<S: Store> Processor<S> {
                 &thresholds,
                 &mut fx,
             );
-            self.derived.set(Cf::Timers, &timer_key(d, &id), false);
-            self.record(&id, fx);
+            self.record(i, fx);
         }
         self.flush_if_full()
+    }
+
+    /// [`Store::scan`] of an index column family (keys only) as it will be after
+    /// the next write: the store's entries in `from..to` but those of customers
+    /// whose entries moved since the last write, merged in key order with those
+    /// customers' current entries. `from` and `to` are figures (no customer id).
+    fn scan_index(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        // Key = figure ++ id: from ≤ key < to ⇔ from ≤ figure < to, compared as
+        // numbers (`index_figure`) while walking the dirty customers.
+        let number = |b: &[u8]| b.iter().fold(0u64, |n, &x| n << 8 | x as u64);
+        let (lo, hi) = (number(from), to.map(number));
+        let cache = &self.cache;
+        let mut moved: Vec<Vec<u8>> = Vec::new();
+        for &i in &self.dirty {
+            let s = &cache.slots[i as usize];
+            let Some(ix) = s.state.indexed.filter(|_| s.index_moved()) else {
+                continue;
+            };
+            let x = index_figure(cf, &ix);
+            if x >= lo && hi.is_none_or(|h| x < h) {
+                moved.push(index_key(cf, &ix, &s.id));
+            }
+        }
+        moved.sort_unstable();
+        let mut moved = moved.into_iter().peekable();
+        let mut stopped = false;
+        self.store.scan(cf, from, to, &mut |k, _| {
+            let (_, id) = decode_index_key(cf, k).map_err(|e| corrupt(k, e))?;
+            if cache
+                .find(id)
+                .is_some_and(|i| cache.slots[i as usize].index_moved())
+            {
+                return Ok(true); // its current entry is among `moved`
+            }
+            while let Some(m) = moved.next_if(|m| m.as_slice() < k) {
+                if !f(&m)? {
+                    stopped = true;
+                    return Ok(false);
+                }
+            }
+            let go = f(k)?;
+            stopped = !go;
+            Ok(go)
+        })?;
+        if !stopped {
+            for m in moved {
+                if !f(&m)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Pareto cut-offs: walking purchasers by window monetary, biggest first, the
@@ -634,17 +643,15 @@ impl<S: Store> Processor<S> {
                 let to = (u64::MAX - lo + 1).to_be_bytes();
                 let mut running = above;
                 let mut found = None;
-                self.derived
-                    .scan(&self.store, Cf::ByMonetary, &from, Some(&to), &mut |k| {
-                        let (m, _) =
-                            decode_index_key(Cf::ByMonetary, k).map_err(|e| corrupt(k, e))?;
-                        running += m as u128;
-                        if running as f64 >= target {
-                            found = Some(m as u64);
-                            return Ok(false);
-                        }
-                        Ok(true)
-                    })?;
+                self.scan_index(Cf::ByMonetary, &from, Some(&to), &mut |k| {
+                    let (m, _) = decode_index_key(Cf::ByMonetary, k).map_err(|e| corrupt(k, e))?;
+                    running += m as u128;
+                    if running as f64 >= target {
+                        found = Some(m as u64);
+                        return Ok(false);
+                    }
+                    Ok(true)
+                })?;
                 return Ok(found);
             }
             Ok(None)
@@ -673,12 +680,11 @@ impl<S: Store> Processor<S> {
             // Descending keys: from the largest figure down to the smallest.
             _ => (money(hi), (lo > 0).then(|| money(lo - 1))),
         };
-        self.derived
-            .scan(&self.store, cf, &from, to.as_deref(), &mut |k| {
-                let (_, id) = decode_index_key(cf, k).map_err(|e| corrupt(k, e))?;
-                into.insert(id.to_string());
-                Ok(true)
-            })
+        self.scan_index(cf, &from, to.as_deref(), &mut |k| {
+            let (_, id) = decode_index_key(cf, k).map_err(|e| corrupt(k, e))?;
+            into.insert(id.to_string());
+            Ok(true)
+        })
     }
 
     /// New thresholds as of `day`; re-evaluate every customer they can move.
@@ -703,7 +709,8 @@ impl<S: Store> Processor<S> {
                 Ok(true)
             })?;
             // and those not written yet
-            visit.extend(self.dirty.iter().cloned());
+            let slots = &self.cache.slots;
+            visit.extend(self.dirty.iter().map(|&i| slots[i as usize].id.to_string()));
         } else if new.purchasers > 0 {
             // A figure x is "high" iff x·n ≥ Σ ⇔ x ≥ ⌈Σ/n⌉ (x an integer). Its side can
             // only change for min(t_old, t_new) ≤ x < max(t_old, t_new).
@@ -770,10 +777,10 @@ impl<S: Store> Processor<S> {
         for chunk in ids.chunks(4096) {
             self.prefetch(chunk.iter().map(|s| s.as_str()))?;
             for id in chunk {
-                let Some(slot) = self.load(id)? else { continue };
+                let Some(i) = self.load(id)? else { continue };
                 let mut fx = Effects::default();
                 engine.evaluate(
-                    &mut slot.state,
+                    &mut self.cache.slots[i as usize].state,
                     id,
                     day,
                     Cause::Recalibration,
@@ -782,7 +789,7 @@ impl<S: Store> Processor<S> {
                     &mut fx,
                 );
                 if !fx.outputs.is_empty() || fx.timer_moved.is_some() || fx.index_moved.is_some() {
-                    self.record(id, fx);
+                    self.record(i, fx);
                 }
             }
             self.flush_if_full()?;
@@ -851,15 +858,41 @@ impl<S: Store> Processor<S> {
     /// Write everything pending in one atomic batch and trim the cache.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         let mut batch = std::mem::take(&mut self.pending);
-        self.derived.drain_into(&mut batch);
         let mut buf = Vec::with_capacity(256);
-        for id in self.dirty.drain(..) {
-            if let Some(slot) = self.cache.get_mut(&id) {
-                encode_customer(&slot.state, &mut buf);
-                batch.put(Cf::Customers, id.into_bytes(), buf.clone());
-                slot.dirty = false;
+        for i in self.dirty.drain(..) {
+            let slot = &mut self.cache.slots[i as usize];
+            encode_customer(&slot.state, &mut buf);
+            batch.put(Cf::Customers, slot.id.as_bytes().to_vec(), buf.clone());
+            slot.dirty = false;
+            // Its timer and index entries, moved in the store once however often
+            // they moved since the last write.
+            let id = &slot.id;
+            if slot.state.timer != slot.stored_timer {
+                if let Some(d) = slot.stored_timer {
+                    batch.delete(Cf::Timers, timer_key(d, id));
+                }
+                if let Some(d) = slot.state.timer {
+                    batch.put(Cf::Timers, timer_key(d, id), Vec::new());
+                }
+                slot.stored_timer = slot.state.timer;
+            }
+            if slot.index_moved() {
+                for cf in Cf::INDEXES {
+                    let old = slot.stored_indexed.map(|x| index_key(cf, &x, id));
+                    let new = slot.state.indexed.map(|x| index_key(cf, &x, id));
+                    if old != new {
+                        if let Some(k) = old {
+                            batch.delete(cf, k);
+                        }
+                        if let Some(k) = new {
+                            batch.put(cf, k, Vec::new());
+                        }
+                    }
+                }
+                slot.stored_indexed = slot.state.indexed;
             }
         }
+        self.timer_moves.clear();
         if batch.is_empty() && self.since_flush == 0 && !self.meta_dirty && self.outputs.is_empty()
         {
             return Ok(());
@@ -881,12 +914,8 @@ impl<S: Store> Processor<S> {
         self.meta_dirty = false;
         let cap = self.settings.raw.engine.customer_cache;
         if self.cache.len() > cap {
-            // Every slot is clean now; drop arbitrary ones down to 3/4 of the cap.
-            let excess = self.cache.len() - cap * 3 / 4;
-            let victims: Vec<String> = self.cache.keys().take(excess).cloned().collect();
-            for v in victims {
-                self.cache.remove(&v);
-            }
+            // Every slot is clean now; keep the 3/4 of the cap loaded last.
+            self.cache.trim(cap * 3 / 4);
         }
         Ok(())
     }

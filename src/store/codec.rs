@@ -284,6 +284,17 @@ pub fn index_key(kind: crate::store::Cf, idx: &Indexed, customer_id: &str) -> Ve
     k
 }
 
+/// The figure part of an index key as a number that orders as the key's bytes do
+/// (the big-endian bytes read as an unsigned integer).
+pub fn index_figure(kind: crate::store::Cf, idx: &Indexed) -> u64 {
+    match kind {
+        crate::store::Cf::ByLastDay => u32::from_be_bytes(day_be(idx.last_day)) as u64,
+        crate::store::Cf::ByFrequency => idx.frequency as u64,
+        crate::store::Cf::ByMonetary => u64::MAX - idx.micros,
+        other => panic!("{other:?} is not an index"),
+    }
+}
+
 pub fn last_day_prefix(day: Day) -> [u8; 4] {
     day_be(day)
 }
@@ -377,6 +388,35 @@ mod tests {
         let mut bad = buf.clone();
         bad[0] = 9;
         assert!(decode_customer(&bad).is_err());
+    }
+
+    #[test]
+    fn index_figures_order_as_the_keys() {
+        use crate::store::Cf;
+        let idx = |last_day, frequency, micros| Indexed {
+            last_day,
+            frequency,
+            micros,
+        };
+        let all = [
+            idx(-5, 0, 0),
+            idx(-1, 1, 7),
+            idx(0, 2, 1_000_000),
+            idx(20_000, 300, u64::MAX / 3),
+            idx(i32::MAX, u32::MAX, u64::MAX),
+        ];
+        for cf in Cf::INDEXES {
+            for a in &all {
+                for b in &all {
+                    let (ka, kb) = (index_key(cf, a, "x"), index_key(cf, b, "x"));
+                    assert_eq!(
+                        index_figure(cf, a).cmp(&index_figure(cf, b)),
+                        ka.cmp(&kb),
+                        "{cf:?} {a:?} {b:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -681,11 +681,13 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
     // consumes (producing the three inputs while an instance consumes them lets an
     // input look caught up — its cached high watermark — just before more of it
     // arrives, and the event-time merge then applies the other inputs ahead of it:
-    // a valid order, but not the oracle's); December's purchases arrive later, while
-    // both instances consume. One topic alone cannot race that way: its partitions
+    // a valid order, but not the oracle's); the purchases from December on arrive
+    // later, while the instances consume. One topic alone cannot race that way: its partitions
     // are applied in offset order, which is event-time order. The other inputs of
     // December are left out of the stream.
     let (early, late) = split_at_day(&file, "2025-12-01");
+    let late_parts = split_lines(&late, 20);
+    let (b_parts, c_parts) = late_parts.split_at(10);
     s.produce_file(&early);
     let mut a = Strata::start(&s.config("a"), s.dir.path(), "a");
     // A joins first and owns everything: it is the group's leader. (When tansu 0.6
@@ -718,10 +720,10 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
     };
     assert_eq!(consumed(&b), 0.0, "the first stage was applied by A alone");
     std::thread::scope(|scope| {
-        // December's purchases in ten parts, a tenth of a second apart: B dies
-        // while they still arrive.
+        // The first half of the late purchases in ten parts, a tenth of a second
+        // apart: B dies while they still arrive.
         let producer = scope.spawn(|| {
-            for part in split_lines(&late, 10) {
+            for part in b_parts {
                 s.produce_file(&part);
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -762,25 +764,48 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
     );
     // A third instance joins mid-stream and starts from restored state.
     let mut c = Strata::start(&s.config("c"), s.dir.path(), "c");
-    // /readyz: 503 naming the partitions while they restore, then 200.
+    let c_ready = std::sync::atomic::AtomicBool::new(false);
     let mut saw_restoring = false;
-    wait_for(
-        "the newcomer to be ready",
-        Duration::from_secs(90),
-        &[&a, &c],
-        || match c.get("/readyz") {
-            Some((200, body)) => {
-                let v: Value = serde_json::from_str(&body).unwrap();
-                !v["assigned"].as_array().unwrap().is_empty()
+    std::thread::scope(|scope| {
+        // The other half of the late purchases: half of it while C joins and
+        // restores, the rest once C is ready, so that C applies events of its own
+        // on top of the restored state.
+        let producer = scope.spawn(|| {
+            let (joining, ready) = c_parts.split_at(c_parts.len() / 2);
+            for part in joining {
+                s.produce_file(part);
+                std::thread::sleep(Duration::from_millis(200));
             }
-            Some((503, body)) => {
-                let v: Value = serde_json::from_str(&body).unwrap();
-                saw_restoring |= !v["restoring"].as_array().unwrap().is_empty();
-                false
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !c_ready.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
             }
-            _ => false,
-        },
-    );
+            for part in ready {
+                s.produce_file(part);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        // /readyz: 503 naming the partitions while they restore, then 200.
+        wait_for(
+            "the newcomer to be ready",
+            Duration::from_secs(90),
+            &[&a, &c],
+            || match c.get("/readyz") {
+                Some((200, body)) => {
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    !v["assigned"].as_array().unwrap().is_empty()
+                }
+                Some((503, body)) => {
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    saw_restoring |= !v["restoring"].as_array().unwrap().is_empty();
+                    false
+                }
+                _ => false,
+            },
+        );
+        c_ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        producer.join().unwrap();
+    });
     assert!(
         saw_restoring,
         "/readyz was 503 with the restoring partitions listed"
@@ -805,6 +830,10 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
     assert!(
         c_restored > 0.0,
         "the newcomer restored its partitions from the changelog"
+    );
+    assert!(
+        consumed(&c) > 0.0,
+        "the newcomer applied events of its own after its restore"
     );
     let day = last_day(&file);
     assert_lookups_find_the_owner(&a, &c, &global_dump(&s, &file, &day));

@@ -682,9 +682,9 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
     // input look caught up — its cached high watermark — just before more of it
     // arrives, and the event-time merge then applies the other inputs ahead of it:
     // a valid order, but not the oracle's); the purchases from December on arrive
-    // later, while the instances consume. One topic alone cannot race that way: its partitions
-    // are applied in offset order, which is event-time order. The other inputs of
-    // December are left out of the stream.
+    // later, while the instances consume. One topic alone cannot race that way:
+    // its partitions are applied in offset order, which is event-time order. The
+    // other inputs from December on are left out of the stream.
     let (early, late) = split_at_day(&file, "2025-12-01");
     let late_parts = split_lines(&late, 20);
     let (b_parts, c_parts) = late_parts.split_at(10);
@@ -724,7 +724,7 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
         // apart: B dies while they still arrive.
         let producer = scope.spawn(|| {
             for part in b_parts {
-                s.produce_file(&part);
+                s.produce_file(part);
                 std::thread::sleep(Duration::from_millis(100));
             }
         });

@@ -271,6 +271,36 @@ impl CustomerState {
     /// figures exactly at any day. Thresholds moving with the population are the
     /// recalibration's job.
     pub fn next_change(&self, f: &Figures, s: &Settings) -> Option<Day> {
+        let dw = s.raw.churn.drop_window_days as i32;
+        // Running spend over the purchase days, so that each half's spend is two
+        // binary searches, not a walk over every bucket per candidate day. (Sums
+        // of non-negative amounts: the total capped at u64::MAX is exactly what
+        // adding them up saturating gives.)
+        let mut spent: smallvec::SmallVec<[(Day, u128); 32]> = smallvec::SmallVec::new();
+        if s.raw.churn.spend_drop {
+            let mut total = 0u128;
+            for b in self.buckets.iter().filter(|b| b.purchases > 0) {
+                total += b.micros as u128;
+                spent.push((b.day, total));
+            }
+        }
+        let through = |d: Day| match spent.partition_point(|&(day, _)| day <= d) {
+            0 => 0,
+            i => spent[i - 1].1,
+        };
+        let between =
+            |after: Day, upto: Day| (through(upto) - through(after)).min(u64::MAX as u128) as u64;
+        // Spend over d−dw+1 … d, and over the dw days before those.
+        self.next_change_by(f, s, &|d| (between(d - dw, d), between(d - 2 * dw, d - dw)))
+    }
+
+    /// [`Self::next_change`], with the spend-drop halves as of a day from `halves`.
+    fn next_change_by(
+        &self,
+        f: &Figures,
+        s: &Settings,
+        halves: &dyn Fn(Day) -> (u64, u64),
+    ) -> Option<Day> {
         let w = s.window_days;
         let dw = s.raw.churn.drop_window_days as i32;
         let as_of = f.as_of;
@@ -284,27 +314,8 @@ impl CustomerState {
             consider(b.day + w);
         }
         let c = &s.raw.churn;
-        // Running spend over the purchase days, so that each half's spend is two
-        // binary searches, not a walk over every bucket per candidate day. (Sums
-        // of non-negative amounts: the total capped at u64::MAX is exactly what
-        // adding them up saturating gives.)
-        let mut spent: smallvec::SmallVec<[(Day, u128); 32]> = smallvec::SmallVec::new();
-        if c.spend_drop {
-            let mut total = 0u128;
-            for b in self.buckets.iter().filter(|b| b.purchases > 0) {
-                total += b.micros as u128;
-                spent.push((b.day, total));
-            }
-        }
-        let through = |d: Day| match spent.partition_point(|&(day, _)| day <= d) {
-            0 => 0,
-            i => spent[i - 1].1,
-        };
-        let between =
-            |after: Day, upto: Day| (through(upto) - through(after)).min(u64::MAX as u128);
         let drop_holds = |d: Day| {
-            // Spend over d−dw+1 … d, and over the dw days before those.
-            let (recent, previous) = (between(d - dw, d), between(d - 2 * dw, d - dw));
+            let (recent, previous) = halves(d);
             previous > 0 && (recent as f64) < c.drop_ratio * previous as f64
         };
         if c.spend_drop && !drop_holds(as_of) {
@@ -368,40 +379,8 @@ mod tests {
     /// The next change day, as first written: every candidate day's spend halves
     /// summed afresh from the buckets.
     fn next_change_reference(c: &CustomerState, f: &Figures, s: &Settings) -> Option<Day> {
-        let (w, dw, as_of) = (s.window_days, s.raw.churn.drop_window_days as i32, f.as_of);
-        let mut next: Option<Day> = None;
-        let mut consider = |d: Day| {
-            if d > as_of && next.is_none_or(|n| d < n) {
-                next = Some(d);
-            }
-        };
-        for b in c.buckets.iter().filter(|b| b.purchases > 0) {
-            consider(b.day + w);
-        }
-        let ch = &s.raw.churn;
-        let drop_holds = |d: Day| {
-            let (recent, previous) = c.drop_halves(d, dw);
-            previous > 0 && (recent as f64) < ch.drop_ratio * previous as f64
-        };
-        if ch.spend_drop && !drop_holds(as_of) {
-            if let Some(d) = c
-                .buckets
-                .iter()
-                .filter(|b| b.purchases > 0 && b.day <= as_of)
-                .map(|b| b.day + dw)
-                .filter(|&d| d > as_of)
-                .find(|&d| drop_holds(d))
-            {
-                consider(d);
-            }
-        }
-        if let Some(last) = f.last_purchase_day {
-            if let Some(limit) = crate::policy::overdue_threshold(f, s) {
-                consider(last + limit.floor() as i32 + 1);
-            }
-            consider(last + s.raw.lifecycle.lapsed_after_days as i32);
-        }
-        next
+        let dw = s.raw.churn.drop_window_days as i32;
+        c.next_change_by(f, s, &|d| c.drop_halves(d, dw))
     }
 
     /// Random purchase histories (amounts up to 10^12, so sums saturate), every

@@ -180,6 +180,14 @@ stats = "{name}-stats"
         recs.len()
     }
 
+    /// Produce the files one after another, pausing `pause` after each.
+    pub fn produce_paced(&self, files: &[PathBuf], pause: Duration) {
+        for f in files {
+            self.produce_file(f);
+            std::thread::sleep(pause);
+        }
+    }
+
     pub fn wait_caught_up(&self, timeout: Duration, alive: &mut [&mut Strata]) {
         let deadline = Instant::now() + timeout;
         let ends: BTreeMap<String, BTreeMap<i32, i64>> = self
@@ -722,12 +730,7 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
     std::thread::scope(|scope| {
         // The first half of the late purchases in ten parts, a tenth of a second
         // apart: B dies while they still arrive.
-        let producer = scope.spawn(|| {
-            for part in b_parts {
-                s.produce_file(part);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
+        let producer = scope.spawn(|| s.produce_paced(b_parts, Duration::from_millis(100)));
         wait_for(
             "the second instance to apply events",
             Duration::from_secs(60),
@@ -772,18 +775,12 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
         // on top of the restored state.
         let producer = scope.spawn(|| {
             let (joining, ready) = c_parts.split_at(c_parts.len() / 2);
-            for part in joining {
-                s.produce_file(part);
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            s.produce_paced(joining, Duration::from_millis(200));
             let deadline = Instant::now() + Duration::from_secs(120);
             while !c_ready.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            for part in ready {
-                s.produce_file(part);
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            s.produce_paced(ready, Duration::from_millis(100));
         });
         // /readyz: 503 naming the partitions while they restore, then 200.
         wait_for(

@@ -93,9 +93,10 @@ struct Slot {
 impl Slot {
     /// A customer as read from the store (`stored`), or new.
     fn new(id: &str, state: CustomerState, stored: bool) -> Slot {
-        let (stored_timer, stored_indexed) = match stored {
-            true => (state.timer, state.indexed),
-            false => (None, None),
+        let (stored_timer, stored_indexed) = if stored {
+            (state.timer, state.indexed)
+        } else {
+            (None, None)
         };
         Slot {
             id: id.into(),
@@ -564,8 +565,12 @@ impl<S: Store> Processor<S> {
         let (lo, hi) = (number(from), to.map(number));
         let cache = &self.cache;
         let mut moved: Vec<Vec<u8>> = Vec::new();
+        // Whether any customer's stored entries are stale (only dirty ones can be):
+        // if none, the store's entries need no lookup in the cache.
+        let mut any_moved = false;
         for &i in &self.dirty {
             let s = &cache.slots[i as usize];
+            any_moved |= s.index_moved();
             let Some(ix) = s.state.indexed.filter(|_| s.index_moved()) else {
                 continue;
             };
@@ -578,12 +583,14 @@ impl<S: Store> Processor<S> {
         let mut moved = moved.into_iter().peekable();
         let mut stopped = false;
         self.store.scan(cf, from, to, &mut |k, _| {
-            let (_, id) = decode_index_key(cf, k).map_err(|e| corrupt(k, e))?;
-            if cache
-                .find(id)
-                .is_some_and(|i| cache.slots[i as usize].index_moved())
-            {
-                return Ok(true); // its current entry is among `moved`
+            if any_moved {
+                let (_, id) = decode_index_key(cf, k).map_err(|e| corrupt(k, e))?;
+                if cache
+                    .find(id)
+                    .is_some_and(|i| cache.slots[i as usize].index_moved())
+                {
+                    return Ok(true); // stale: its current entry, if in range, is in `moved`
+                }
             }
             while let Some(m) = moved.next_if(|m| m.as_slice() < k) {
                 if !f(&m)? {

@@ -170,18 +170,16 @@ fn open_stores(s: &Settings, dir: &std::path::Path) -> Result<Vec<RocksStore>> {
     let parts = dir.join("partitions");
     if parts.is_dir() {
         let mut stores = Vec::new();
-        let mut entries: Vec<_> = std::fs::read_dir(&parts)?
+        // `<p>` only: stores moved aside as unreadable (`<p>.corrupt-<time>`) are
+        // not the partition's state.
+        let mut entries: Vec<(i64, PathBuf)> = std::fs::read_dir(&parts)?
             .filter_map(|e| e.ok())
             .filter(|e| e.path().join("CURRENT").exists())
+            .filter_map(|e| Some((e.file_name().to_str()?.parse::<i64>().ok()?, e.path())))
             .collect();
-        entries.sort_by_key(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .parse::<i64>()
-                .unwrap_or(i64::MAX)
-        });
-        for e in entries {
-            stores.push(open_store(s, &e.path())?);
+        entries.sort();
+        for (_, path) in entries {
+            stores.push(open_store(s, &path)?);
         }
         return Ok(stores);
     }
@@ -321,7 +319,8 @@ fn execute(cli: Cli) -> Result<()> {
                     let s = settings(config.as_ref(), Clock::Event)?;
                     let mut buf = Vec::new();
                     let stats = generate(&args, &mut buf)?;
-                    let n = strata::kafka::produce_lines(&s, &mut io::Cursor::new(buf), &topic)?;
+                    let n =
+                        strata::gen::topic::produce_lines(&s, &mut io::Cursor::new(buf), &topic)?;
                     eprintln!("produced {n} events to {topic}");
                     stats
                 }
@@ -349,7 +348,7 @@ fn execute(cli: Cli) -> Result<()> {
             command: ConfigCommand::Check { config },
         } => {
             let s = settings(config.as_ref(), Clock::Wall)?;
-            print!("{}", toml::to_string_pretty(&s.raw)?);
+            print!("{}", toml::to_string_pretty(&s.raw.redacted())?);
             eprintln!("config is valid");
         }
     }

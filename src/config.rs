@@ -82,6 +82,12 @@ pub struct EngineConfig {
     pub write_buffer_mb: usize,
     /// Events per committed batch (one atomic RocksDB write) in `replay`.
     pub batch_events: usize,
+    /// With the event clock, an event more than this many days after the stream
+    /// clock is bad (`future_timestamp`): one event stamped in the year 9999 would
+    /// otherwise move the clock there (walking every day on the way) and turn every
+    /// later event into a late one. A year and a day lets a stream resume after a
+    /// year's pause.
+    pub max_event_clock_jump_days: u32,
 }
 
 impl Default for EngineConfig {
@@ -98,6 +104,7 @@ impl Default for EngineConfig {
             block_cache_mb: 64,
             write_buffer_mb: 32,
             batch_events: 50_000,
+            max_event_clock_jump_days: 366,
         }
     }
 }
@@ -260,6 +267,21 @@ pub struct KafkaConfig {
     /// and unique in the group. Default: the `HOSTNAME` variable (a StatefulSet pod
     /// name), else the host name.
     pub instance_id: String,
+    /// Compare each message's key with its event's `customer_id`: a message keyed
+    /// by another customer (or not keyed) would be applied on the wrong partition,
+    /// splitting the customer in two; it is dead-lettered as `key_mismatch`
+    /// (`missing_key`) instead. Off for topics keyed otherwise on purpose.
+    pub check_keys: bool,
+    /// How long the state dir of a partition this instance no longer owns is kept
+    /// (Kafka Streams' `state.cleanup.delay.ms`): reassigned within it, the
+    /// partition opens without a restore; after it, the dir is deleted.
+    pub state_cleanup_delay_ms: u64,
+    /// A dead letter carries at most this many bytes of the original message in
+    /// `raw` (cut at a character boundary, with `raw_truncated: true`), so that it
+    /// fits the dead-letter topic's `max.message.bytes` (1 MB by default) even
+    /// escaped as JSON. The default keeps whole every message the parser accepts by
+    /// size (`engine.max_event_bytes`).
+    pub dead_letter_max_raw_bytes: usize,
     /// Passed through to librdkafka verbatim (`security.protocol`, `sasl.*`, ...).
     pub client: BTreeMap<String, String>,
 }
@@ -277,6 +299,9 @@ impl Default for KafkaConfig {
             max_idle_ms: 5_000,
             threads: 0,
             instance_id: String::new(),
+            check_keys: true,
+            state_cleanup_delay_ms: 600_000,
+            dead_letter_max_raw_bytes: 64 * 1024,
             client: BTreeMap::new(),
         }
     }
@@ -324,6 +349,18 @@ pub struct HttpConfig {
     /// `http://<listen>`, with the host name when `listen` binds every interface.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertised_address: Option<String>,
+    /// A client must send a request's whole header within this time (slowloris);
+    /// connections serve one request each.
+    pub header_read_timeout_ms: u64,
+    /// A request is answered within this time or gets 503 (a lookup stuck behind a
+    /// busy disk must not hold its connection).
+    pub request_timeout_ms: u64,
+    /// Connections served at once; more are answered 503 and closed, so a flood
+    /// cannot exhaust file descriptors or memory.
+    pub max_connections: usize,
+    /// Longer request paths get 414 (no customer id is longer than 128
+    /// characters).
+    pub max_path_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -332,6 +369,10 @@ impl Default for HttpConfig {
             listen: "0.0.0.0:9898".into(),
             token: None,
             advertised_address: None,
+            header_read_timeout_ms: 5_000,
+            request_timeout_ms: 10_000,
+            max_connections: 256,
+            max_path_bytes: 2_048,
         }
     }
 }
@@ -378,15 +419,59 @@ impl Config {
             fig = fig.merge(Toml::file(path));
         }
         // Config variables are exactly STRATA_<SECTION>__<KEY>; others (STRATA_LOG, the
-        // log filter) are not config.
+        // log filter) are not config. librdkafka properties are dotted, which no
+        // variable name can nest through: those under KAFKA__CLIENT__ are taken
+        // apart below.
         fig = fig.merge(
             Env::prefixed("STRATA_")
-                .filter(|k| k.as_str().contains("__"))
+                .filter(|k| k.as_str().contains("__") && client_property(k.as_str()).is_none())
                 .split("__"),
         );
-        fig.extract::<Config>()
-            .map_err(|e| ConfigError::Invalid(figment_message(e)))
+        let mut config = fig
+            .extract::<Config>()
+            .map_err(|e| ConfigError::Invalid(figment_message(e)))?;
+        for (name, value) in std::env::vars_os() {
+            let (Some(name), Ok(value)) = (name.to_str(), value.into_string()) else {
+                continue;
+            };
+            if let Some(key) = name.strip_prefix("STRATA_").and_then(client_property) {
+                config.kafka.client.insert(key, value);
+            }
+        }
+        Ok(config)
     }
+
+    /// The configuration as `config check` prints it: `http.token` and every
+    /// `[kafka.client]` property whose name holds `password`, `secret`, `key` or
+    /// `jaas` replaced by `"***"`.
+    pub fn redacted(&self) -> Config {
+        const HIDDEN: &str = "***";
+        let mut c = self.clone();
+        if c.http.token.is_some() {
+            c.http.token = Some(HIDDEN.into());
+        }
+        for (k, v) in c.kafka.client.iter_mut() {
+            let k = k.to_ascii_lowercase();
+            if ["password", "secret", "key", "jaas"]
+                .iter()
+                .any(|s| k.contains(s))
+            {
+                *v = HIDDEN.into();
+            }
+        }
+        c
+    }
+}
+
+/// The librdkafka property a `STRATA_`-less variable name sets, if it is one:
+/// `KAFKA__CLIENT__SASL_PASSWORD` → `sasl.password` (lower case, `_` and `.` both
+/// standing for librdkafka's dots; no string property has an underscore).
+fn client_property(var: &str) -> Option<String> {
+    let rest = var
+        .get(..15)
+        .filter(|p| p.eq_ignore_ascii_case("KAFKA__CLIENT__"))
+        .map(|_| &var[15..])?;
+    (!rest.is_empty()).then(|| rest.to_ascii_lowercase().replace('_', "."))
 }
 
 /// figment reports several errors at once; list every one with its key and source.
@@ -491,6 +576,10 @@ impl Settings {
         if e.batch_events == 0 {
             return Err(key_err("engine.batch_events", "must be at least 1"));
         }
+        positive(
+            "engine.max_event_clock_jump_days",
+            e.max_event_clock_jump_days,
+        )?;
         let v = &raw.value_tiers;
         let share = |key: &'static str, x: f64| {
             if !(x > 0.0 && x <= 1.0) {
@@ -554,6 +643,26 @@ impl Settings {
         }
         if raw.kafka.max_batch_events == 0 {
             return Err(key_err("kafka.max_batch_events", "must be at least 1"));
+        }
+        if raw.kafka.dead_letter_max_raw_bytes < 64 {
+            return Err(key_err(
+                "kafka.dead_letter_max_raw_bytes",
+                "must be at least 64",
+            ));
+        }
+        {
+            let h = &raw.http;
+            let at_least = |key: &'static str, v: u64, min: u64| {
+                if v < min {
+                    Err(key_err(key, format!("must be at least {min}")))
+                } else {
+                    Ok(())
+                }
+            };
+            at_least("http.header_read_timeout_ms", h.header_read_timeout_ms, 1)?;
+            at_least("http.request_timeout_ms", h.request_timeout_ms, 1)?;
+            at_least("http.max_connections", h.max_connections as u64, 1)?;
+            at_least("http.max_path_bytes", h.max_path_bytes as u64, 64)?;
         }
         {
             let t = &raw.kafka.topics;
@@ -681,6 +790,66 @@ mod tests {
         assert!(h.advertised().ends_with(":9000") && !h.advertised().contains("0.0.0.0"));
         h.advertised_address = Some("https://strata-1.strata.ns.svc:9898/".into());
         assert_eq!(h.advertised(), "https://strata-1.strata.ns.svc:9898");
+    }
+
+    #[test]
+    fn redaction_hides_the_token_and_secret_client_properties() {
+        let mut c = Config::default();
+        c.http.token = Some("t0ken".into());
+        for (k, v) in [
+            ("sasl.password", "pw"),
+            ("sasl.oauthbearer.client.secret", "s"),
+            ("ssl.key.password", "kp"),
+            ("sasl.jaas.config", "j"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.username", "strata"),
+        ] {
+            c.kafka.client.insert(k.into(), v.into());
+        }
+        let r = c.redacted();
+        assert_eq!(r.http.token.as_deref(), Some("***"));
+        let shown: Vec<(&str, &str)> = r
+            .kafka
+            .client
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                ("sasl.jaas.config", "***"),
+                ("sasl.oauthbearer.client.secret", "***"),
+                ("sasl.password", "***"),
+                ("sasl.username", "strata"),
+                ("security.protocol", "SASL_SSL"),
+                ("ssl.key.password", "***"),
+            ]
+        );
+        let text = toml::to_string(&r).unwrap();
+        for secret in ["t0ken", "\"pw\"", "\"kp\""] {
+            assert!(!text.contains(secret), "{secret} printed: {text}");
+        }
+        // The original is untouched.
+        assert_eq!(c.http.token.as_deref(), Some("t0ken"));
+    }
+
+    #[test]
+    fn client_variables_name_dotted_librdkafka_properties() {
+        assert_eq!(
+            client_property("KAFKA__CLIENT__SASL_PASSWORD").as_deref(),
+            Some("sasl.password")
+        );
+        assert_eq!(
+            client_property("kafka__client__sasl.mechanism").as_deref(),
+            Some("sasl.mechanism")
+        );
+        assert_eq!(
+            client_property("KAFKA__CLIENT__MESSAGE_TIMEOUT_MS").as_deref(),
+            Some("message.timeout.ms")
+        );
+        assert_eq!(client_property("KAFKA__CLIENT__"), None);
+        assert_eq!(client_property("KAFKA__BROKERS"), None);
+        assert_eq!(client_property("ENGINE__WINDOW_DAYS"), None);
     }
 
     #[test]

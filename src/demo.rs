@@ -8,11 +8,11 @@ use std::io::{self, Cursor, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::cluster::SharedStatus;
 use crate::config::Settings;
 use crate::dump;
 use crate::gen::{generate, GenArgs};
 use crate::http::AppState;
-use crate::kafka::SharedStatus;
 use crate::processor::Processor;
 use crate::replay::{open_store, run_with_metrics, ReplayError, Source, Summary};
 use crate::telemetry::Metrics;
@@ -26,13 +26,20 @@ pub struct DemoArgs {
     pub serve: bool,
 }
 
+/// The demo's HTTP server: its runtime, its stop signal, and its task.
+type Http = (
+    tokio::runtime::Runtime,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
 /// The HTTP endpoints on `http.listen` for the demo: a busy port only costs the
 /// endpoints (with a warning), never the demo.
 fn start_http(
     settings: &Arc<Settings>,
     metrics: Arc<Metrics>,
     status: SharedStatus,
-) -> Option<(tokio::runtime::Runtime, tokio::sync::oneshot::Sender<()>)> {
+) -> Option<Http> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -58,7 +65,7 @@ fn start_http(
         }
         return None;
     }
-    Some((rt, tx))
+    Some((rt, tx, h))
 }
 
 pub fn demo(
@@ -119,7 +126,7 @@ pub fn demo(
             eprintln!("  lifecycle:   {life:?}");
             eprintln!("  at churn risk: {at_risk}");
         }
-        if let Some((rt, stop)) = http {
+        if let Some((rt, stop, server)) = http {
             if args.serve {
                 eprintln!(
                     "demo: serving http://{}/metrics and /v1/customers/{{id}}; Ctrl-C to stop",
@@ -129,8 +136,9 @@ pub fn demo(
                     tokio::signal::ctrl_c().await.ok();
                 });
             }
+            // The server's own shutdown: requests in hand finish (2 s at most).
             stop.send(()).ok();
-            drop(rt);
+            rt.block_on(server).ok();
         }
         status.lock().unwrap().stores.clear();
         Ok(summary)

@@ -111,6 +111,10 @@ pub enum Reason {
     /// Not finite, or above the largest accepted amount ([`MAX_AMOUNT`]).
     InvalidAmount,
     InvalidSeverity,
+    /// The Kafka message's key is not the event's `customer_id` (`kafka.check_keys`).
+    KeyMismatch,
+    /// The Kafka message has no key, or an empty one (`kafka.check_keys`).
+    MissingKey,
 }
 
 impl fmt::Display for Reason {
@@ -130,6 +134,8 @@ impl fmt::Display for Reason {
             Reason::NegativeAmount => f.write_str("negative_amount"),
             Reason::InvalidAmount => f.write_str("invalid_amount"),
             Reason::InvalidSeverity => f.write_str("invalid_severity"),
+            Reason::KeyMismatch => f.write_str("key_mismatch"),
+            Reason::MissingKey => f.write_str("missing_key"),
         }
     }
 }
@@ -168,6 +174,17 @@ impl ParseContext {
             bound_type: None,
             future_limit_millis: None,
         }
+    }
+}
+
+impl ParseContext {
+    /// With the wall clock: events up to `now_millis` plus `skew_seconds` are
+    /// accepted. The limit never moves back: a wall clock stepped backwards (NTP, a
+    /// restored VM) must not make events that were acceptable a moment ago bad for
+    /// good (a dead letter is not retried).
+    pub fn set_now(&mut self, now_millis: i64, skew_seconds: u64) {
+        let limit = now_millis.saturating_add(skew_seconds as i64 * 1000);
+        self.future_limit_millis = Some(self.future_limit_millis.map_or(limit, |l| l.max(limit)));
     }
 }
 
@@ -423,9 +440,99 @@ pub fn parse_event(bytes: &[u8], ctx: &ParseContext) -> Result<Event, Rejection>
     })
 }
 
+/// A Kafka message must be keyed by its event's `customer_id` (SPEC §2): the key
+/// chose the partition, and the partition owns the customer's state. One keyed
+/// otherwise would be applied on another partition than the customer's other
+/// events, splitting the customer in two.
+pub fn check_key(key: Option<&[u8]>, ev: &Event) -> Result<(), Rejection> {
+    match key {
+        None | Some([]) => Err(reject(
+            Reason::MissingKey,
+            "the message has no key: key messages by customer_id",
+        )),
+        Some(k) if k != ev.customer_id.as_bytes() => Err(reject(
+            Reason::KeyMismatch,
+            format!(
+                "the message key {:?} is not the customer_id {:?}: key messages by customer_id",
+                String::from_utf8_lossy(&k[..k.len().min(160)]),
+                ev.customer_id
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// With the event clock, an event more than `max_jump_days` after the stream clock
+/// `clock` is a `future_timestamp`: it would move the clock there for good.
+pub fn check_clock_jump(
+    clock: Option<Day>,
+    ev: &Event,
+    max_jump_days: u32,
+) -> Result<(), Rejection> {
+    match clock {
+        Some(c) if ev.day as i64 - c as i64 > max_jump_days as i64 => Err(reject(
+            Reason::FutureTimestamp,
+            format!(
+                "ts is {} days after the stream clock {} (engine.max_event_clock_jump_days = {max_jump_days})",
+                ev.day as i64 - c as i64,
+                crate::day::format_day(c)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_must_be_keyed_by_their_customer() {
+        let ev = parse_event(
+            br#"{"event_id":"e","customer_id":"B","type":"interaction","ts":0}"#,
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(check_key(Some(b"B"), &ev), Ok(()));
+        assert_eq!(
+            check_key(Some(b"A"), &ev).unwrap_err().reason,
+            Reason::KeyMismatch
+        );
+        assert_eq!(
+            check_key(Some(b"b"), &ev).unwrap_err().reason,
+            Reason::KeyMismatch
+        );
+        assert_eq!(check_key(None, &ev).unwrap_err().reason, Reason::MissingKey);
+        assert_eq!(
+            check_key(Some(b""), &ev).unwrap_err().reason,
+            Reason::MissingKey
+        );
+        assert_eq!(Reason::KeyMismatch.to_string(), "key_mismatch");
+        assert_eq!(Reason::MissingKey.to_string(), "missing_key");
+    }
+
+    #[test]
+    fn the_event_clock_cannot_jump_further_than_configured() {
+        let at = |ts: &str| {
+            parse_event(
+                format!(r#"{{"event_id":"e","customer_id":"c","type":"interaction","ts":"{ts}"}}"#)
+                    .as_bytes(),
+                &ctx(),
+            )
+            .unwrap()
+        };
+        let clock = Some(crate::day::parse_day("2026-01-01").unwrap());
+        // Up to the limit (inclusive), and anything without a clock, is accepted.
+        assert!(check_clock_jump(clock, &at("2027-01-02T23:00:00Z"), 366).is_ok());
+        assert!(check_clock_jump(None, &at("9999-12-31T00:00:00Z"), 366).is_ok());
+        // The past is never a jump.
+        assert!(check_clock_jump(clock, &at("1990-01-01T00:00:00Z"), 366).is_ok());
+        let r = check_clock_jump(clock, &at("2027-01-03T00:00:00Z"), 366).unwrap_err();
+        assert_eq!(r.reason, Reason::FutureTimestamp);
+        assert!(r.detail.contains("367 days"), "{}", r.detail);
+        let far = check_clock_jump(clock, &at("9999-12-31T00:00:00Z"), 366).unwrap_err();
+        assert_eq!(far.reason, Reason::FutureTimestamp);
+    }
 
     fn ctx() -> ParseContext {
         ParseContext {
@@ -576,6 +683,19 @@ mod tests {
             &c,
         );
         assert_eq!(r.unwrap_err().reason, Reason::FutureTimestamp);
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_back_does_not_reject_what_it_accepted() {
+        let mut c = ctx();
+        let ev = br#"{"event_id":"e","customer_id":"c","type":"interaction","ts":10000000}"#;
+        c.set_now(9_000_000, 3600); // limit 12,600,000
+        assert!(parse_event(ev, &c).is_ok());
+        c.set_now(1_000_000, 3600); // stepped back by 8,000 s: the limit stays
+        assert!(parse_event(ev, &c).is_ok());
+        assert_eq!(c.future_limit_millis, Some(12_600_000));
+        c.set_now(20_000_000, 0);
+        assert_eq!(c.future_limit_millis, Some(20_000_000));
     }
 
     #[test]

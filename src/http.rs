@@ -15,6 +15,7 @@
 //!   With `[http] token` set, `/v1/*` needs `Authorization: Bearer <token>` (401).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
@@ -23,9 +24,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::cluster::SharedStatus;
 use crate::config::Settings;
 use crate::dump;
-use crate::kafka::SharedStatus;
 use crate::store::Union;
 use crate::telemetry::Metrics;
 
@@ -55,12 +56,15 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 async fn readyz(State(s): State<AppState>) -> Response {
     let st = s.status.lock().unwrap();
-    let ready = st.running && st.restoring.is_empty();
+    let ready = st.ready();
     let body = json!({
         "ready": ready,
         "consuming": st.running,
         "assigned": st.assigned,
         "restoring": st.restoring,
+        "blocked": st.blocked,
+        "delivering": !st.delivery_stalled,
+        "broker_reachable": !st.broker_unreachable,
     });
     let code = if ready {
         StatusCode::OK
@@ -105,7 +109,7 @@ async fn customer(
     let (stores, owned, route) = {
         let st = s.status.lock().unwrap();
         let route = (st.partitions > 0).then(|| {
-            let p = crate::kafka::partition_of(id.as_bytes(), st.partitions);
+            let p = crate::cluster::partition_of(id.as_bytes(), st.partitions);
             (p, st.restoring.contains(&p), st.owners.get(&p).cloned())
         });
         (
@@ -182,12 +186,91 @@ fn unavailable(partition: i32, why: &str) -> Response {
         .into_response()
 }
 
+/// What one client may take of the server (`[http]`): a slow or flooding client
+/// must not hold the service or delay its shutdown.
+#[derive(Clone, Copy)]
+struct Limits {
+    header_read_timeout: Duration,
+    request_timeout: Duration,
+    max_connections: usize,
+    max_path_bytes: usize,
+}
+
+impl Limits {
+    fn of(h: &crate::config::HttpConfig) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_millis(h.header_read_timeout_ms),
+            request_timeout: Duration::from_millis(h.request_timeout_ms),
+            max_connections: h.max_connections,
+            max_path_bytes: h.max_path_bytes,
+        }
+    }
+}
+
+/// Paths beyond the cap get 414 before any routing; a request not answered in time
+/// gets 503 (its blocking work, if any, finishes on its own thread).
+async fn limit(
+    State(l): State<Limits>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path().len() > l.max_path_bytes {
+        return (
+            StatusCode::URI_TOO_LONG,
+            Json(json!({"error": format!("the path is longer than {} bytes (http.max_path_bytes)", l.max_path_bytes)})),
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(l.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(json!({"error": "the request timed out (http.request_timeout_ms)"})),
+        )
+            .into_response(),
+    }
+}
+
+/// How long requests in hand may finish at shutdown; connections still open then
+/// are dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Answer a connection over the cap and close it, without waiting for it.
+fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        let body = r#"{"error":"too many connections (http.max_connections)"}"#;
+        let head = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let write = async {
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(body.as_bytes()).await?;
+            stream.shutdown().await
+        };
+        tokio::time::timeout(Duration::from_secs(1), write)
+            .await
+            .ok();
+    });
+}
+
 /// Serve until `shutdown` resolves. Binding errors are returned at once.
+///
+/// Each connection serves one request (no keep-alive: nothing waits idle for a
+/// next request) whose header must arrive within `http.header_read_timeout_ms`; at
+/// most `http.max_connections` are served at once (more are answered 503 and
+/// closed). At shutdown the listener closes at once, requests in hand get up to
+/// 2 s to finish, and whatever is still open then is dropped.
 pub async fn serve(
     listen: &str,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower_service::Service;
+
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -195,7 +278,52 @@ pub async fn serve(
         )
     })?;
     tracing::info!(address = %listener.local_addr()?, "Serving /metrics, /healthz, /readyz, /v1/customers/{{id}}.");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = Limits::of(&state.settings.raw.http);
+    let metrics = state.metrics.clone();
+    let app = router(state).layer(axum::middleware::from_fn_with_state(limits, limit));
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, a reset before accept: go on.
+                    tracing::warn!(error = %e, "Could not accept an HTTP connection.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.http_connections_rejected.inc();
+            refuse(stream);
+            continue;
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req| app.clone().call(req));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            conn.await.ok();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(
+        SHUTDOWN_GRACE.min(limits.request_timeout),
+        graceful.shutdown(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("HTTP connections still open at shutdown were dropped.");
+    }
+    Ok(())
 }

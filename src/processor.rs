@@ -68,6 +68,9 @@ pub struct Audit {
     pub tier_mismatches: u64,
     /// Incremental population sums differing from a scan (0 or 1).
     pub population_drift: u64,
+    /// Timer and index entries missing from, or extra in, the derived column
+    /// families ([`DERIVED`]) against what the customer records say.
+    pub derived_mismatches: u64,
 }
 
 /// Called by [`Processor::flush`] with the batch about to be written and the outputs
@@ -223,6 +226,18 @@ pub fn rebuild_derived(store: &dyn Store) -> Result<(), StoreError> {
         Ok(true)
     })?;
     store.write(b)
+}
+
+/// Decode the meta records [`Processor::open`] reads (population summary,
+/// thresholds): a store another codec version wrote fails here.
+pub fn check_meta(store: &dyn Store) -> Result<(), StoreError> {
+    if let Some(b) = store.get(Cf::Meta, META_POPULATION)? {
+        Population::decode(&b).map_err(|e| corrupt(META_POPULATION, e))?;
+    }
+    if let Some(b) = store.get(Cf::Meta, META_THRESHOLDS)? {
+        decode_thresholds(&b).map_err(|e| corrupt(META_THRESHOLDS, e))?;
+    }
+    Ok(())
 }
 
 fn corrupt(key: &[u8], e: crate::store::codec::CodecError) -> StoreError {
@@ -818,8 +833,9 @@ impl<S: Store> Processor<S> {
     }
 
     /// Check the incremental machinery against brute force (tests and debugging):
-    /// re-evaluate every customer at the clock with the thresholds in force, and
-    /// recompute the population sums with a scan. Changes nothing. Tiers are checked
+    /// re-evaluate every customer at the clock with the thresholds in force,
+    /// recompute the population sums with a scan, and compare the timer and index
+    /// entries with those the customer records imply. Changes nothing. Tiers are checked
     /// once thresholds are frozen: on the stream's first day they are the live means,
     /// which move with every event, and the first recalibration re-evaluates everyone.
     pub fn audit(&mut self) -> Result<Audit, StoreError> {
@@ -832,8 +848,25 @@ impl<S: Store> Processor<S> {
         let t = self.thresholds();
         let frozen = self.current_day.is_some();
         let mut b = ThresholdsBuilder::default();
+        // The derived entries each record implies, per column family.
+        let mut derived: HashMap<Cf, HashSet<Vec<u8>>> = HashMap::new();
         self.store.scan(Cf::Customers, &[], None, &mut |k, v| {
             let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
+            let id = String::from_utf8_lossy(k);
+            if let Some(d) = c.timer {
+                derived
+                    .entry(Cf::Timers)
+                    .or_default()
+                    .insert(timer_key(d, &id));
+            }
+            if let Some(i) = c.indexed {
+                for cf in Cf::INDEXES {
+                    derived
+                        .entry(cf)
+                        .or_default()
+                        .insert(index_key(cf, &i, &id));
+                }
+            }
             let f = c.figures(clock, s);
             b.add(f.recency_days, f.frequency, f.monetary_micros);
             if frozen && c.published != Some(policy::tiers(&f, &t, s)) {
@@ -841,6 +874,19 @@ impl<S: Store> Processor<S> {
             }
             Ok(true)
         })?;
+        for cf in DERIVED {
+            let want = derived.remove(&cf).unwrap_or_default();
+            let mut seen = 0u64;
+            self.store.scan(cf, &[], None, &mut |k, _| {
+                if want.contains(k) {
+                    seen += 1;
+                } else {
+                    audit.derived_mismatches += 1;
+                }
+                Ok(true)
+            })?;
+            audit.derived_mismatches += want.len() as u64 - seen;
+        }
         let exact = b.build(s, clock);
         let live = self.pop.thresholds(None, None);
         let hist_total: u128 = self.pop.monetary_hist.values().map(|(_, m)| *m).sum();

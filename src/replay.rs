@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::{Clock, Settings};
-use crate::event::{parse_event, Event, ParseContext};
+use crate::event::{check_clock_jump, parse_event, Event, ParseContext};
 use crate::output::{Output, OutputType};
 use crate::processor::Processor;
 use crate::store::rocks::RocksStore;
@@ -160,6 +160,11 @@ pub fn run_with_metrics<S: Store>(
     let started = Instant::now();
     let mut ctx = ParseContext::for_files(proc.settings());
     let wall = proc.settings().clock == Clock::Wall;
+    // The stream clock as it will be when the next parsed event is processed (the
+    // largest event day so far): an event too far after it is bad
+    // (`engine.max_event_clock_jump_days`).
+    let mut clock = proc.clock();
+    let max_jump = proc.settings().raw.engine.max_event_clock_jump_days;
     let total = sources.iter().map(|s| s.len).sum::<Option<u64>>();
     let pb = progress(total);
     let mut sum = Summary::default();
@@ -176,9 +181,10 @@ pub fn run_with_metrics<S: Store>(
             // (beyond the allowed skew) are bad.
             if wall {
                 let s = proc.settings();
-                let now = chrono::Utc::now().timestamp_millis();
-                ctx.future_limit_millis =
-                    Some(now + s.raw.engine.max_future_skew_seconds as i64 * 1000);
+                ctx.set_now(
+                    chrono::Utc::now().timestamp_millis(),
+                    s.raw.engine.max_future_skew_seconds,
+                );
                 let today = crate::day::today(s.tz);
                 proc.advance_to(today)?;
                 let outputs = proc.take_outputs();
@@ -211,7 +217,14 @@ pub fn run_with_metrics<S: Store>(
                     continue;
                 }
                 sum.events_read += 1;
-                match parse_event(line, &ctx) {
+                let parsed = parse_event(line, &ctx).and_then(|ev| {
+                    if !wall {
+                        check_clock_jump(clock, &ev, max_jump)?;
+                        clock = clock.max(Some(ev.day));
+                    }
+                    Ok(ev)
+                });
+                match parsed {
                     Ok(ev) => {
                         metrics.consumed(ev.kind.event_type(), 1);
                         events.push(ev)

@@ -7,9 +7,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::cluster::SharedStatus;
 use crate::config::Settings;
 use crate::http::{serve, AppState};
-use crate::kafka::{self, KafkaError, SharedStatus};
+use crate::kafka::{self, KafkaError};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]

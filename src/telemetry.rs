@@ -49,6 +49,16 @@ pub struct Metrics {
     pub rocksdb_block_cache: IntGauge,
     pub rocksdb_pending_compaction: IntGauge,
     pub build_info: IntGaugeVec,
+    pub http_connections_rejected: IntCounter,
+    pub records_undeliverable: IntCounterVec,
+    pub records_resent: IntCounter,
+    pub partitions_blocked: IntGauge,
+    pub delivery_stalled: IntGauge,
+    pub kafka_connect_retries: IntCounter,
+    pub kafka_errors: IntCounterVec,
+    pub partitions_corrupt: IntCounter,
+    pub partition_open_failures: IntCounter,
+    pub state_dirs_removed: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -116,6 +126,16 @@ impl Metrics {
             rocksdb_block_cache: gauge(&r, "strata_rocksdb_block_cache_usage_bytes", "RocksDB block cache usage, all partitions."),
             rocksdb_pending_compaction: gauge(&r, "strata_rocksdb_pending_compaction_bytes", "RocksDB estimated bytes pending compaction, all partitions."),
             build_info: gauge_vec(&r, "strata_build_info", "Always 1; the version as a label.", &["version"]),
+            records_undeliverable: counter_vec(&r, "strata_records_undeliverable_total", "Records the broker refuses for good (too large, not authorised, no such topic), by destination: outputs, dead letters and summaries are dropped; a changelog record blocks its partition.", &["destination"]),
+            records_resent: counter(&r, "strata_records_resent_total", "Records sent again after a failed delivery (only those that failed)."),
+            partitions_blocked: gauge(&r, "strata_partitions_blocked", "Partitions taking no events because the changelog refuses one of their records."),
+            delivery_stalled: gauge(&r, "strata_delivery_stalled", "1 while records have waited more than 10 s for the broker (then /readyz is 503)."),
+            kafka_connect_retries: counter(&r, "strata_kafka_connect_retries_total", "Failed attempts to reach the Kafka cluster at startup (each is retried)."),
+            kafka_errors: counter_vec(&r, "strata_kafka_errors_total", "Errors librdkafka reported to a client (it retries), by client.", &["client"]),
+            partitions_corrupt: counter(&r, "strata_partitions_corrupt_total", "Partition stores found unreadable, moved aside and restored from the changelog."),
+            partition_open_failures: counter(&r, "strata_partition_open_failures_total", "Attempts to open or restore a partition that failed (each is retried)."),
+            state_dirs_removed: counter(&r, "strata_state_dirs_removed_total", "State dirs of partitions no longer owned, deleted after kafka.state_cleanup_delay_ms."),
+            http_connections_rejected: counter(&r, "strata_http_connections_rejected_total", "HTTP connections answered 503 and closed: http.max_connections were being served."),
             registry: r,
         };
         m.build_info
@@ -138,11 +158,22 @@ impl Metrics {
             "negative_amount",
             "invalid_amount",
             "invalid_severity",
+            "key_mismatch",
+            "missing_key",
         ] {
             m.events_rejected.with_label_values(&[reason]);
         }
         for ty in OutputType::ALL {
             m.outputs_published.with_label_values(&[ty.as_str()]);
+        }
+        for d in [
+            "tier_changes",
+            "churn_warnings",
+            "dead_letter",
+            "changelog",
+            "stats",
+        ] {
+            m.records_undeliverable.with_label_values(&[d]);
         }
         m
     }
@@ -305,8 +336,11 @@ impl Metrics {
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours on a terminal only: a log file (a container's, a test's) reads as
+    // plain `key=value` text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -12,13 +12,17 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How often the reader checks that the cluster answers.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use super::partition::PeerStats;
-use super::{KafkaError, SharedStatus};
+use super::task::PeerStats;
+use super::KafkaError;
+use crate::cluster::SharedStatus;
 use crate::population::Population;
 
 pub fn spawn(
@@ -46,7 +50,25 @@ pub fn spawn(
     Ok(std::thread::Builder::new()
         .name("strata-stats".into())
         .spawn(move || {
+            let mut probed = Instant::now();
             while !stop.load(Ordering::Relaxed) {
+                // Whether the cluster answers at all (readiness during an outage,
+                // when nothing may be in flight to notice it by).
+                if probed.elapsed() >= PROBE_EVERY {
+                    let reachable = consumer
+                        .fetch_metadata(Some(&topic), Duration::from_secs(3))
+                        .is_ok();
+                    probed = Instant::now();
+                    let mut st = status.lock().unwrap();
+                    if st.broker_unreachable == reachable {
+                        st.broker_unreachable = !reachable;
+                        drop(st);
+                        match reachable {
+                            true => tracing::info!("The Kafka cluster answers again."),
+                            false => tracing::warn!("The Kafka cluster does not answer; /readyz reports not ready until it does."),
+                        }
+                    }
+                }
                 match consumer.poll(Duration::from_millis(200)) {
                     Some(Ok(m)) => {
                         if let Some((p, address)) = owner(&m) {

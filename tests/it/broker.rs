@@ -63,36 +63,13 @@ pub fn brokers() -> &'static str {
         let log = std::env::temp_dir().join(format!("strata-tansu-{port}.log"));
         let dir = broker_dir();
         let (tx, rx) = std::sync::mpsc::channel();
-        let bin = tansu_binary();
         let a = addr.clone();
         std::thread::Builder::new()
             .name("tansu".into())
             .spawn(move || {
-                let log = std::fs::File::create(&log).unwrap();
-                let mut cmd = Command::new(bin);
-                cmd.args([
-                    "broker",
-                    "--listener-url",
-                    &format!("tcp://{a}"),
-                    "--advertised-listener-url",
-                    &format!("tcp://{a}"),
-                    "--storage-engine",
-                    "sqlite://tansu.db",
-                ])
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-                // SAFETY: prctl in the child before exec; no allocation.
-                unsafe {
-                    cmd.pre_exec(|| {
-                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                        Ok(())
-                    });
-                }
                 // Never waited on: it lives until the test process exits.
                 #[allow(clippy::zombie_processes)]
-                let child = cmd.spawn().expect("start tansu");
+                let child = spawn_tansu(&a, &dir, &log);
                 tx.send(child.id()).unwrap();
                 // Live as long as the process: the broker dies with this thread.
                 loop {
@@ -101,21 +78,105 @@ pub fn brokers() -> &'static str {
             })
             .unwrap();
         rx.recv().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // The first metadata answer means it is serving.
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &addr)
-            .create()
-            .unwrap();
-        while c.fetch_metadata(None, Duration::from_secs(2)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not answer on {addr}");
-        }
+        wait_serving(&addr);
         addr
     })
+}
+
+/// Start tansu on `addr` with its SQLite database in `dir`, logging to `log`. It
+/// dies with the thread that started it (PR_SET_PDEATHSIG).
+fn spawn_tansu(addr: &str, dir: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = Command::new(tansu_binary());
+    cmd.args([
+        "broker",
+        "--listener-url",
+        &format!("tcp://{addr}"),
+        "--advertised-listener-url",
+        &format!("tcp://{addr}"),
+        "--storage-engine",
+        "sqlite://tansu.db",
+    ])
+    .current_dir(dir)
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().unwrap())
+    .stderr(log);
+    // SAFETY: prctl in the child before exec; no allocation.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("start tansu")
+}
+
+/// Wait until the broker at `addr` answers metadata requests.
+fn wait_serving(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap();
+    while c.fetch_metadata(None, Duration::from_secs(2)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not answer on {addr}");
+    }
+}
+
+/// A broker of one test's own, which it can stop (kill -9) and start again on the
+/// same port and database: a broker outage.
+pub struct PrivateBroker {
+    child: Option<Child>,
+    addr: String,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl PrivateBroker {
+    /// A new broker in `dir` (not started: see [`PrivateBroker::start`]).
+    pub fn new(dir: &Path) -> PrivateBroker {
+        let db = dir.join("tansu");
+        std::fs::create_dir_all(&db).unwrap();
+        PrivateBroker {
+            child: None,
+            addr: format!("127.0.0.1:{}", free_port()),
+            log: dir.join("tansu.log"),
+            dir: db,
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Start it (again) and wait until it serves.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.child = Some(spawn_tansu(&self.addr, &self.dir, &self.log));
+        wait_serving(&self.addr);
+    }
+
+    /// kill -9 it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A fresh directory for the broker's database, named by this process; those of
@@ -344,6 +405,11 @@ pub struct Strata {
 
 impl Strata {
     pub fn start(config: &Path, dir: &Path, name: &str) -> Strata {
+        Strata::start_env(config, dir, name, &[])
+    }
+
+    /// With environment overrides (`STRATA_<SECTION>__<KEY>`).
+    pub fn start_env(config: &Path, dir: &Path, name: &str, env: &[(&str, &str)]) -> Strata {
         let port = free_port();
         let log = dir.join(format!("{name}.log"));
         let f = std::fs::OpenOptions::new()
@@ -360,6 +426,7 @@ impl Strata {
                 "STRATA_LOG",
                 std::env::var("STRATA_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()

@@ -20,7 +20,7 @@ use crate::broker::{
 };
 use crate::util::{dump, generate, replay, strata, tempdir, write_lines};
 
-const FIXED: &[(&str, &str)] = &[
+pub(crate) const FIXED: &[(&str, &str)] = &[
     ("STRATA_SEGMENTS__THRESHOLDS", "fixed"),
     ("STRATA_VALUE_TIERS__METHOD", "fixed"),
 ];
@@ -30,12 +30,14 @@ const FIXED: &[(&str, &str)] = &[
 /// tests check (order, failover timing) is what a starved machine disturbs.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub struct Setup {
     pub dir: tempfile::TempDir,
+    /// The broker's bootstrap address (the shared one, or a test's own).
+    pub broker: String,
     pub inputs: Vec<String>,
     pub tier_changes: String,
     pub churn_warnings: String,
@@ -52,7 +54,11 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(partitions: &[i32]) -> Setup {
-        let b = brokers();
+        Setup::on(brokers(), partitions)
+    }
+
+    /// Topics with these partition counts on the broker at `b`.
+    pub fn on(b: &str, partitions: &[i32]) -> Setup {
         let name = unique("t");
         let inputs: Vec<String> = ["purchases", "interactions", "complaints"]
             .iter()
@@ -66,6 +72,7 @@ impl Setup {
         create_topics(b, &topics);
         Setup {
             dir: tempdir(),
+            broker: b.to_string(),
             tier_changes: format!("{name}-tier_changes"),
             churn_warnings: format!("{name}-churn_warnings"),
             dead_letter: format!("{name}-dead"),
@@ -126,7 +133,7 @@ stats = "{name}-stats"
             // librdkafka requires max.poll.interval.ms >= session.timeout.ms.
             poll = self.session_timeout_ms.max(10_000),
             state = state.display(),
-            brokers = brokers(),
+            brokers = self.broker,
             group = self.group,
             p = self.inputs[0],
             i = self.inputs[1],
@@ -176,7 +183,7 @@ stats = "{name}-stats"
                 )
             })
             .collect();
-        produce(brokers(), &recs);
+        produce(&self.broker, &recs);
         recs.len()
     }
 
@@ -193,9 +200,9 @@ stats = "{name}-stats"
         let ends: BTreeMap<String, BTreeMap<i32, i64>> = self
             .inputs
             .iter()
-            .map(|t| (t.clone(), end_offsets(brokers(), t)))
+            .map(|t| (t.clone(), end_offsets(&self.broker, t)))
             .collect();
-        while !caught_up(brokers(), &self.group, &ends) {
+        while !caught_up(&self.broker, &self.group, &ends) {
             for s in alive.iter_mut() {
                 if let Some(st) = s.child.try_wait().unwrap() {
                     panic!("strata exited early ({st}):\n{}", s.log_text());
@@ -216,7 +223,7 @@ stats = "{name}-stats"
     pub fn outputs(&self) -> Vec<(String, Value)> {
         let mut out = Vec::new();
         for t in [&self.tier_changes, &self.churn_warnings] {
-            let mut recs = read_topic(brokers(), t, false);
+            let mut recs = read_topic(&self.broker, t, false);
             recs.sort_by_key(|r| (r.partition, r.offset));
             for r in recs {
                 let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
@@ -233,7 +240,7 @@ stats = "{name}-stats"
     pub fn oracle(&self) -> (Vec<(String, Value)>, PathBuf) {
         let mut per_part: BTreeMap<i32, Vec<(i64, usize, i64, String)>> = BTreeMap::new();
         for (idx, t) in self.inputs.iter().enumerate() {
-            for r in read_topic(brokers(), t, false) {
+            for r in read_topic(&self.broker, t, false) {
                 let line = String::from_utf8(r.value.unwrap()).unwrap();
                 let v: Value = serde_json::from_str(&line).unwrap();
                 let ts = match &v["ts"] {
@@ -272,12 +279,12 @@ stats = "{name}-stats"
     }
 }
 
-fn canonical(v: &Value) -> String {
+pub(crate) fn canonical(v: &Value) -> String {
     serde_json::to_string(v).unwrap()
 }
 
 /// Per (topic, customer) sequence of outputs.
-fn sequences(outs: &[(String, Value)]) -> BTreeMap<(String, String), Vec<String>> {
+pub(crate) fn sequences(outs: &[(String, Value)]) -> BTreeMap<(String, String), Vec<String>> {
     let mut m: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for (t, v) in outs {
         m.entry((t.clone(), v["customer_id"].as_str().unwrap().to_string()))
@@ -287,14 +294,14 @@ fn sequences(outs: &[(String, Value)]) -> BTreeMap<(String, String), Vec<String>
     m
 }
 
-fn sorted_dump(state: &Path, as_of: &str) -> Vec<Value> {
+pub(crate) fn sorted_dump(state: &Path, as_of: &str) -> Vec<Value> {
     let mut d = dump(state, Some(as_of), FIXED);
     d.sort_by(|a, b| a["customer_id"].as_str().cmp(&b["customer_id"].as_str()));
     d
 }
 
 /// The last day of the generated stream: the dump day of every comparison.
-fn last_day(file: &Path) -> String {
+pub(crate) fn last_day(file: &Path) -> String {
     let text = std::fs::read_to_string(file).unwrap();
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -304,7 +311,7 @@ fn last_day(file: &Path) -> String {
 }
 
 /// Dump of one replay of the whole file: the state the service must end with.
-fn global_dump(s: &Setup, file: &Path, as_of: &str) -> Vec<Value> {
+pub(crate) fn global_dump(s: &Setup, file: &Path, as_of: &str) -> Vec<Value> {
     let state = s.dir.path().join("global");
     replay(&state, &[file], FIXED);
     sorted_dump(&state, as_of)
@@ -312,7 +319,7 @@ fn global_dump(s: &Setup, file: &Path, as_of: &str) -> Vec<Value> {
 
 /// Every oracle output was published; anything published more than once is the
 /// identical event (same `event_id`, same content); nothing else was published.
-fn assert_outputs_cover_oracle(run: &[(String, Value)], oracle: &[(String, Value)]) {
+pub(crate) fn assert_outputs_cover_oracle(run: &[(String, Value)], oracle: &[(String, Value)]) {
     let mut by_id: BTreeMap<String, String> = BTreeMap::new();
     for (_, v) in oracle {
         by_id.insert(v["event_id"].as_str().unwrap().to_string(), canonical(v));
@@ -591,7 +598,7 @@ fn an_unfinished_round_on_the_changelog_is_undone_by_the_next_writer() {
 }
 
 /// `file`'s lines in `n` consecutive parts (`<stem>.<i>.jsonl` beside it).
-fn split_lines(file: &Path, n: usize) -> Vec<PathBuf> {
+pub(crate) fn split_lines(file: &Path, n: usize) -> Vec<PathBuf> {
     let text = std::fs::read_to_string(file).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let per = lines.len().div_ceil(n);
@@ -608,7 +615,7 @@ fn split_lines(file: &Path, n: usize) -> Vec<PathBuf> {
 /// Split a generated stream (event-time order) at `day`: the events before it, and
 /// the purchases from it on. The file is rewritten to the two concatenated — the
 /// stream as produced — and the two parts are returned.
-fn split_at_day(file: &Path, day: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn split_at_day(file: &Path, day: &str) -> (PathBuf, PathBuf) {
     let text = std::fs::read_to_string(file).unwrap();
     let (mut early, mut late) = (Vec::new(), Vec::new());
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -635,7 +642,7 @@ fn split_at_day(file: &Path, day: &str) -> (PathBuf, PathBuf) {
 }
 
 /// Copy the partition dirs each final owner reported into one state dir.
-fn combine(s: &Setup, owners: &[(&str, Vec<i64>)]) -> PathBuf {
+pub(crate) fn combine(s: &Setup, owners: &[(&str, Vec<i64>)]) -> PathBuf {
     let root = s.dir.path().join("combined").join("partitions");
     std::fs::create_dir_all(&root).unwrap();
     for (inst, parts) in owners {
@@ -652,7 +659,7 @@ fn combine(s: &Setup, owners: &[(&str, Vec<i64>)]) -> PathBuf {
     root.parent().unwrap().to_path_buf()
 }
 
-fn assigned(s: &Strata) -> Vec<i64> {
+pub(crate) fn assigned(s: &Strata) -> Vec<i64> {
     let (_, body) = s.get("/readyz").unwrap_or((0, "{}".into()));
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     v["assigned"]
@@ -661,7 +668,12 @@ fn assigned(s: &Strata) -> Vec<i64> {
         .unwrap_or_default()
 }
 
-fn wait_for(what: &str, timeout: Duration, logs: &[&Strata], mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(
+    what: &str,
+    timeout: Duration,
+    logs: &[&Strata],
+    mut f: impl FnMut() -> bool,
+) {
     let deadline = Instant::now() + timeout;
     while !f() {
         if Instant::now() > deadline {

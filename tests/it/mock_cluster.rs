@@ -15,9 +15,10 @@ use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::Value;
 
+use strata::cluster::SharedStatus;
 use strata::config::{Clock, Config, Guarantee, Settings};
 use strata::kafka::changelog::parse_changelog_key;
-use strata::kafka::{KafkaError, SharedStatus};
+use strata::kafka::KafkaError;
 use strata::store::Cf;
 use strata::telemetry::Metrics;
 

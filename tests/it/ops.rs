@@ -265,7 +265,7 @@ fn demo_serves_exact_metrics_and_the_customer_endpoint() {
 #[test]
 fn readyz_is_503_while_a_partition_restores() {
     let settings = Arc::new(strata::config::Settings::defaults());
-    let status = strata::kafka::SharedStatus::default();
+    let status = strata::cluster::SharedStatus::default();
     let state = strata::http::AppState {
         settings,
         metrics: Arc::new(strata::telemetry::Metrics::new()),

@@ -7,7 +7,9 @@
 //! complaint rate (5 % are unhappy and complain ten times as often), and for a quarter
 //! of them a day on which they go silent for good; a tenth spend less and less. Events
 //! come out in time order, merged across customers through a heap, so memory is
-//! O(customers), not O(events).
+//! O(customers), not O(events). [`topic`] produces the stream to Kafka (`--topic`).
+
+pub mod topic;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -1,37 +1,44 @@
-//! One state partition on this instance: partition p of every input topic feeds one
-//! RocksDB (`<state_dir>/partitions/<p>`) and one [`Processor`], so a partition is
-//! restored, dropped or handed over on its own.
+//! One state partition on this instance (a Kafka Streams task): partition p of
+//! every input topic feeds one RocksDB (`<state_dir>/partitions/<p>`) and one
+//! [`Processor`], so a partition is restored, dropped or handed over on its own.
 //!
 //! Messages wait in one queue per input topic and are applied in event-time order
 //! across the three (Kafka Streams' stream-time rule): the next event is the earliest
 //! head of the queues, and the partition waits while a queue is empty but its topic
-//! partition has more to fetch. So a partition's order is a function of its input
-//! topics alone, whatever the fetch interleaving — the same order `strata replay` sees
-//! when given the merged partition (what the end-to-end tests compare).
+//! partition has more to fetch (see [`super::inputs::input_caught_up`]). So a
+//! partition's order is a function of its input topics alone, whatever the fetch
+//! interleaving — the same order `strata replay` sees when given the merged partition
+//! (what the end-to-end tests compare).
+//!
+//! A message keyed other than by its event's `customer_id` is a dead letter
+//! (`key_mismatch`, `missing_key`; `kafka.check_keys`), as is, with the event clock,
+//! an event too far after the partition's stream clock (`future_timestamp`,
+//! `engine.max_event_clock_jump_days`), checked in merge order as `replay` does.
 //!
 //! The processor's [`FlushHook`](crate::processor::FlushHook) adds to every state
 //! write the batch marker (consumed offsets), and copies of the write, the outputs,
-//! the dead letters and the population summary into the outbox (see [`changelog`]).
+//! the dead letters and the population summary into the outbox (see [`changelog`],
+//! [`super::outbox`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::config::Settings;
-use crate::event::{Event, Rejection};
+use crate::config::{Clock, Settings};
+use crate::event::{check_clock_jump, check_key, Event, Rejection};
 use crate::output::OutputType;
 use crate::population::Population;
 use crate::processor::Processor;
 use crate::store::rocks::RocksStore;
-use crate::store::{Batch, Cf, Store, StoreError};
+use crate::store::{Cf, Store, StoreError};
 use crate::telemetry::Metrics;
 
 use super::changelog::{
-    changelog_key, entry_records, outbox_key, pack, unpack, Dest, EntryWriter, Marker,
-    OutboxRecord, RecordRef, MARKER_KEY, PUBLISHED_KEY,
+    changelog_key, outbox_key, pack, Dest, EntryWriter, Marker, OutboxRecord, RecordRef,
+    MARKER_KEY, PUBLISHED_KEY,
 };
+use super::outbox::Outbox;
 
 /// One consumed message; parsed by the thread that drains it (a worker), not by
 /// the loop that polls it.
@@ -72,7 +79,6 @@ struct Pending {
     marker: Marker,
     nonce: u64,
     dead: Vec<OutboxRecord>,
-    next_outbox: u64,
     /// Writes of values the store already holds, for the next batch's changelog
     /// copies: keys an unfinished round left on the changelog (see
     /// [`Partition::republish`]).
@@ -87,11 +93,25 @@ struct DeadLetter<'a> {
     topic: &'a str,
     partition: i32,
     offset: i64,
-    /// The original message, as text when it is UTF-8.
-    raw: String,
-    /// Base64 would hide the reason a message is bad; bytes that are not UTF-8 are
-    /// given as a lossy string here and exactly in the Kafka record's value below.
+    /// The original message as text (bytes that are not UTF-8 replaced by U+FFFD:
+    /// base64 would hide why a message is bad), at most
+    /// `kafka.dead_letter_max_raw_bytes` of it.
+    raw: &'a str,
     raw_is_utf8: bool,
+    /// `raw` is the beginning of the message only.
+    raw_truncated: bool,
+}
+
+/// `text` cut to at most `max` bytes at a character boundary; whether it was cut.
+fn truncate(text: &str, max: usize) -> (&str, bool) {
+    if text.len() <= max {
+        return (text, false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&text[..end], true)
 }
 
 pub struct Partition {
@@ -99,122 +119,11 @@ pub struct Partition {
     pub store: Arc<RocksStore>,
     pub proc: Processor<Arc<RocksStore>>,
     pending: Arc<Mutex<Pending>>,
-    /// One queue per input topic, in [`super::Inputs`] order.
+    /// One queue per input topic, in [`super::inputs::Inputs`] order.
     pub queues: Vec<VecDeque<Msg>>,
     /// What was sent and published of the outbox (shared with the publisher).
     pub outbox: Outbox,
-}
-
-/// A partition's outbox as the publisher sees it: confirming and re-sending work
-/// while the partition itself is being applied on a worker thread.
-#[derive(Clone)]
-pub struct Outbox {
-    partition: i32,
-    store: Arc<RocksStore>,
-    /// Outbox keys below this were published and deleted: claims start here.
-    floor: Arc<AtomicU64>,
-    /// Outbox keys below this were sent (perhaps not yet acknowledged): the next
-    /// round sends from here. Back to the floor after a failed delivery.
-    sent: Arc<AtomicU64>,
-    /// The entries this process wrote and has not published yet, kept in memory
-    /// (up to [`KEPT_BYTES`]) so the publisher need not read back from RocksDB what
-    /// was just written (large entries rarely outlive a memtable).
-    kept: Arc<Mutex<Kept>>,
-}
-
-/// Memory for unpublished outbox entries, per partition; beyond it (a long broker
-/// outage) entries are read back from the store.
-const KEPT_BYTES: usize = 64 << 20;
-
-#[derive(Default)]
-struct Kept {
-    entries: BTreeMap<u64, Arc<Vec<u8>>>,
-    bytes: usize,
-}
-
-impl Kept {
-    fn keep(&mut self, seq: u64, entry: Vec<u8>) {
-        if self.bytes + entry.len() <= KEPT_BYTES {
-            self.bytes += entry.len();
-            self.entries.insert(seq, Arc::new(entry));
-        }
-    }
-
-    fn forget(&mut self, seq: u64) {
-        if let Some(e) = self.entries.remove(&seq) {
-            self.bytes -= e.len();
-        }
-    }
-}
-
-impl Outbox {
-    /// The state partition whose outbox this is.
-    pub fn partition(&self) -> i32 {
-        self.partition
-    }
-
-    /// The partition's store.
-    pub fn store(&self) -> &RocksStore {
-        &self.store
-    }
-
-    /// Visit the records of the outbox entries in `range` in write order, each
-    /// with its entry's sequence number, read in place; `f` returns false to stop.
-    pub fn visit(
-        &self,
-        range: &Range<u64>,
-        f: &mut dyn FnMut(u64, &RecordRef<'_>) -> bool,
-    ) -> Result<(), StoreError> {
-        for seq in range.clone() {
-            let unreadable = || {
-                StoreError::Backend(format!(
-                    "partition {}: an outbox entry is unreadable (delete the partition's state dir to restore it from the changelog)",
-                    self.partition
-                ))
-            };
-            let kept = self.kept.lock().unwrap().entries.get(&seq).cloned();
-            let stored = match kept {
-                Some(_) => None,
-                None => self.store.get(Cf::Outbox, &outbox_key(seq))?,
-            };
-            let entry = match (&kept, &stored) {
-                (Some(k), _) => Cow::Borrowed(&k[..]),
-                (None, Some(s)) => unpack(s).ok_or_else(unreadable)?,
-                (None, None) => continue,
-            };
-            for r in entry_records(&entry) {
-                let r = r.ok_or_else(unreadable)?;
-                if !f(seq, &r) {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A delivery failed: send every entry not yet published again.
-    pub fn resend(&self) {
-        self.sent
-            .store(self.floor.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-
-    /// The broker acknowledged these outbox entries' records: delete them, and
-    /// remember `last`, the marker of the last of them, as the last batch known to
-    /// be published.
-    pub fn published(&self, seqs: &[u64], last: &Marker) -> Result<(), StoreError> {
-        let mut b = Batch::default();
-        for &seq in seqs {
-            b.delete(Cf::Outbox, outbox_key(seq));
-        }
-        b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), last.encode());
-        self.store.write(b)?;
-        let mut kept = self.kept.lock().unwrap();
-        seqs.iter().for_each(|&seq| kept.forget(seq));
-        if let Some(last) = seqs.iter().max() {
-            self.floor.fetch_max(last + 1, Ordering::Relaxed);
-        }
-        Ok(())
-    }
+    metrics: Arc<Metrics>,
 }
 
 impl Partition {
@@ -227,9 +136,10 @@ impl Partition {
         metrics: Arc<Metrics>,
     ) -> Result<Partition, StoreError> {
         let marker = match store.get(Cf::Meta, MARKER_KEY)? {
-            Some(b) => Marker::decode(&b).ok_or_else(|| StoreError::Backend(format!(
-                "partition {id}: the stored batch marker is unreadable (delete the partition's state dir to restore it from the changelog)"
-            )))?,
+            Some(b) => Marker::decode(&b).ok_or_else(|| StoreError::Corrupt {
+                key: "meta/kafka.marker".into(),
+                source: crate::store::codec::CodecError("unreadable batch marker"),
+            })?,
             None => Marker::default(),
         };
         let (mut first_outbox, mut next_outbox) = (None, 0);
@@ -240,18 +150,22 @@ impl Partition {
             }
             Ok(true)
         })?;
+        let outbox = Outbox::new(
+            id,
+            store.clone(),
+            first_outbox.unwrap_or(next_outbox),
+            next_outbox,
+        );
         let pending = Arc::new(Mutex::new(Pending {
             partition: id,
             marker,
             nonce,
             dead: Vec::new(),
-            next_outbox,
             republish: Vec::new(),
         }));
         let mut proc = Processor::open(settings, store.clone())?;
-        let hook_pending = pending.clone();
-        let kept = Arc::new(Mutex::new(Kept::default()));
-        let hook_kept = kept.clone();
+        let (hook_pending, hook_outbox, hook_metrics) =
+            (pending.clone(), outbox.clone(), metrics.clone());
         proc.set_flush_hook(Box::new(move |batch, outputs| {
             let mut p = hook_pending.lock().unwrap();
             p.marker.seq += 1;
@@ -282,7 +196,7 @@ impl Partition {
                     stats = v.as_deref();
                 }
             }
-            metrics.observe_outputs(outputs.iter());
+            hook_metrics.observe_outputs(outputs.iter());
             for o in outputs.drain(..) {
                 let dest = match o.kind {
                     OutputType::TierChanged => Dest::TierChanges,
@@ -306,25 +220,19 @@ impl Partition {
                     headers: Vec::new(),
                 });
             }
-            let (seq, entry) = (p.next_outbox, entry.finish());
-            p.next_outbox += 1;
-            batch.put(Cf::Outbox, outbox_key(seq), pack(&entry));
-            hook_kept.lock().unwrap().keep(seq, entry);
+            let entry = entry.finish();
+            let packed = pack(&entry);
+            let seq = hook_outbox.push(entry);
+            batch.put(Cf::Outbox, outbox_key(seq), packed);
         }));
-        let first = first_outbox.unwrap_or(next_outbox);
         Ok(Partition {
             id,
-            outbox: Outbox {
-                partition: id,
-                store: store.clone(),
-                floor: Arc::new(first.into()),
-                sent: Arc::new(first.into()),
-                kept,
-            },
+            outbox,
             store,
             proc,
             pending,
             queues: (0..topics).map(|_| VecDeque::new()).collect(),
+            metrics,
         })
     }
 
@@ -368,11 +276,18 @@ impl Partition {
         // Parse what was queued since the last drain (at the queues' ends), and warm
         // the cache for its customers with one multi-get.
         let mut fresh = Vec::new();
+        let settings = self.proc.settings();
+        let check_keys = settings.raw.kafka.check_keys;
+        let max_jump = (settings.clock == Clock::Event)
+            .then_some(settings.raw.engine.max_event_clock_jump_days);
         for (i, q) in self.queues.iter_mut().enumerate() {
             let new = q.iter().rev().take_while(|m| m.parsed.is_none()).count();
             let old = q.len() - new;
             for m in q.range_mut(old..) {
-                let parsed = parse(i, &m.raw);
+                let parsed = parse(i, &m.raw).and_then(|e| match check_keys {
+                    true => check_key(m.key.as_deref(), &e).map(|()| e),
+                    false => Ok(e),
+                });
                 if let Ok(e) = &parsed {
                     fresh.push(e.customer_id.clone());
                 }
@@ -400,11 +315,21 @@ impl Partition {
             let Some(i) = best else { return Ok(n) };
             let msg = self.queues[i].pop_front().unwrap();
             let topic = &topics[i];
-            match msg
+            let parsed = msg
                 .parsed
                 .as_ref()
-                .expect("parsed at the start of the drain")
-            {
+                .expect("parsed at the start of the drain");
+            // The stream clock as this event finds it (merge order, as replay).
+            let parsed = parsed
+                .as_ref()
+                .map_err(Cow::Borrowed)
+                .and_then(|ev| match max_jump {
+                    Some(max) => check_clock_jump(self.proc.clock(), ev, max)
+                        .map(|()| ev)
+                        .map_err(Cow::Owned),
+                    None => Ok(ev),
+                });
+            match parsed {
                 Ok(ev) => {
                     // The offset moves after: a write inside `process` (before a
                     // clock move) records offsets without this event, as its state;
@@ -413,7 +338,10 @@ impl Partition {
                     self.proc.process(ev)?;
                     on_event(ev);
                 }
-                Err(rej) => self.dead_letter(topic, &msg, rej),
+                Err(rej) => {
+                    let rej = rej.into_owned();
+                    self.dead_letter(topic, &msg, &rej)
+                }
             }
             self.pending
                 .lock()
@@ -426,15 +354,19 @@ impl Partition {
     }
 
     fn dead_letter(&mut self, topic: &str, msg: &Msg, rej: &Rejection) {
-        let text = std::str::from_utf8(&msg.raw);
+        self.metrics.rejected(&rej.reason.to_string());
+        let text = String::from_utf8_lossy(&msg.raw);
+        let max = self.proc.settings().raw.kafka.dead_letter_max_raw_bytes;
+        let (raw, raw_truncated) = truncate(&text, max);
         let dl = DeadLetter {
             reason: rej.reason.to_string(),
             detail: &rej.detail,
             topic,
             partition: self.id,
             offset: msg.offset,
-            raw: String::from_utf8_lossy(&msg.raw).into_owned(),
-            raw_is_utf8: text.is_ok(),
+            raw,
+            raw_is_utf8: matches!(text, Cow::Borrowed(_)),
+            raw_truncated,
         };
         let headers = vec![
             ("strata.reason".to_string(), dl.reason.clone().into_bytes()),
@@ -482,17 +414,10 @@ impl Partition {
         self.proc.flush()
     }
 
-    /// Claim the outbox entries not sent yet: they count as sent from now on (see
-    /// [`Outbox::resend`]). `None` when there are none.
+    /// Claim the outbox entries not sent yet ([`Outbox::claim`]): only the thread
+    /// holding the partition may, so never an entry whose write is under way.
     pub fn claim_unsent(&self) -> Option<Range<u64>> {
-        // [sent, next): exactly the keys not yet sent (after a restart, old
-        // tombstones above `next` are out of range too; those below the floor, which
-        // `sent` never is below, were published and deleted).
-        let sent = self.outbox.sent.load(Ordering::Relaxed);
-        let from = sent.max(self.outbox.floor.load(Ordering::Relaxed));
-        let next = self.pending.lock().unwrap().next_outbox;
-        self.outbox.sent.store(next, Ordering::Relaxed);
-        (from < next).then_some(from..next)
+        self.outbox.claim()
     }
 
     /// Whether [`Partition::drain`] would apply anything now: a message is queued and

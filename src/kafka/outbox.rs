@@ -1,0 +1,159 @@
+//! A state partition's outbox as the publisher sees it: one entry per written
+//! batch (its outputs, dead letters, changelog copies and population summary, see
+//! [`super::changelog`]), deleted once the broker acknowledged everything in it.
+//!
+//! Entries are numbered in write order. Below `floor` they were published and
+//! deleted; below `sent` they were handed to the producer (perhaps not yet
+//! acknowledged); below `next` they are written. A claim takes `[sent, next)` and
+//! moves `sent` to `next`. Only the thread that holds the partition claims: the
+//! worker right after its write, or the loop while the partition is back.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::changelog::{entry_records, outbox_key, unpack, Marker, RecordRef, PUBLISHED_KEY};
+use crate::store::rocks::RocksStore;
+use crate::store::{Batch, Cf, Store, StoreError};
+
+/// Memory for unpublished outbox entries, per partition; beyond it (a long broker
+/// outage) entries are read back from the store.
+const KEPT_BYTES: usize = 64 << 20;
+
+#[derive(Clone)]
+pub struct Outbox {
+    partition: i32,
+    store: Arc<RocksStore>,
+    floor: Arc<AtomicU64>,
+    sent: Arc<AtomicU64>,
+    next: Arc<AtomicU64>,
+    /// The entries this process wrote and has not published yet, kept in memory
+    /// (up to [`KEPT_BYTES`]) so the publisher need not read back from RocksDB what
+    /// was just written (large entries rarely outlive a memtable).
+    kept: Arc<Mutex<Kept>>,
+}
+
+#[derive(Default)]
+struct Kept {
+    entries: BTreeMap<u64, Arc<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Outbox {
+    /// The outbox of a partition whose store holds entries `first..next`.
+    pub fn new(partition: i32, store: Arc<RocksStore>, first: u64, next: u64) -> Outbox {
+        Outbox {
+            partition,
+            store,
+            floor: Arc::new(first.into()),
+            sent: Arc::new(first.into()),
+            next: Arc::new(next.into()),
+            kept: Arc::default(),
+        }
+    }
+
+    /// The state partition whose outbox this is.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The partition's store.
+    pub fn store(&self) -> &RocksStore {
+        &self.store
+    }
+
+    /// Number the next entry (in the batch about to be written) and keep it in
+    /// memory for the publisher.
+    pub fn push(&self, entry: Vec<u8>) -> u64 {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut kept = self.kept.lock().unwrap();
+        if kept.bytes + entry.len() <= KEPT_BYTES {
+            kept.bytes += entry.len();
+            kept.entries.insert(seq, Arc::new(entry));
+        }
+        seq
+    }
+
+    /// Claim the entries not sent yet: they count as sent from now on. `None` when
+    /// there are none. (After a restart, tombstones above `next` are out of range;
+    /// those below the floor, which `sent` never is below, were published.)
+    pub fn claim(&self) -> Option<Range<u64>> {
+        let from = self
+            .sent
+            .load(Ordering::Relaxed)
+            .max(self.floor.load(Ordering::Relaxed));
+        let next = self.next.load(Ordering::Relaxed);
+        self.sent.store(next, Ordering::Relaxed);
+        (from < next).then_some(from..next)
+    }
+
+    /// Entries written but not published yet.
+    pub fn unpublished(&self) -> u64 {
+        self.next.load(Ordering::Relaxed) - self.floor.load(Ordering::Relaxed)
+    }
+
+    /// Visit the records of the outbox entries in `range` in write order, each
+    /// with its entry's sequence number and its place in the entry, read in place;
+    /// `f` returns false to stop.
+    pub fn visit(
+        &self,
+        range: &Range<u64>,
+        f: &mut dyn FnMut(u64, u32, &RecordRef<'_>) -> bool,
+    ) -> Result<(), StoreError> {
+        for seq in range.clone() {
+            let unreadable = || {
+                StoreError::Backend(format!(
+                    "partition {}: an outbox entry is unreadable (delete the partition's state dir to restore it from the changelog)",
+                    self.partition
+                ))
+            };
+            let kept = self.kept.lock().unwrap().entries.get(&seq).cloned();
+            let stored = match kept {
+                Some(_) => None,
+                None => self.store.get(Cf::Outbox, &outbox_key(seq))?,
+            };
+            let entry = match (&kept, &stored) {
+                (Some(k), _) => Cow::Borrowed(&k[..]),
+                (None, Some(s)) => unpack(s).ok_or_else(unreadable)?,
+                (None, None) => continue,
+            };
+            for (idx, r) in entry_records(&entry).enumerate() {
+                let r = r.ok_or_else(unreadable)?;
+                if !f(seq, idx as u32, &r) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A transaction was aborted: send every entry not yet published again.
+    pub fn resend(&self) {
+        self.sent
+            .store(self.floor.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// The broker acknowledged these outbox entries' records: delete them, and
+    /// remember `last`, the marker of the last of them, as the last batch known to
+    /// be published.
+    pub fn published(&self, seqs: &[u64], last: &Marker) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        for &seq in seqs {
+            b.delete(Cf::Outbox, outbox_key(seq));
+        }
+        b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), last.encode());
+        self.store.write(b)?;
+        let mut kept = self.kept.lock().unwrap();
+        for seq in seqs {
+            if let Some(e) = kept.entries.remove(seq) {
+                kept.bytes -= e.len();
+            }
+        }
+        if let Some(last) = seqs.iter().max() {
+            self.floor.fetch_max(last + 1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}

@@ -23,5 +23,10 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static malloc_conf: Option<&'static u8> = Some(&b"oversize_threshold:0\0"[0]);
 
 fn main() {
-    std::process::exit(cli::main());
+    // Test builds only (`failpoints`): fail points named in FAILPOINTS (crash and
+    // delay injection); without the feature this does nothing.
+    let failpoints = fail::FailScenario::setup();
+    let code = cli::main();
+    failpoints.teardown();
+    std::process::exit(code);
 }

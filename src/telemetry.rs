@@ -110,7 +110,7 @@ impl Metrics {
             event_lag: histogram(&r, "strata_event_lag_seconds", "Processing time minus event time of applied events.", prometheus::exponential_buckets(0.01, 4.0, 14).unwrap()),
             consumer_lag: gauge_vec(&r, "strata_consumer_lag", "Messages behind the high watermark, per input topic partition.", &["topic", "partition"]),
             outputs_published: counter_vec(&r, "strata_outputs_published_total", "Output events published (acknowledged by the broker; written, in replay), by type.", &["type"]),
-            outbox_pending: gauge(&r, "strata_outbox_pending", "Records written with the state but not yet acknowledged by the broker (estimate)."),
+            outbox_pending: gauge(&r, "strata_outbox_pending", "Outbox entries (written batches of outputs, dead letters and changelog copies) not yet published."),
             tier_transitions: counter_vec(&r, "strata_tier_transitions_total", "Tier changes published, per dimension, from and to (\"none\" for a first appearance).", &["dimension", "from", "to"]),
             customers: gauge_vec(&r, "strata_customers", "Customers per published tier, per dimension.", &["dimension", "tier"]),
             churn_warnings: counter_vec(&r, "strata_churn_warnings_total", "Churn warnings published, per reason and severity.", &["reason", "severity"]),
@@ -174,6 +174,15 @@ impl Metrics {
             "stats",
         ] {
             m.records_undeliverable.with_label_values(&[d]);
+        }
+        for c in [
+            "consumer",
+            "producer",
+            "changelog_reader",
+            "stats_reader",
+            "admin",
+        ] {
+            m.kafka_errors.with_label_values(&[c]);
         }
         m
     }

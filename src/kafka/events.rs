@@ -51,6 +51,41 @@ impl Throttle {
     }
 }
 
+/// The clients whose errors are counted apart (`strata_kafka_errors_total{client}`).
+const CLIENTS: [&str; 5] = [
+    "consumer",
+    "producer",
+    "changelog_reader",
+    "stats_reader",
+    "admin",
+];
+
+/// librdkafka reported an error to a client's context (all brokers down, a
+/// connection refused...): it retries by itself. One WARN per client per 10 s
+/// (an outage reports many a second), every one counted.
+pub struct ClientError<'a> {
+    pub client: &'static str,
+    pub error: &'a rdkafka::error::KafkaError,
+    pub reason: &'a str,
+}
+
+impl ClientError<'_> {
+    pub fn emit(self, m: &Metrics) {
+        static T: [Throttle; CLIENTS.len()] = [const { Throttle::new() }; CLIENTS.len()];
+        m.kafka_errors.with_label_values(&[self.client]).inc();
+        let i = CLIENTS.iter().position(|c| *c == self.client).unwrap_or(0);
+        if let Some(suppressed) = T[i].allow(Duration::from_secs(10)) {
+            tracing::warn!(
+                client = self.client,
+                error = %self.error,
+                reason = self.reason,
+                suppressed,
+                "librdkafka reports an error; it retries by itself."
+            );
+        }
+    }
+}
+
 /// A consumer poll returned an error (librdkafka retries by itself).
 pub struct ConsumerError<'a> {
     pub error: &'a rdkafka::error::KafkaError,

@@ -198,7 +198,16 @@ pub struct PCtx {
     pub metrics: Arc<Metrics>,
 }
 
-impl ClientContext for PCtx {}
+impl ClientContext for PCtx {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        events::ClientError {
+            client: "producer",
+            error: &error,
+            reason,
+        }
+        .emit(&self.metrics);
+    }
+}
 
 impl ProducerContext for PCtx {
     type DeliveryOpaque = Box<Tag>;
@@ -543,8 +552,6 @@ pub trait Publisher: Send {
     /// Wait for every partition's work to be applied before publishing (a
     /// transaction covers every partition's consumed offsets).
     fn needs_all_parts(&self) -> bool;
-    /// Records handed over and not acknowledged (the outbox gauge).
-    fn pending(&self) -> usize;
 }
 
 /// Ownership announcements in flight: their ticket and partitions.
@@ -774,7 +781,6 @@ impl Publisher for AtLeastOnce {
         for p in parts {
             self.advance(p)?;
         }
-        self.metrics.outbox_pending.set(self.pending() as i64);
         Ok(())
     }
 
@@ -814,10 +820,6 @@ impl Publisher for AtLeastOnce {
 
     fn needs_all_parts(&self) -> bool {
         false
-    }
-
-    fn pending(&self) -> usize {
-        self.sink.in_flight()
     }
 }
 
@@ -1077,7 +1079,6 @@ impl Publisher for ExactlyOnce {
                 }
             }
         }
-        self.metrics.outbox_pending.set(0);
         tracing::debug!(ranges = txn.sent.len(), "Committed a transaction.");
         Ok(())
     }
@@ -1108,10 +1109,6 @@ impl Publisher for ExactlyOnce {
 
     fn needs_all_parts(&self) -> bool {
         true
-    }
-
-    fn pending(&self) -> usize {
-        self.producer.in_flight()
     }
 }
 

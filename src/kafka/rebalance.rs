@@ -7,13 +7,15 @@
 //! released at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::TopicPartitionList;
+
+use crate::telemetry::Metrics;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change {
@@ -31,15 +33,17 @@ pub enum Change {
 /// ready; releases revoked partitions of every input at once.
 pub struct Ctx {
     lead: String,
+    metrics: Arc<Metrics>,
     changes: Mutex<Vec<Change>>,
     /// Whether `changes` has any (read for every message polled: no lock).
     changed: AtomicBool,
 }
 
 impl Ctx {
-    pub fn new(lead: &str) -> Ctx {
+    pub fn new(lead: &str, metrics: Arc<Metrics>) -> Ctx {
         Ctx {
             lead: lead.to_string(),
+            metrics,
             changes: Mutex::new(Vec::new()),
             changed: AtomicBool::new(false),
         }
@@ -62,7 +66,16 @@ impl Ctx {
     }
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::events::ClientError {
+            client: "consumer",
+            error: &error,
+            reason,
+        }
+        .emit(&self.metrics);
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {

@@ -86,14 +86,19 @@ pub fn plan(
 
 /// The changelog reader's context: "end of partition" is how it knows it is done,
 /// not an error worth a log line.
-struct ReaderCtx;
+struct ReaderCtx(Arc<Metrics>);
 
 impl ClientContext for ReaderCtx {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         let eof = matches!(error, rdkafka::error::KafkaError::PartitionEOF(_))
             || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
         if !eof {
-            tracing::warn!(error = %error, reason, "Changelog reader error.");
+            events::ClientError {
+                client: "changelog_reader",
+                error: &error,
+                reason,
+            }
+            .emit(&self.0);
         }
     }
 }
@@ -110,10 +115,14 @@ pub struct ChangelogReader {
 }
 
 impl ChangelogReader {
-    pub fn new(config: &ClientConfig, topic: &str) -> Result<Self, KafkaError> {
+    pub fn new(
+        config: &ClientConfig,
+        topic: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, KafkaError> {
         Ok(ChangelogReader {
             consumer: config
-                .create_with_context(ReaderCtx)
+                .create_with_context(ReaderCtx(metrics))
                 .map_err(broker("cannot create a changelog reader"))?,
             topic: topic.to_string(),
         })
@@ -349,6 +358,7 @@ fn open_dir(job: &OpenJob, dir: &Path) -> Result<Opened, OpenError> {
     let reader = ChangelogReader::new(
         &clients::changelog_reader(s, eos),
         &s.raw.kafka.topics.changelog,
+        job.metrics.clone(),
     )?;
     let local = inspect(s, dir)?;
     // The changelog's last whole batch (its marker is the batch's last record),

@@ -14,16 +14,34 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How often the reader checks that the cluster answers.
-const PROBE_EVERY: Duration = Duration::from_secs(5);
-
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use super::task::PeerStats;
 use super::KafkaError;
 use crate::cluster::SharedStatus;
 use crate::population::Population;
+use crate::telemetry::Metrics;
+
+/// How often the reader checks that the cluster answers.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// The stats reader's context: librdkafka's errors are counted and throttled.
+struct StatsCtx(Arc<Metrics>);
+
+impl ClientContext for StatsCtx {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::events::ClientError {
+            client: "stats_reader",
+            error: &error,
+            reason,
+        }
+        .emit(&self.0);
+    }
+}
+
+impl ConsumerContext for StatsCtx {}
 
 pub fn spawn(
     mut client: ClientConfig,
@@ -32,12 +50,13 @@ pub fn spawn(
     stats: PeerStats,
     status: SharedStatus,
     stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 ) -> Result<JoinHandle<()>, KafkaError> {
     // Reads every partition itself: no group, nothing committed.
     client.set("enable.auto.commit", "false");
     client.set("group.id", "strata-stats-reader-unused");
-    let consumer: BaseConsumer = client
-        .create()
+    let consumer: BaseConsumer<StatsCtx> = client
+        .create_with_context(StatsCtx(metrics))
         .map_err(|e| KafkaError::Broker(format!("cannot create the stats reader: {e}")))?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {

@@ -410,6 +410,13 @@ impl StreamLoop {
             st.delivery_stalled = stalled;
         }
         self.metrics.delivery_stalled.set(stalled as i64);
+        self.metrics.outbox_pending.set(
+            self.tasks
+                .outboxes
+                .values()
+                .map(|o| o.unpublished() as i64)
+                .sum(),
+        );
         self.tasks.clean_state_dirs();
         if self.gauges_at.elapsed() < Duration::from_secs(1) {
             return;
@@ -473,12 +480,12 @@ fn try_connect(
     let eos = k.processing_guarantee == Guarantee::ExactlyOnce;
     let cc = clients::input_consumer(settings, eos);
     let lead: BaseConsumer<Ctx> = cc
-        .create_with_context(Ctx::new(&topics_in[0]))
+        .create_with_context(Ctx::new(&topics_in[0], metrics.clone()))
         .map_err(broker("cannot create the consumer (check [kafka.client])"))?;
     let feeders = topics_in[1..]
         .iter()
         .map(|_| {
-            cc.create_with_context(Ctx::new(&topics_in[0]))
+            cc.create_with_context(Ctx::new(&topics_in[0], metrics.clone()))
                 .map_err(broker("cannot create the consumer (check [kafka.client])"))
         })
         .collect::<Result<Vec<BaseConsumer<Ctx>>, _>>()?;
@@ -578,6 +585,7 @@ pub fn run(
         peers.clone(),
         status.clone(),
         stop_stats.clone(),
+        metrics.clone(),
     )?;
 
     let contexts = EventType::ALL

@@ -20,7 +20,11 @@ use rdkafka::ClientConfig;
 use super::KafkaError;
 use crate::config::TopicsConfig;
 
+/// Admin operations (topic creation).
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// A metadata request: short, so that a start with the cluster away retries
+/// (and says so) every few seconds.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Partition count of a topic, `None` if it does not exist.
 pub fn partition_count(
@@ -28,7 +32,7 @@ pub fn partition_count(
     topic: &str,
 ) -> Result<Option<usize>, KafkaError> {
     let md = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(|e| KafkaError::Broker(format!("cannot read metadata of topic {topic:?}: {e}")))?;
     Ok(md
         .topics()

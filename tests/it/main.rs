@@ -11,6 +11,10 @@ mod util;
 mod bad_lines;
 /// Config file, env overrides, unknown keys; CLI errors.
 mod cli;
+/// The faults beyond kill -9: broker outage, undeliverable records, crash during
+/// restore, restore longer than the poll interval, mis-keyed input, corrupt state,
+/// clock jumps, secrets, HTTP limits (one test each).
+mod faults;
 /// `strata run` against the broker: end to end, crashes, cluster failover, poison
 /// messages, co-partitioning.
 mod kafka;

@@ -314,6 +314,7 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
     let dir = repo_file("deploy/kubernetes");
     let builtin = [
         "configmap.yaml",
+        "secret.yaml",
         "service.yaml",
         "statefulset.yaml",
         "pdb.yaml",

@@ -407,9 +407,11 @@ fn open_dir(job: &OpenJob, dir: &Path) -> Result<Opened, OpenError> {
             drop(local);
             std::fs::remove_dir_all(dir).ok();
             let store = open_store(s, dir)?;
-            orphans = restore(job, &reader, &store)?;
+            let records;
+            (orphans, records) = restore(job, &reader, &store)?;
             tracing::info!(
                 partition = p,
+                records,
                 seconds = started.elapsed().as_secs_f64(),
                 "Restored partition state from the changelog."
             );
@@ -447,12 +449,13 @@ fn drop_published_outbox(store: &RocksStore, cl: &Marker) -> Result<(), StoreErr
 }
 
 /// Replace an empty store's contents with the changelog's whole batches; returns
-/// the keys of the records after the last marker (an unfinished round).
+/// the keys of the records after the last marker (an unfinished round) and the
+/// number of records read.
 fn restore(
     job: &OpenJob,
     reader: &ChangelogReader,
     store: &Arc<RocksStore>,
-) -> Result<Vec<(Cf, Vec<u8>)>, OpenError> {
+) -> Result<(Vec<(Cf, Vec<u8>)>, u64), OpenError> {
     let mut flag = Batch::default();
     flag.put(Cf::Meta, RESTORING_KEY.to_vec(), Vec::new());
     store.write(flag)?;
@@ -479,12 +482,7 @@ fn restore(
     let mut done = Batch::default();
     done.delete(Cf::Meta, RESTORING_KEY.to_vec());
     store.write(done)?;
-    tracing::debug!(
-        partition = job.partition,
-        records = r.records,
-        "Restore complete."
-    );
-    Ok(std::mem::take(&mut r.orphans))
+    Ok((std::mem::take(&mut r.orphans), r.records))
 }
 
 /// Open the partition's processor over its store, republish what an unfinished

@@ -1247,6 +1247,47 @@ mod tests {
         )
     }
 
+    /// A partition that applied `batches`, a publisher over a fake sink that holds
+    /// the partition's outputs (sent, not yet reported), and those outputs.
+    struct Started {
+        _dir: tempfile::TempDir,
+        part: Partition,
+        sink: Arc<Fake>,
+        p: AtLeastOnce,
+        metrics: Arc<Metrics>,
+        outputs: Vec<Rec>,
+    }
+
+    fn started(batches: &[&[(&str, f64)]], timing: Timing) -> Started {
+        let dir = tempfile::tempdir().unwrap();
+        let part = partition(dir.path(), batches);
+        let sink = Arc::new(Fake::default());
+        let metrics = Arc::new(Metrics::new());
+        let mut p = AtLeastOnce::new(sink.clone(), topics(), metrics.clone()).with_timing(timing);
+        p.adopt(
+            AtLeastOnce::send_new(&part, &*sink, &topics())
+                .unwrap()
+                .unwrap(),
+        );
+        let outputs = sink.take_log();
+        Started {
+            _dir: dir,
+            part,
+            sink,
+            p,
+            metrics,
+            outputs,
+        }
+    }
+
+    /// The first tier change among `recs`.
+    fn first_tier_change(recs: &[Rec]) -> Rec {
+        recs.iter()
+            .find(|r| r.topic == topics().tier_changes)
+            .unwrap()
+            .clone()
+    }
+
     /// Outputs, then the changelog (each key once, its last value), then the
     /// marker, each phase only once the previous one is acknowledged; then the
     /// outbox is empty.
@@ -1328,21 +1369,14 @@ mod tests {
     /// of its round are not.
     #[test]
     fn only_failed_records_are_sent_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = partition(dir.path(), &[&[("a", 10.0), ("b", 5.0), ("c", 1.0)]]);
-        let sink = Arc::new(Fake::default());
-        let (mut p, metrics) = publisher(&sink);
-        p.adopt(
-            AtLeastOnce::send_new(&part, &*sink, &topics())
-                .unwrap()
-                .unwrap(),
-        );
-        let first = sink.take_log();
-        let victim = first
-            .iter()
-            .find(|r| r.topic == topics().tier_changes)
-            .unwrap()
-            .clone();
+        let Started {
+            sink,
+            mut p,
+            metrics,
+            outputs: first,
+            ..
+        } = started(&[&[("a", 10.0), ("b", 5.0), ("c", 1.0)]], timing());
+        let victim = first_tier_change(&first);
         sink.deliver(|r| (*r == victim).then_some(false));
         publish(&mut p);
         assert_eq!(
@@ -1372,25 +1406,18 @@ mod tests {
     /// counted as published), and the round goes on.
     #[test]
     fn an_undeliverable_output_is_dropped_and_the_round_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = partition(dir.path(), &[&[("a", 10.0), ("b", 5.0)]]);
-        let sink = Arc::new(Fake::default());
-        let (mut p, metrics) = publisher(&sink);
-        p.adopt(
-            AtLeastOnce::send_new(&part, &*sink, &topics())
-                .unwrap()
-                .unwrap(),
-        );
-        let first = sink.take_log();
+        let Started {
+            sink,
+            mut p,
+            metrics,
+            outputs: first,
+            ..
+        } = started(&[&[("a", 10.0), ("b", 5.0)]], timing());
         let tier_changes = first
             .iter()
             .filter(|r| r.topic == topics().tier_changes)
             .count();
-        let victim = first
-            .iter()
-            .find(|r| r.topic == topics().tier_changes)
-            .unwrap()
-            .clone();
+        let victim = first_tier_change(&first);
         sink.deliver(|r| (*r == victim).then_some(true));
         publish(&mut p);
         let next = sink.take_log();
@@ -1414,16 +1441,9 @@ mod tests {
     /// nothing is deleted) and is tried again, alone, until it is accepted.
     #[test]
     fn an_undeliverable_changelog_record_blocks_its_partition_until_accepted() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = partition(dir.path(), &[&[("a", 10.0), ("b", 5.0)]]);
-        let sink = Arc::new(Fake::default());
-        let (mut p, _) = publisher(&sink);
-        p.adopt(
-            AtLeastOnce::send_new(&part, &*sink, &topics())
-                .unwrap()
-                .unwrap(),
-        );
-        sink.take_log();
+        let Started {
+            part, sink, mut p, ..
+        } = started(&[&[("a", 10.0), ("b", 5.0)]], timing());
         sink.deliver(|_| None);
         publish(&mut p);
         let a = changelog_key_of(b"a");
@@ -1459,20 +1479,16 @@ mod tests {
     /// through, once.
     #[test]
     fn an_outage_stalls_and_then_resumes_without_resending() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = partition(dir.path(), &[&[("a", 10.0), ("b", 5.0)]]);
-        let sink = Arc::new(Fake::default());
-        let metrics = Arc::new(Metrics::new());
-        let mut p = AtLeastOnce::new(sink.clone(), topics(), metrics).with_timing(Timing {
+        let stall = Timing {
             stall: Duration::from_millis(20),
             ..timing()
-        });
-        p.adopt(
-            AtLeastOnce::send_new(&part, &*sink, &topics())
-                .unwrap()
-                .unwrap(),
-        );
-        let first = sink.take_log();
+        };
+        let Started {
+            sink,
+            mut p,
+            outputs: first,
+            ..
+        } = started(&[&[("a", 10.0), ("b", 5.0)]], stall);
         for _ in 0..3 {
             publish(&mut p);
         }

@@ -448,6 +448,9 @@ fn drop_published_outbox(store: &RocksStore, cl: &Marker) -> Result<(), StoreErr
     Ok(())
 }
 
+/// The keys of the records after the changelog's last marker.
+type Orphans = Vec<(Cf, Vec<u8>)>;
+
 /// Replace an empty store's contents with the changelog's whole batches; returns
 /// the keys of the records after the last marker (an unfinished round) and the
 /// number of records read.
@@ -455,7 +458,7 @@ fn restore(
     job: &OpenJob,
     reader: &ChangelogReader,
     store: &Arc<RocksStore>,
-) -> Result<(Vec<(Cf, Vec<u8>)>, u64), OpenError> {
+) -> Result<(Orphans, u64), OpenError> {
     let mut flag = Batch::default();
     flag.put(Cf::Meta, RESTORING_KEY.to_vec(), Vec::new());
     store.write(flag)?;
@@ -491,7 +494,7 @@ fn ready(
     job: &OpenJob,
     reader: &ChangelogReader,
     store: Arc<RocksStore>,
-    orphans: Vec<(Cf, Vec<u8>)>,
+    orphans: Orphans,
 ) -> Result<Opened, OpenError> {
     let p = job.partition;
     let mut part = Partition::open(

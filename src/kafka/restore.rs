@@ -234,6 +234,8 @@ impl From<StoreError> for OpenError {
 /// Everything opening partition `p` needs.
 pub struct OpenJob {
     pub partition: i32,
+    /// Which open of the partition this is (see the task manager).
+    pub generation: u64,
     pub settings: Arc<Settings>,
     pub inputs: Vec<String>,
     pub nonce: u64,

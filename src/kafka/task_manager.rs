@@ -30,7 +30,8 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// How often the state dirs are checked for ones to delete.
 const CLEANUP_EVERY: Duration = Duration::from_secs(30);
 
-type OpenDone = (i32, Result<Opened, OpenError>);
+/// A finished open: its partition and generation, and what came of it.
+type OpenDone = (i32, u64, Result<Opened, OpenError>);
 
 pub struct TaskManager {
     settings: Arc<Settings>,
@@ -47,11 +48,15 @@ pub struct TaskManager {
     pub staged: BTreeMap<i32, Vec<(usize, Msg)>>,
     /// Partitions opened here whose ownership is still to be announced.
     pub announce: BTreeSet<i32>,
-    /// Being opened or restored: each one's cancel flag.
-    opening: BTreeMap<i32, Arc<AtomicBool>>,
-    /// Assigned, to be opened again once due (after a failed open), and the wait
-    /// before the next try after that.
-    retry: BTreeMap<i32, (Instant, Duration)>,
+    /// Being opened or restored: each one's generation (a partition revoked while
+    /// it opens and assigned again has a second open under way: only the latest
+    /// counts) and cancel flag.
+    opening: BTreeMap<i32, (u64, Arc<AtomicBool>)>,
+    generation: u64,
+    /// Assigned, to be opened again at this time (an open failed).
+    retry: BTreeMap<i32, Instant>,
+    /// The wait before the next try should the next open fail too.
+    backoff: BTreeMap<i32, Duration>,
     restores: Pool<OpenJob, OpenDone>,
     /// When each partition was last released here (state dir cleanup).
     released: BTreeMap<i32, Instant>,
@@ -72,7 +77,7 @@ impl TaskManager {
     ) -> Result<TaskManager, KafkaError> {
         let restores = Pool::new("strata-restore", threads, |job: OpenJob| {
             let r = restore::open(&job);
-            (job.partition, r)
+            (job.partition, job.generation, r)
         })
         .map_err(|e| KafkaError::Broker(format!("cannot start a thread: {e}")))?;
         Ok(TaskManager {
@@ -87,7 +92,9 @@ impl TaskManager {
             staged: BTreeMap::new(),
             announce: BTreeSet::new(),
             opening: BTreeMap::new(),
+            generation: 0,
             retry: BTreeMap::new(),
+            backoff: BTreeMap::new(),
             restores,
             released: BTreeMap::new(),
             started: Instant::now(),
@@ -115,10 +122,12 @@ impl TaskManager {
 
     fn start_open(&mut self, p: i32) {
         let cancel = Arc::new(AtomicBool::new(false));
-        self.opening.insert(p, cancel.clone());
+        self.generation += 1;
+        self.opening.insert(p, (self.generation, cancel.clone()));
         self.released.remove(&p);
         self.restores.submit(OpenJob {
             partition: p,
+            generation: self.generation,
             settings: self.settings.clone(),
             inputs: self.topics.clone(),
             nonce: self.nonce,
@@ -129,29 +138,34 @@ impl TaskManager {
     }
 
     /// Take the partitions whose open finished (and start those due for a retry):
-    /// assign their inputs at the stored offsets. Returns whether any is new.
-    pub fn install(&mut self, inputs: &mut Inputs) -> Result<bool, KafkaError> {
+    /// assign their inputs at the stored offsets.
+    pub fn install(&mut self, inputs: &mut Inputs) -> Result<(), KafkaError> {
         let now = Instant::now();
         let due: Vec<i32> = self
             .retry
             .iter()
-            .filter(|(_, (at, _))| *at <= now)
+            .filter(|(_, at)| **at <= now)
             .map(|(&p, _)| p)
             .collect();
         for p in due {
+            self.retry.remove(&p);
             self.start_open(p);
         }
-        let mut any = false;
-        for (p, r) in self.restores.collect(false) {
-            let wanted = self
-                .opening
-                .remove(&p)
-                .is_some_and(|c| !c.load(Ordering::Relaxed));
+        for (p, generation, r) in self.restores.collect(false) {
+            // The latest open of a partition still assigned; an earlier one's
+            // result is dropped.
+            let wanted = match self.opening.get(&p) {
+                Some((g, cancel)) if *g == generation => {
+                    let live = !cancel.load(Ordering::Relaxed);
+                    self.opening.remove(&p);
+                    live
+                }
+                _ => false,
+            };
             match r {
                 Ok(opened) if wanted => {
-                    self.retry.remove(&p);
+                    self.backoff.remove(&p);
                     self.opened(p, opened, inputs)?;
-                    any = true;
                 }
                 Ok(opened) => {
                     // Revoked while it opened.
@@ -159,7 +173,7 @@ impl TaskManager {
                 }
                 Err(OpenError::Cancelled) => {}
                 Err(e) if wanted => {
-                    let wait = self.retry.get(&p).map_or(RETRY_FIRST, |(_, w)| *w);
+                    let wait = self.backoff.get(&p).copied().unwrap_or(RETRY_FIRST);
                     let error = match e {
                         OpenError::Kafka(k) => k,
                         other => KafkaError::Broker(other.to_string()),
@@ -170,13 +184,13 @@ impl TaskManager {
                         retry_in: wait,
                     }
                     .emit(&self.metrics);
-                    self.retry
-                        .insert(p, (Instant::now() + wait, (wait * 2).min(RETRY_MAX)));
+                    self.retry.insert(p, Instant::now() + wait);
+                    self.backoff.insert(p, (wait * 2).min(RETRY_MAX));
                 }
                 Err(_) => {}
             }
         }
-        Ok(any)
+        Ok(())
     }
 
     fn opened(&mut self, p: i32, opened: Opened, inputs: &mut Inputs) -> Result<(), KafkaError> {
@@ -213,10 +227,11 @@ impl TaskManager {
     }
 
     fn close_one(&mut self, p: i32, inputs: &mut Inputs) {
-        if let Some(cancel) = self.opening.remove(&p) {
+        if let Some((_, cancel)) = self.opening.remove(&p) {
             cancel.store(true, Ordering::Relaxed);
         }
         self.retry.remove(&p);
+        self.backoff.remove(&p);
         if self.status.lock().unwrap().restoring.remove(&p) {
             self.metrics.partitions_restoring.dec();
         }
@@ -317,7 +332,7 @@ impl TaskManager {
     /// Stop every open under way (shutdown); the pool joins its threads when
     /// dropped.
     pub fn cancel_opens(&mut self) {
-        for cancel in self.opening.values() {
+        for (_, cancel) in self.opening.values() {
             cancel.store(true, Ordering::Relaxed);
         }
     }

@@ -327,3 +327,53 @@ pub async fn serve(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower_service::Service;
+
+    fn limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(50),
+            max_connections: 4,
+            max_path_bytes: 64,
+        }
+    }
+
+    async fn status_of(app: &mut Router, path: &str) -> StatusCode {
+        let req = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        app.call(req).await.unwrap().status()
+    }
+
+    /// A handler slower than `http.request_timeout_ms` is answered 503; a path over
+    /// `http.max_path_bytes` 414, before any handler runs.
+    #[tokio::test]
+    async fn slow_requests_time_out_and_long_paths_are_refused() {
+        let mut app = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    "late"
+                }),
+            )
+            .route("/fast", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(limits(), limit));
+        assert_eq!(status_of(&mut app, "/fast").await, StatusCode::OK);
+        let t0 = std::time::Instant::now();
+        assert_eq!(
+            status_of(&mut app, "/slow").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert!(
+            t0.elapsed() < Duration::from_millis(400),
+            "answered at the timeout"
+        );
+        let long = format!("/fast/{}", "x".repeat(64));
+        assert_eq!(status_of(&mut app, &long).await, StatusCode::URI_TOO_LONG);
+    }
+}

@@ -299,7 +299,8 @@ impl TaskManager {
     /// that long either, so a restart reuses its state.
     pub fn clean_state_dirs(&mut self) {
         let delay = Duration::from_millis(self.settings.raw.kafka.state_cleanup_delay_ms);
-        if self.cleaned_at.elapsed() < CLEANUP_EVERY.min(delay) || self.started.elapsed() < delay {
+        let every = CLEANUP_EVERY.min(delay).max(Duration::from_secs(1));
+        if self.cleaned_at.elapsed() < every || self.started.elapsed() < delay {
             return;
         }
         self.cleaned_at = Instant::now();

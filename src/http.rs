@@ -236,10 +236,18 @@ async fn limit(
 /// are dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Answer a connection over the cap and close it, without waiting for it.
-fn refuse(mut stream: tokio::net::TcpStream) {
+/// Answers to connections over the cap being written at once; beyond them a
+/// connection is closed without one (a flood must not pile up tasks either).
+const REFUSALS: usize = 64;
+
+/// Answer a connection over the cap (503) and close it, without waiting for it.
+fn refuse(mut stream: tokio::net::TcpStream, refusals: &Arc<tokio::sync::Semaphore>) {
     use tokio::io::AsyncWriteExt;
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return; // dropped: closed at once
+    };
     tokio::spawn(async move {
+        let _permit = permit;
         let body = r#"{"error":"too many connections (http.max_connections)"}"#;
         let head = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -282,6 +290,7 @@ pub async fn serve(
     let metrics = state.metrics.clone();
     let app = router(state).layer(axum::middleware::from_fn_with_state(limits, limit));
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -299,7 +308,7 @@ pub async fn serve(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics.http_connections_rejected.inc();
-            refuse(stream);
+            refuse(stream, &refusals);
             continue;
         };
         let app = app.clone();

@@ -204,21 +204,23 @@ impl Inputs {
                 }
                 .poll(Duration::ZERO)
             };
-            let Some(r) = r else {
-                self.empty += 1;
-                if waits {
-                    return Ok(None);
-                }
-                continue;
-            };
-            self.empty = 0;
+            // An error counts as nothing polled (it does not reset the count of
+            // empty polls), so a consumer that reports one at every call cannot
+            // keep the loop here past its deadline.
             let m = match r {
-                Ok(m) => m,
-                Err(e) => {
-                    super::events::ConsumerError { error: &e }.emit(&self.metrics);
+                Some(Ok(m)) => m,
+                other => {
+                    if let Some(Err(e)) = other {
+                        super::events::ConsumerError { error: &e }.emit(&self.metrics);
+                    }
+                    self.empty += 1;
+                    if waits {
+                        return Ok(None);
+                    }
                     continue;
                 }
             };
+            self.empty = 0;
             let Some(i) = self.topics.iter().position(|t| t == m.topic()) else {
                 continue;
             };

@@ -25,6 +25,7 @@ pub mod kafka;
 pub mod output;
 pub mod policy;
 pub mod population;
+pub mod predict;
 pub mod processor;
 pub mod replay;
 pub mod service;

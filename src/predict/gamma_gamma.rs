@@ -1,0 +1,99 @@
+//! The Gamma-Gamma model of spend (Fader & Hardie, "The Gamma-Gamma model of
+//! monetary value", note 025): a customer's spend per transaction is Gamma(p, ν)
+//! around their own mean, with ν ~ Gamma(q, γ) across customers. From x repeat
+//! transactions of mean m it gives the customer's expected spend per transaction,
+//! a weighted average of m and the population mean: p·(γ + x·m)/(p·x + q − 1).
+
+use serde::{Deserialize, Serialize};
+
+use super::special::ln_gamma;
+use super::{minimize, FitError};
+
+/// A customer's (or a group's) repeat transactions: how many, their mean spend, and
+/// how many customers share them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spend {
+    pub x: f64,
+    pub mean: f64,
+    pub weight: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GammaGamma {
+    pub p: f64,
+    pub q: f64,
+    pub gamma: f64,
+}
+
+impl GammaGamma {
+    /// One customer's log-likelihood of their mean spend (note 025, equation 1a).
+    pub fn log_likelihood_one(&self, s: &Spend) -> f64 {
+        let GammaGamma { p, q, gamma } = *self;
+        let (x, m) = (s.x, s.mean);
+        ln_gamma(p * x + q) - ln_gamma(p * x) - ln_gamma(q)
+            + q * gamma.ln()
+            + (p * x - 1.0) * m.ln()
+            + p * x * x.ln()
+            - (p * x + q) * (x * m + gamma).ln()
+    }
+
+    pub fn log_likelihood(&self, data: &[Spend]) -> f64 {
+        data.iter()
+            .map(|s| s.weight * self.log_likelihood_one(s))
+            .sum()
+    }
+
+    /// E[spend per transaction | x, m]; the population mean p·γ/(q − 1) for a
+    /// customer with no repeat transaction. `None` when q ≤ 1 (no finite mean).
+    pub fn expected_spend(&self, x: f64, mean: f64) -> Option<f64> {
+        let GammaGamma { p, q, gamma } = *self;
+        (q > 1.0).then(|| p * (gamma + x * mean) / (p * x + q - 1.0))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Fit {
+    pub params: GammaGamma,
+    pub log_likelihood: f64,
+    /// Customers with at least one repeat transaction (the only ones it covers).
+    pub customers: f64,
+}
+
+/// Maximum-likelihood parameters over the customers with x ≥ 1 and a positive mean
+/// (the others carry no information about spend variation).
+pub fn fit(data: &[Spend]) -> Result<Fit, FitError> {
+    let data: Vec<Spend> = data
+        .iter()
+        .copied()
+        .filter(|s| s.x >= 1.0 && s.mean > 0.0 && s.weight > 0.0)
+        .collect();
+    let customers: f64 = data.iter().map(|s| s.weight).sum();
+    if customers <= 0.0 {
+        return Err(FitError::NoData);
+    }
+    let nll = |v: &[f64]| {
+        let params = GammaGamma {
+            p: v[0].exp(),
+            q: v[1].exp(),
+            gamma: v[2].exp(),
+        };
+        let ll = params.log_likelihood(&data);
+        if ll.is_finite() {
+            -ll / customers
+        } else {
+            f64::INFINITY
+        }
+    };
+    let mean = data.iter().map(|s| s.weight * s.mean).sum::<f64>() / customers;
+    let best = minimize(&nll, vec![0.0, 0.0, mean.max(1e-6).ln()])?;
+    let params = GammaGamma {
+        p: best[0].exp(),
+        q: best[1].exp(),
+        gamma: best[2].exp(),
+    };
+    Ok(Fit {
+        log_likelihood: params.log_likelihood(&data),
+        params,
+        customers,
+    })
+}

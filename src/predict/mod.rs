@@ -1,0 +1,285 @@
+//! Predictive models of the customer base, fitted on the population (issue 17,
+//! under way): [`bgnbd`] — BG/NBD, P(alive) and expected purchases — and
+//! [`gamma_gamma`] — expected spend per transaction. Pure functions of the
+//! population's histories; the likelihoods are written here, the optimizer is
+//! argmin's Nelder-Mead, log-gamma is libm's, 2F1 a power series ([`special`]).
+//!
+//! Not wired into the engine yet: the fit over a state dir, the per-customer
+//! figures in the dump, the `p_alive` churn rule and its timers are the rest of
+//! issue 17 (README "Tests" says what is checked so far).
+
+pub mod bgnbd;
+pub mod gamma_gamma;
+pub mod special;
+
+use argmin::core::{CostFunction, Executor, State};
+use argmin::solver::neldermead::NelderMead;
+
+/// One customer's purchase history in the model's terms, or a group of identical
+/// ones (`weight` customers): x repeat purchases, the last t_x after the first,
+/// observed for T (`t`) since the first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct History {
+    pub x: f64,
+    pub t_x: f64,
+    pub t: f64,
+    pub weight: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    #[error("no customer to fit the model on")]
+    NoData,
+    #[error("the optimizer failed: {0}")]
+    Optimizer(String),
+}
+
+struct Objective<'a>(&'a dyn Fn(&[f64]) -> f64);
+
+impl CostFunction for Objective<'_> {
+    type Param = Vec<f64>;
+    type Output = f64;
+    fn cost(&self, p: &Vec<f64>) -> Result<f64, argmin::core::Error> {
+        Ok((self.0)(p))
+    }
+}
+
+/// Minimize `f` from `start`: Nelder-Mead (a simplex of steps of 0.5 around the
+/// point), restarted from its best point until a run improves the value by less
+/// than 1e-12 (a simplex can collapse before the minimum; a fresh one does not).
+pub fn minimize(f: &dyn Fn(&[f64]) -> f64, start: Vec<f64>) -> Result<Vec<f64>, FitError> {
+    let (mut best, mut value) = (start.clone(), f(&start));
+    if !value.is_finite() {
+        return Err(FitError::Optimizer(
+            "the start is not a finite point".into(),
+        ));
+    }
+    for _ in 0..20 {
+        let mut simplex = vec![best.clone()];
+        for i in 0..best.len() {
+            let mut v = best.clone();
+            v[i] += 0.5;
+            simplex.push(v);
+        }
+        let solver = NelderMead::new(simplex)
+            .with_sd_tolerance(1e-14)
+            .map_err(|e| FitError::Optimizer(e.to_string()))?;
+        let res = Executor::new(Objective(f), solver)
+            .configure(|s| s.max_iters(20_000))
+            .run()
+            .map_err(|e| FitError::Optimizer(e.to_string()))?;
+        let state = res.state();
+        let (Some(p), c) = (state.get_best_param(), state.get_best_cost()) else {
+            return Err(FitError::Optimizer("no best point".into()));
+        };
+        let improved = value - c;
+        if c < value {
+            (best, value) = (p.clone(), c);
+        }
+        if improved.abs() < 1e-12 {
+            break;
+        }
+    }
+    Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bgnbd::{self, BgNbd};
+    use super::gamma_gamma::{self, GammaGamma, Spend};
+    use super::History;
+
+    /// `lifetimes`' CDNOW calibration summary (Fader, Hardie & Lee 2005): 2,357
+    /// customers, time in weeks; with the mean repeat transaction value `zbar`.
+    fn cdnow() -> Vec<(History, f64)> {
+        include_str!("../../tests/data/cdnow_customers_summary_with_transactions.csv")
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<f64> = l.split(',').map(|v| v.parse().unwrap()).collect();
+                let h = History {
+                    x: f[1],
+                    t_x: f[2],
+                    t: f[3],
+                    weight: 1.0,
+                };
+                (h, f[4])
+            })
+            .collect()
+    }
+
+    fn within(got: f64, want: f64, rel: f64) -> bool {
+        ((got - want) / want).abs() <= rel
+    }
+
+    /// The published BG/NBD fit of the CDNOW sample: r = 0.243, α = 4.414 (weeks),
+    /// a = 0.793, b = 2.426, LL = −9582.4 (Fader, Hardie & Lee 2005), to 0.5 %.
+    #[test]
+    fn bgnbd_reproduces_the_published_cdnow_fit() {
+        let data: Vec<History> = cdnow().into_iter().map(|(h, _)| h).collect();
+        assert_eq!(data.len(), 2357);
+        let f = bgnbd::fit(&data).unwrap();
+        let p = f.params;
+        for (name, got, want) in [
+            ("r", p.r, 0.243),
+            ("alpha", p.alpha, 4.414),
+            ("a", p.a, 0.793),
+            ("b", p.b, 2.426),
+            ("log_likelihood", f.log_likelihood, -9582.4),
+        ] {
+            assert!(within(got, want, 0.005), "{name}: {got} vs {want}");
+        }
+        // It is a maximum: moving any parameter lowers the likelihood.
+        for i in 0..4 {
+            for step in [0.99, 1.01] {
+                let mut v = [p.r, p.alpha, p.a, p.b];
+                v[i] *= step;
+                let q = BgNbd {
+                    r: v[0],
+                    alpha: v[1],
+                    a: v[2],
+                    b: v[3],
+                };
+                assert!(q.log_likelihood(&data) < f.log_likelihood);
+            }
+        }
+    }
+
+    /// The published Gamma-Gamma fit over the 946 repeat customers: p = 6.25,
+    /// q = 3.74, γ = 15.44 (Fader & Hardie, note 025), to 0.5 %.
+    #[test]
+    fn gamma_gamma_reproduces_the_published_cdnow_fit() {
+        let data: Vec<Spend> = cdnow()
+            .into_iter()
+            .map(|(h, zbar)| Spend {
+                x: h.x,
+                mean: zbar,
+                weight: 1.0,
+            })
+            .collect();
+        let f = gamma_gamma::fit(&data).unwrap();
+        assert_eq!(f.customers, 946.0);
+        let p = f.params;
+        for (name, got, want) in [
+            ("p", p.p, 6.25),
+            ("q", p.q, 3.74),
+            ("gamma", p.gamma, 15.44),
+        ] {
+            assert!(within(got, want, 0.005), "{name}: {got} vs {want}");
+        }
+        // The conditional mean shrinks a customer's own mean toward the
+        // population's p·γ/(q−1), less so with more transactions.
+        let population = p.p * p.gamma / (p.q - 1.0);
+        assert!((p.expected_spend(0.0, 0.0).unwrap() - population).abs() < 1e-9);
+        let one = p.expected_spend(1.0, 100.0).unwrap();
+        let many = p.expected_spend(20.0, 100.0).unwrap();
+        assert!(population < one && one < many && many < 100.0);
+    }
+
+    /// Weights count customers: a group of k identical histories is the same as k
+    /// copies (what a compressed histogram of the population relies on).
+    #[test]
+    fn weights_count_customers() {
+        let m = BgNbd {
+            r: 0.3,
+            alpha: 30.0,
+            a: 0.8,
+            b: 2.4,
+        };
+        let h = History {
+            x: 3.0,
+            t_x: 40.0,
+            t: 200.0,
+            weight: 1.0,
+        };
+        let copies = vec![h; 7];
+        let grouped = [History { weight: 7.0, ..h }];
+        let (a, b) = (m.log_likelihood(&copies), m.log_likelihood(&grouped));
+        assert!(((a - b) / a).abs() < 1e-12);
+        let g = GammaGamma {
+            p: 6.0,
+            q: 3.7,
+            gamma: 15.0,
+        };
+        let s = Spend {
+            x: 2.0,
+            mean: 30.0,
+            weight: 1.0,
+        };
+        let (a, b) = (
+            g.log_likelihood(&[s; 5]),
+            g.log_likelihood(&[Spend { weight: 5.0, ..s }]),
+        );
+        assert!(((a - b) / a).abs() < 1e-12);
+    }
+
+    /// P(alive) and the conditional expectation equal the paper's formulas
+    /// computed here directly (no logs, the 2F1 series summed in place), and
+    /// behave as they must: P(alive) is 1 without a repeat purchase, falls as time
+    /// passes without one; expected purchases grow with the horizon.
+    #[test]
+    fn per_customer_figures_follow_the_formulas() {
+        let m = BgNbd {
+            r: 0.243,
+            alpha: 4.414,
+            a: 0.793 + 1.0,
+            b: 2.426,
+        };
+        let direct_p_alive = |x: f64, t_x: f64, t: f64| {
+            1.0 / (1.0 + m.a / (m.b + x - 1.0) * ((m.alpha + t) / (m.alpha + t_x)).powf(m.r + x))
+        };
+        let direct_2f1 = |a: f64, b: f64, c: f64, z: f64| {
+            let (mut s, mut term) = (1.0, 1.0);
+            for k in 0..100_000 {
+                let k = k as f64;
+                term *= (a + k) * (b + k) / ((c + k) * (k + 1.0)) * z;
+                s += term;
+                if term.abs() < 1e-18 * s {
+                    break;
+                }
+            }
+            s
+        };
+        let direct_e = |t: f64, x: f64, t_x: f64, big_t: f64| {
+            let z = t / (m.alpha + big_t + t);
+            let first = (m.a + m.b + x - 1.0) / (m.a - 1.0);
+            let second = 1.0
+                - ((m.alpha + big_t) / (m.alpha + big_t + t)).powf(m.r + x)
+                    * direct_2f1(m.r + x, m.b + x, m.a + m.b + x - 1.0, z);
+            let den = 1.0
+                + if x > 0.0 {
+                    m.a / (m.b + x - 1.0) * ((m.alpha + big_t) / (m.alpha + t_x)).powf(m.r + x)
+                } else {
+                    0.0
+                };
+            first * second / den
+        };
+        let rel = |a: f64, b: f64| ((a - b) / b).abs();
+        for (x, t_x, t) in [
+            (1.0, 2.0, 38.0),
+            (2.0, 30.4, 38.9),
+            (7.0, 35.0, 39.0),
+            (20.0, 10.0, 50.0),
+        ] {
+            assert!(rel(m.p_alive(x, t_x, t), direct_p_alive(x, t_x, t)) < 1e-12);
+            for horizon in [1.0, 13.0, 39.0] {
+                let got = m.expected_purchases(horizon, x, t_x, t).unwrap();
+                assert!(
+                    rel(got, direct_e(horizon, x, t_x, t)) < 1e-9,
+                    "{x} {t_x} {t} {horizon}"
+                );
+            }
+        }
+        assert_eq!(m.p_alive(0.0, 0.0, 30.0), 1.0);
+        assert!(m.p_alive(3.0, 10.0, 20.0) > m.p_alive(3.0, 10.0, 40.0));
+        assert!(
+            m.expected_purchases(10.0, 3.0, 10.0, 20.0)
+                < m.expected_purchases(20.0, 3.0, 10.0, 20.0)
+        );
+        // a ≤ 1: no finite expectation.
+        assert_eq!(
+            BgNbd { a: 0.9, ..m }.expected_purchases(10.0, 1.0, 1.0, 5.0),
+            None
+        );
+    }
+}

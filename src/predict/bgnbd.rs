@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::special::{hyp2f1, ln_gamma, log_sum_exp};
-use super::{minimize, FitError, History};
+use super::{max_likelihood, FitError, History};
 
 /// The four population parameters (α in the unit of t_x and T).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -94,31 +94,21 @@ pub fn fit(data: &[History]) -> Result<Fit, FitError> {
     if customers <= 0.0 {
         return Err(FitError::NoData);
     }
-    let nll = |p: &[f64]| {
-        let params = BgNbd {
-            r: p[0].exp(),
-            alpha: p[1].exp(),
-            a: p[2].exp(),
-            b: p[3].exp(),
-        };
-        let ll = params.log_likelihood(data);
-        if ll.is_finite() {
-            -ll / customers
-        } else {
-            f64::INFINITY
-        }
+    let model = |p: &[f64]| BgNbd {
+        r: p[0],
+        alpha: p[1],
+        a: p[2],
+        b: p[3],
     };
     // Start from r = 1, α = mean T, a = b = 1: the right scale for α whatever the
     // unit of time.
     let mean_t = data.iter().map(|h| h.weight * h.t).sum::<f64>() / customers;
-    let start = vec![0.0, mean_t.max(1e-3).ln(), 0.0, 0.0];
-    let best = minimize(&nll, start)?;
-    let params = BgNbd {
-        r: best[0].exp(),
-        alpha: best[1].exp(),
-        a: best[2].exp(),
-        b: best[3].exp(),
-    };
+    let best = max_likelihood(
+        &|p| model(p).log_likelihood(data),
+        customers,
+        &[1.0, mean_t.max(1e-3), 1.0, 1.0],
+    )?;
+    let params = model(&best);
     Ok(Fit {
         log_likelihood: params.log_likelihood(data),
         params,

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::special::ln_gamma;
-use super::{minimize, FitError};
+use super::{max_likelihood, FitError};
 
 /// A customer's (or a group's) repeat transactions: how many, their mean spend, and
 /// how many customers share them.
@@ -71,26 +71,18 @@ pub fn fit(data: &[Spend]) -> Result<Fit, FitError> {
     if customers <= 0.0 {
         return Err(FitError::NoData);
     }
-    let nll = |v: &[f64]| {
-        let params = GammaGamma {
-            p: v[0].exp(),
-            q: v[1].exp(),
-            gamma: v[2].exp(),
-        };
-        let ll = params.log_likelihood(&data);
-        if ll.is_finite() {
-            -ll / customers
-        } else {
-            f64::INFINITY
-        }
+    let model = |v: &[f64]| GammaGamma {
+        p: v[0],
+        q: v[1],
+        gamma: v[2],
     };
     let mean = data.iter().map(|s| s.weight * s.mean).sum::<f64>() / customers;
-    let best = minimize(&nll, vec![0.0, 0.0, mean.max(1e-6).ln()])?;
-    let params = GammaGamma {
-        p: best[0].exp(),
-        q: best[1].exp(),
-        gamma: best[2].exp(),
-    };
+    let best = max_likelihood(
+        &|v| model(v).log_likelihood(&data),
+        customers,
+        &[1.0, 1.0, mean.max(1e-6)],
+    )?;
+    let params = model(&best);
     Ok(Fit {
         log_likelihood: params.log_likelihood(&data),
         params,

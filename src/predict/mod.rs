@@ -44,6 +44,28 @@ impl CostFunction for Objective<'_> {
     }
 }
 
+/// The maximum-likelihood parameters: `ll` is the log-likelihood of a parameter
+/// vector over `customers` customers; the search runs over the parameters'
+/// logarithms (they are all positive) from `start`, on the mean negative
+/// log-likelihood (infinite where `ll` is not finite).
+pub fn max_likelihood(
+    ll: &dyn Fn(&[f64]) -> f64,
+    customers: f64,
+    start: &[f64],
+) -> Result<Vec<f64>, FitError> {
+    let nll = |logs: &[f64]| {
+        let params: Vec<f64> = logs.iter().map(|v| v.exp()).collect();
+        let v = ll(&params);
+        if v.is_finite() {
+            -v / customers
+        } else {
+            f64::INFINITY
+        }
+    };
+    let start = start.iter().map(|v| v.ln()).collect();
+    Ok(minimize(&nll, start)?.iter().map(|v| v.exp()).collect())
+}
+
 /// Minimize `f` from `start`: Nelder-Mead (a simplex of steps of 0.5 around the
 /// point), restarted from its best point until a run improves the value by less
 /// than 1e-12 (a simplex can collapse before the minimum; a fresh one does not).

@@ -119,5 +119,66 @@ fn processor(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, engine_step, processor);
+/// A Gamma(shape, 1) draw (Marsaglia & Tsang; shape < 1 through Gamma(shape + 1)·U^(1/shape)).
+fn gamma(rng: &mut impl rand::Rng, shape: f64) -> f64 {
+    if shape < 1.0 {
+        let u: f64 = rng.gen();
+        return gamma(rng, shape + 1.0) * u.powf(1.0 / shape);
+    }
+    let d = shape - 1.0 / 3.0;
+    let c = 1.0 / (9.0 * d).sqrt();
+    loop {
+        let (u1, u2): (f64, f64) = (rng.gen(), rng.gen());
+        let z = (-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        let v = (1.0 + c * z).powi(3);
+        let u: f64 = rng.gen();
+        if v > 0.0 && u.ln() < 0.5 * z * z + d - d * v + d * v.ln() {
+            return d * v;
+        }
+    }
+}
+
+/// 1M customers drawn from the BG/NBD process itself (r 0.25, α 30 days, a 0.8,
+/// b 2.4; first purchases spread over a year, observed to day 364) in the
+/// engine's histogram; then one fit of both models.
+fn model_fit(c: &mut Criterion) {
+    use rand::{Rng, SeedableRng};
+    use strata::predict::model::{fit, Histogram, Inputs};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut h = Histogram::default();
+    let end = 364;
+    for _ in 0..1_000_000 {
+        let lambda = gamma(&mut rng, 0.25) / 30.0;
+        let (xa, xb) = (gamma(&mut rng, 0.8), gamma(&mut rng, 2.4));
+        let p = xa / (xa + xb);
+        let first = rng.gen_range(0..=end);
+        let (mut t, mut last, mut days) = (first as f64, first, 0u32);
+        loop {
+            if rng.gen::<f64>() < p {
+                break;
+            }
+            t += -(1.0 - rng.gen::<f64>()).ln() / lambda;
+            if t >= (end + 1) as f64 {
+                break;
+            }
+            if t as i32 > last {
+                last = t as i32;
+                days += 1;
+            }
+        }
+        let spend = (days > 0).then(|| 10.0 + 90.0 * rng.gen::<f64>());
+        h.count(&Inputs { x: days, t_x: last - first, first, spend }, true);
+    }
+    let m = fit(&h, end, 100).unwrap();
+    eprintln!(
+        "model fit over 1M simulated customers: {} histogram rows, {} spend rows; r {:.4} α {:.3} a {:.4} b {:.4}",
+        h.bg.len(), h.gg.len(), m.bgnbd.r, m.bgnbd.alpha, m.bgnbd.a, m.bgnbd.b
+    );
+    let mut g = c.benchmark_group("model");
+    g.sample_size(10);
+    g.bench_function("fit_1m_customers", |b| b.iter(|| black_box(fit(&h, end, 100).unwrap())));
+    g.finish();
+}
+
+criterion_group!(benches, parse, engine_step, processor, model_fit);
 criterion_main!(benches);

@@ -103,6 +103,33 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The predictive models (BG/NBD, Gamma-Gamma): fit them, show those in force.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Fit both models on the stored population as of a day; print the parameters
+    /// as JSON (alpha in days, gamma in money). Changes nothing.
+    Fit {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// YYYY-MM-DD; default: the stored stream clock.
+        #[arg(long)]
+        as_of: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The parameters in force (the engine's last fit), as JSON.
+    Show {
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -344,6 +371,35 @@ fn execute(cli: Cli) -> Result<()> {
                 format_day(start + days as i32 - 1)
             );
         }
+        Command::Model { command } => match command {
+            ModelCommand::Fit {
+                state_dir: dir,
+                as_of,
+                config,
+            } => {
+                let (s, store, day, dir) = open_state(dir, config.as_ref(), as_of.as_ref())?;
+                let Some(day) = day else {
+                    bail!("{} holds no events yet: nothing to fit", dir.display());
+                };
+                let h = dump::histogram_at(&store, day)?;
+                let m = strata::predict::model::fit(&h, day, s.raw.predict.min_repeat_customers)
+                    .with_context(|| format!("cannot fit the models as of {}", format_day(day)))?;
+                println!("{}", m.to_json());
+            }
+            ModelCommand::Show {
+                state_dir: dir,
+                config,
+            } => {
+                let (_, store, _, dir) = open_state(dir, config.as_ref(), None)?;
+                match dump::stored_model(&store)? {
+                    Some(m) => println!("{}", m.to_json()),
+                    None => bail!(
+                        "no model is fitted in {} yet: the engine fits at the first recalibration with predict.min_repeat_customers repeat customers (`strata model fit` fits one without storing it)",
+                        dir.display()
+                    ),
+                }
+            }
+        },
         Command::Config {
             command: ConfigCommand::Check { config },
         } => {

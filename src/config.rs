@@ -42,8 +42,38 @@ pub struct Config {
     pub value_tiers: ValueTiersConfig,
     pub lifecycle: LifecycleConfig,
     pub churn: ChurnConfig,
+    pub predict: PredictConfig,
     pub kafka: KafkaConfig,
     pub http: HttpConfig,
+}
+
+/// `[predict]`: the BG/NBD and Gamma-Gamma models (README "Predictions").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PredictConfig {
+    /// `expected_purchases` counts purchase days over this many days ahead.
+    pub horizon_days: u32,
+    /// `clv` is the expected spend over this many days ahead.
+    pub clv_horizon_days: u32,
+    /// Refit at the first recalibration this many days after the last fit.
+    pub refit_every_days: u32,
+    /// No fit before this many customers have a repeat purchase day.
+    pub min_repeat_customers: u64,
+    /// Discount `clv` at this annual rate (e.g. 0.1), in 30-day steps; unset: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annual_discount_rate: Option<f64>,
+}
+
+impl Default for PredictConfig {
+    fn default() -> Self {
+        Self {
+            horizon_days: 90,
+            clv_horizon_days: 365,
+            refit_every_days: 7,
+            min_repeat_customers: 100,
+            annual_discount_rate: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +187,8 @@ impl Default for SegmentsConfig {
 pub enum ValueMethod {
     Pareto,
     Fixed,
+    /// Pareto shares over predicted `clv` instead of window monetary.
+    Clv,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,6 +243,8 @@ pub struct ChurnConfig {
     pub spend_drop: bool,
     pub drop_window_days: u32,
     pub drop_ratio: f64,
+    pub p_alive: bool,
+    pub p_alive_below: f64,
 }
 
 impl Default for ChurnConfig {
@@ -225,6 +259,8 @@ impl Default for ChurnConfig {
             spend_drop: true,
             drop_window_days: 90,
             drop_ratio: 0.5,
+            p_alive: true,
+            p_alive_below: 0.3,
         }
     }
 }
@@ -634,6 +670,27 @@ impl Settings {
                 "churn.drop_ratio",
                 format!("must be in (0, 1], got {}", c.drop_ratio),
             ));
+        }
+        if !(c.p_alive_below > 0.0 && c.p_alive_below < 1.0) {
+            return Err(key_err(
+                "churn.p_alive_below",
+                format!("must be in (0, 1), got {}", c.p_alive_below),
+            ));
+        }
+        let pr = &raw.predict;
+        positive("predict.horizon_days", pr.horizon_days)?;
+        positive("predict.clv_horizon_days", pr.clv_horizon_days)?;
+        positive("predict.refit_every_days", pr.refit_every_days)?;
+        if pr.min_repeat_customers == 0 {
+            return Err(key_err("predict.min_repeat_customers", "must be at least 1"));
+        }
+        if let Some(r) = pr.annual_discount_rate {
+            if !(r.is_finite() && r >= 0.0) {
+                return Err(key_err(
+                    "predict.annual_discount_rate",
+                    format!("must be a finite rate ≥ 0 (0.1 is 10 %), got {r}"),
+                ));
+            }
         }
         if raw.kafka.brokers.trim().is_empty() {
             return Err(key_err("kafka.brokers", "must not be empty"));

@@ -56,6 +56,11 @@ pub struct Episode {
 pub struct CustomerState {
     pub lifetime_purchases: u64,
     pub lifetime_micros: u64,
+    /// Spend on the first purchase day (all of that day's purchases): what separates
+    /// the repeat spend the Gamma-Gamma model needs from the lifetime spend. `None`
+    /// for a record written before strata kept it whose first day has left the
+    /// buckets (codec v1).
+    pub first_day_micros: Option<u64>,
     pub purchase_days: Vec<Day>,
     pub buckets: Vec<Bucket>,
     pub seen: Vec<Seen>,
@@ -87,6 +92,8 @@ pub struct Figures {
     /// Spend over the latest `drop_window_days` and over the same span before it.
     pub drop_recent_micros: u64,
     pub drop_previous_micros: u64,
+    /// The predictive models' inputs (x, t_x, first day, repeat spend).
+    pub model_inputs: Option<crate::predict::model::Inputs>,
 }
 
 /// `lo..=hi` as an inclusive day range ending at the as-of day.
@@ -143,6 +150,15 @@ impl CustomerState {
                 let previous_last_day = self.purchase_days.last().copied();
                 self.lifetime_purchases += 1;
                 self.lifetime_micros = self.lifetime_micros.saturating_add(amount_micros);
+                match self.purchase_days.first() {
+                    Some(&first) if ev.day > first => {}
+                    Some(&first) if ev.day == first => {
+                        self.first_day_micros =
+                            self.first_day_micros.map(|m| m.saturating_add(amount_micros));
+                    }
+                    // A new first day (the first purchase, or an earlier late one).
+                    _ => self.first_day_micros = Some(amount_micros),
+                }
                 if let Err(i) = self.purchase_days.binary_search(&ev.day) {
                     self.purchase_days.insert(i, ev.day);
                 }
@@ -204,6 +220,7 @@ impl CustomerState {
             purchase_days: self.purchase_days.len() as u32,
             first_purchase_day: self.purchase_days.first().copied(),
             last_purchase_day: self.purchase_days.last().copied(),
+            model_inputs: crate::predict::model::Inputs::of(self, Some(as_of)),
             ..Figures::default()
         };
         let upto = self.purchase_days.partition_point(|&d| d <= as_of);

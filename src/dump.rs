@@ -8,12 +8,13 @@
 
 use serde::Serialize;
 
-use crate::config::Settings;
+use crate::config::{Settings, ValueMethod};
 use crate::customer::{CustomerState, Figures};
 use crate::day::{format_day, Day};
 use crate::output::money;
 use crate::policy::{self, Lifecycle, Segment, Thresholds, ThresholdsBuilder, ValueTier};
-use crate::population::Population;
+use crate::population::{decode_thresholds, Population};
+use crate::predict::model::{Histogram, Inputs, Model};
 use crate::store::codec::decode_customer;
 use crate::store::{Cf, Store, StoreError};
 
@@ -40,11 +41,20 @@ pub struct DumpRecord {
     pub value_tier: ValueTier,
     pub lifecycle: Lifecycle,
     pub churn_risk: Vec<&'static str>,
+    /// Predictions (README "Predictions"): `null` without a purchase or a fit.
+    pub p_alive: Option<f64>,
+    pub expected_purchases: Option<f64>,
+    pub expected_avg_spend: Option<f64>,
+    pub clv: Option<f64>,
 }
 
 pub fn record(id: &str, f: &Figures, t: &Thresholds, s: &Settings) -> DumpRecord {
     let tiers = policy::tiers(f, t, s);
     let scores = policy::scores(f, t);
+    let predicted = match (&t.model, f.model_inputs) {
+        (Some(m), Some(i)) => m.predict(&i, f.as_of, &s.raw.predict),
+        _ => Default::default(),
+    };
     DumpRecord {
         customer_id: id.to_string(),
         as_of: format_day(f.as_of),
@@ -65,7 +75,11 @@ pub fn record(id: &str, f: &Figures, t: &Thresholds, s: &Settings) -> DumpRecord
         rfm_segment: tiers.rfm_segment,
         value_tier: tiers.value_tier,
         lifecycle: tiers.lifecycle,
-        churn_risk: policy::churn_rules(f, tiers.value_tier, s).names(),
+        churn_risk: policy::churn_rules(f, tiers.value_tier, t, s).names(),
+        p_alive: predicted.p_alive,
+        expected_purchases: predicted.expected_purchases,
+        expected_avg_spend: predicted.expected_avg_spend,
+        clv: predicted.clv,
     }
 }
 
@@ -110,7 +124,24 @@ fn scan_states<S: Store>(
     })
 }
 
-/// Exact thresholds over the whole stored population as of `as_of`.
+/// The models in force in a store (`None` before the first fit).
+pub fn stored_model<S: Store>(store: &S) -> Result<Option<Model>, StoreError> {
+    Ok(match store.get(Cf::Meta, b"thresholds")? {
+        Some(b) => {
+            decode_thresholds(&b)
+                .map_err(|e| StoreError::Corrupt {
+                    key: "meta/thresholds".into(),
+                    source: e,
+                })?
+                .1
+                .model
+        }
+        None => None,
+    })
+}
+
+/// Exact thresholds over the whole stored population as of `as_of`, with the
+/// models in force (the predictions use the stored parameters: a dump never refits).
 pub fn exact_thresholds<S: Store>(
     store: &S,
     s: &Settings,
@@ -122,7 +153,30 @@ pub fn exact_thresholds<S: Store>(
         b.add(f.recency_days, f.frequency, f.monetary_micros);
         true
     })?;
-    Ok(b.build(s, as_of))
+    let mut t = b.build(s, as_of);
+    t.model = stored_model(store)?;
+    if s.raw.value_tiers.method == ValueMethod::Clv {
+        let mut values = Vec::new();
+        scan_states(store, &[], &mut |_, c| {
+            values.extend(policy::clv_micros(&c.figures(as_of, s), &t, s));
+            true
+        })?;
+        (t.pareto_high, t.pareto_medium) = crate::policy::pareto_cutoffs(values, s);
+    }
+    Ok(t)
+}
+
+/// The model histogram of the stored population as of `as_of` (purchase days
+/// after it left out), for `strata model fit`.
+pub fn histogram_at<S: Store>(store: &S, as_of: Day) -> Result<Histogram, StoreError> {
+    let mut h = Histogram::default();
+    scan_states(store, &[], &mut |_, c| {
+        if let Some(i) = Inputs::of(&c, Some(as_of)) {
+            h.count(&i, true);
+        }
+        true
+    })?;
+    Ok(h)
 }
 
 /// Every customer, in key order.

@@ -10,8 +10,8 @@ use crate::customer::{CustomerState, Episode, Figures, Indexed};
 use crate::day::{day_start_millis, Day};
 use crate::event::{Event, EventKind};
 use crate::output::{
-    money, Body, Cause, ComplaintsTrigger, Output, OutputType, OverdueTrigger, Rfm,
-    SpendDropTrigger, Triggers,
+    money, Body, Cause, ComplaintsTrigger, Output, OutputType, OverdueTrigger, PAliveTrigger,
+    Rfm, SpendDropTrigger, Triggers,
 };
 use crate::policy::{self, Rule, RuleSet, Thresholds, Tiers};
 use crate::population::Population;
@@ -148,7 +148,7 @@ impl<'a> Engine<'a> {
                 ));
             }
         }
-        let rules = policy::churn_rules(&f, tiers.value_tier, s);
+        let rules = policy::churn_rules(&f, tiers.value_tier, thresholds, s);
         if !rules.is_empty() {
             let severity = policy::severity(&tiers);
             let warn = match state.episode {
@@ -162,7 +162,7 @@ impl<'a> Engine<'a> {
                         reasons: rules.names(),
                         severity,
                         rfm: Rfm::from(&f),
-                        triggers: self.triggers(&f, rules, &tiers),
+                        triggers: self.triggers(&f, rules, &tiers, thresholds),
                     },
                 );
                 o.opens_episode = state.episode.is_none();
@@ -180,7 +180,19 @@ impl<'a> Engine<'a> {
             }
         }
 
-        let next = state.next_change(&f, s);
+        let mut next = state.next_change(&f, s);
+        // P(alive) falls day by day without a purchase: the day it crosses the
+        // threshold (unless the rule already holds, which only a purchase ends).
+        if let (true, false, Some(m), Some(i)) = (
+            s.raw.churn.p_alive,
+            rules.contains(Rule::PAlive),
+            thresholds.model.as_ref(),
+            f.model_inputs,
+        ) {
+            if let Some(d) = m.p_alive_below_from(&i, s.raw.churn.p_alive_below, as_of + 1) {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        }
         if next != state.timer {
             fx.timer_moved = Some((state.timer, next));
             state.timer = next;
@@ -196,9 +208,22 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn triggers(&self, f: &Figures, rules: RuleSet, tiers: &Tiers) -> Triggers {
+    fn triggers(&self, f: &Figures, rules: RuleSet, tiers: &Tiers, th: &Thresholds) -> Triggers {
         let c = &self.settings.raw.churn;
         let mut t = Triggers::default();
+        if let (true, Some(p), Some(i)) = (
+            rules.contains(Rule::PAlive),
+            policy::p_alive(f, th),
+            f.model_inputs,
+        ) {
+            t.p_alive = Some(PAliveTrigger {
+                p_alive: p,
+                threshold: c.p_alive_below,
+                x: i.x,
+                t_x: i.t_x,
+                t: f.as_of - i.first,
+            });
+        }
         if rules.contains(Rule::Overdue) {
             t.overdue = Some(OverdueTrigger {
                 recency_days: f.recency_days.unwrap_or(0),

@@ -91,7 +91,21 @@ pub struct Triggers {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overdue: Option<OverdueTrigger>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_alive: Option<PAliveTrigger>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub spend_drop: Option<SpendDropTrigger>,
+}
+
+/// The `p_alive` rule's figures: P(alive) under the models in force, the
+/// threshold, and the model inputs in days.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PAliveTrigger {
+    pub p_alive: f64,
+    pub threshold: f64,
+    pub x: u32,
+    pub t_x: i32,
+    #[serde(rename = "T")]
+    pub t: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

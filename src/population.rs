@@ -273,6 +273,10 @@ pub fn encode_thresholds(day: Day, t: &Thresholds, out: &mut Vec<u8>) {
             }
         }
     }
+    // Written by strata ≥ issue 17 only when fitted; older records end before it.
+    if let Some(m) = &t.model {
+        m.encode(out);
+    }
 }
 
 pub fn decode_thresholds(buf: &[u8]) -> Result<(Day, Thresholds), CodecError> {
@@ -307,6 +311,12 @@ pub fn decode_thresholds(buf: &[u8]) -> Result<(Day, Thresholds), CodecError> {
     };
     t.pareto_high = opt()?;
     t.pareto_medium = opt()?;
+    if !r.is_empty() {
+        t.model = Some(crate::predict::model::Model::decode(&mut r)?);
+    }
+    if !r.is_empty() {
+        return Err(CodecError("trailing bytes"));
+    }
     Ok((day, t))
 }
 

@@ -38,6 +38,7 @@ use crate::event::Event;
 use crate::output::{Cause, Output, OutputType};
 use crate::policy::{self, Thresholds, ThresholdsBuilder};
 use crate::population::{bucket_range, decode_thresholds, encode_thresholds, Population};
+use crate::predict::model::{self, Histogram, Inputs};
 use crate::store::codec::{
     decode_customer, decode_index_key, decode_timer_key, dedupe_key, encode_customer, index_figure,
     index_key, last_day_prefix, timer_key,
@@ -46,6 +47,10 @@ use crate::store::{Batch, Cf, Store, StoreError};
 
 const META_POPULATION: &[u8] = b"population";
 const META_THRESHOLDS: &[u8] = b"thresholds";
+/// The partition's model histogram as of its last refit, put in the batch of that
+/// refit for the Kafka shell to publish on the stats topic (it is not read back:
+/// `open` rebuilds the histogram from the customer records).
+pub const META_MODEL_HISTOGRAM: &[u8] = b"model_histogram";
 
 /// Counters for the replay summary and metrics.
 #[derive(Debug, Default, Clone)]
@@ -59,6 +64,11 @@ pub struct Counters {
     pub recalibrations: u64,
     /// Customers re-evaluated by recalibrations (found through the indexes).
     pub recalibration_visits: u64,
+    /// Model fits, and the seconds the last one took.
+    pub model_fits: u64,
+    pub last_fit_seconds: f64,
+    /// Repeat customers by P(alive) decile, counted in each refit's pass.
+    pub p_alive_deciles: [u64; 10],
 }
 
 /// What [`Processor::audit`] found; both must be zero.
@@ -66,7 +76,8 @@ pub struct Counters {
 pub struct Audit {
     /// Customers whose published tiers differ from a fresh evaluation.
     pub tier_mismatches: u64,
-    /// Incremental population sums differing from a scan (0 or 1).
+    /// Incremental population sums (or the model histogram) differing from a
+    /// scan (0 or 1).
     pub population_drift: u64,
     /// Timer and index entries missing from, or extra in, the derived column
     /// families ([`DERIVED`]) against what the customer records say.
@@ -190,10 +201,31 @@ pub struct Processor<S: Store> {
     /// come from, asked at each recalibration: thresholds cover them too (SPEC §3).
     /// `None` outside a cluster.
     peers: Option<PeerSource>,
+    /// The model histogram of this partition's customers (every purchaser, lifetime
+    /// figures), kept with every purchase.
+    hist: Histogram,
+    /// The other partitions' merged model histograms (a cluster), asked at a refit.
+    model_peers: Option<ModelPeerSource>,
 }
 
 /// The other partitions' merged population summary, as of now.
 pub type PeerSource = Box<dyn Fn() -> Option<Population> + Send>;
+
+/// The other partitions' merged model histograms, as of their last refits.
+pub type ModelPeerSource = Box<dyn Fn() -> Option<Histogram> + Send>;
+
+/// The model histogram of every stored customer.
+pub fn scan_histogram(store: &dyn Store) -> Result<Histogram, StoreError> {
+    let mut h = Histogram::default();
+    store.scan(Cf::Customers, &[], None, &mut |k, v| {
+        let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
+        if let Some(i) = Inputs::of(&c, None) {
+            h.count(&i, true);
+        }
+        Ok(true)
+    })?;
+    Ok(h)
+}
 
 /// The column families derived from the customer records alone: a customer's
 /// timer and its three index entries mirror `CustomerState::timer` and
@@ -279,7 +311,10 @@ impl<S: Store> Processor<S> {
             counters: Counters::default(),
             hook: None,
             peers: None,
+            hist: Histogram::default(),
+            model_peers: None,
         };
+        p.hist = scan_histogram(&p.store)?;
         p.persisted = p.current_day.map(|d| (d, p.current.clone()));
         // A recalibration is due but was not completed (a crash mid-pass, after part
         // of it was written): run it again. Re-evaluating customers it already did
@@ -318,6 +353,11 @@ impl<S: Store> Processor<S> {
         }
     }
 
+    /// The models in force (`None` before the first fit).
+    pub fn model(&self) -> Option<model::Model> {
+        self.current.model
+    }
+
     /// See [`FlushHook`].
     pub fn set_flush_hook(&mut self, hook: FlushHook) {
         self.hook = Some(hook);
@@ -333,6 +373,16 @@ impl<S: Store> Processor<S> {
     /// recalibration.
     pub fn set_peers(&mut self, peers: PeerSource) {
         self.peers = Some(peers);
+    }
+
+    /// The other partitions' model histograms, merged; used by the next refit.
+    pub fn set_model_peers(&mut self, peers: ModelPeerSource) {
+        self.model_peers = Some(peers);
+    }
+
+    /// This partition's model histogram.
+    pub fn histogram(&self) -> &Histogram {
+        &self.hist
     }
 
     pub fn take_outputs(&mut self) -> Vec<Output> {
@@ -433,6 +483,10 @@ impl<S: Store> Processor<S> {
             None => Some(self.pop.thresholds(None, None)),
         };
         let slot = &mut self.cache.slots[i as usize];
+        let inputs_before = match ev.kind {
+            crate::event::EventKind::Purchase { .. } => Some(Inputs::of(&slot.state, None)),
+            _ => None,
+        };
         let mut fx = Effects::default();
         let applied = engine.apply_event(
             &mut slot.state,
@@ -456,6 +510,17 @@ impl<S: Store> Processor<S> {
                 self.counters.applied += 1;
                 if ev.day < horizon {
                     self.counters.late += 1;
+                }
+                if let Some(before) = inputs_before {
+                    let after = Inputs::of(&self.cache.slots[i as usize].state, None);
+                    if before != after {
+                        if let Some(b) = before {
+                            self.hist.count(&b, false);
+                        }
+                        if let Some(a) = after {
+                            self.hist.count(&a, true);
+                        }
+                    }
                 }
             }
         }
@@ -717,10 +782,31 @@ impl<S: Store> Processor<S> {
             None => self.pop.clone(),
         };
         let (high, medium) = self.pareto_cutoffs(&merged, peers.as_ref())?;
-        let new = merged.thresholds(high, medium);
+        let mut new = merged.thresholds(high, medium);
+        let refit = self.refit(day);
+        new.model = refit.or(self.current.model);
+        // Value tiers over predicted CLV: cut-offs over every customer's CLV today
+        // (this partition's customers: a cluster does not merge them), and every
+        // customer evaluated again, since CLV moves with the calendar.
+        let by_clv = self.settings.raw.value_tiers.method == ValueMethod::Clv;
+        if by_clv && new.model.is_some() {
+            self.flush()?;
+            let s = self.settings.clone();
+            let mut values = Vec::new();
+            self.store.scan(Cf::Customers, &[], None, &mut |k, v| {
+                let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
+                values.extend(policy::clv_micros(&c.figures(day, &s), &new, &s));
+                Ok(true)
+            })?;
+            (new.pareto_high, new.pareto_medium) = policy::pareto_cutoffs(values, &s);
+        }
         let old = std::mem::replace(&mut self.current, new.clone());
         let prev_day = self.current_day;
-        let first = self.current_day.is_none() || old.purchasers == 0;
+        // A refit moves every purchaser's P(alive): all are evaluated again.
+        let first = self.current_day.is_none()
+            || old.purchasers == 0
+            || refit.is_some()
+            || (by_clv && new.model.is_some());
         self.current_day = Some(day);
         self.counters.recalibrations += 1;
 
@@ -800,6 +886,15 @@ impl<S: Store> Processor<S> {
             self.prefetch(chunk.iter().map(|s| s.as_str()))?;
             for id in chunk {
                 let Some(i) = self.load(id)? else { continue };
+                if let (Some(m), Some(inp)) = (
+                    refit.as_ref(),
+                    Inputs::of(&self.cache.slots[i as usize].state, Some(day)),
+                ) {
+                    if inp.x >= 1 {
+                        let p = m.bgnbd.p_alive(inp.x as f64, inp.t_x as f64, (day - inp.first) as f64);
+                        self.counters.p_alive_deciles[((p * 10.0) as usize).min(9)] += 1;
+                    }
+                }
                 let mut fx = Effects::default();
                 engine.evaluate(
                     &mut self.cache.slots[i as usize].state,
@@ -819,6 +914,42 @@ impl<S: Store> Processor<S> {
         self.persisted = Some((day, new));
         self.meta_dirty = true;
         self.flush_if_full()
+    }
+
+    /// A new fit of the models if one is due on `day` (none yet, or
+    /// `predict.refit_every_days` since the last) and the population allows it.
+    fn refit(&mut self, day: Day) -> Option<model::Model> {
+        let pr = &self.settings.raw.predict;
+        if self
+            .current
+            .model
+            .is_some_and(|m| day - m.fitted_on < pr.refit_every_days as Day)
+        {
+            return None;
+        }
+        let mut h = self.hist.clone();
+        if let Some(p) = self.model_peers.as_ref().and_then(|source| source()) {
+            h.merge(&p);
+        }
+        if h.repeat_customers(day) < pr.min_repeat_customers {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let fitted = model::fit(&h, day, pr.min_repeat_customers);
+        self.counters.last_fit_seconds = started.elapsed().as_secs_f64();
+        match fitted {
+            Ok(m) => {
+                self.counters.model_fits += 1;
+                let mut buf = Vec::new();
+                self.hist.encode(&mut buf);
+                self.pending.put(Cf::Meta, META_MODEL_HISTOGRAM.to_vec(), buf);
+                Some(m)
+            }
+            Err(e) => {
+                tracing::warn!(day = %crate::day::format_day(day), error = %e, "The model fit failed; the parameters in force stay.");
+                None
+            }
+        }
     }
 
     /// Flush (which also trims the cache) when the cache is over its cap or the batch
@@ -848,6 +979,7 @@ impl<S: Store> Processor<S> {
         let t = self.thresholds();
         let frozen = self.current_day.is_some();
         let mut b = ThresholdsBuilder::default();
+        let mut hist = Histogram::default();
         // The derived entries each record implies, per column family.
         let mut derived: HashMap<Cf, HashSet<Vec<u8>>> = HashMap::new();
         self.store.scan(Cf::Customers, &[], None, &mut |k, v| {
@@ -866,6 +998,9 @@ impl<S: Store> Processor<S> {
                         .or_default()
                         .insert(index_key(cf, &i, &id));
                 }
+            }
+            if let Some(i) = Inputs::of(&c, None) {
+                hist.count(&i, true);
             }
             let f = c.figures(clock, s);
             b.add(f.recency_days, f.frequency, f.monetary_micros);
@@ -902,6 +1037,7 @@ impl<S: Store> Processor<S> {
             live.sum_frequency,
             live.sum_micros,
         ) || (hist_count, hist_total) != (exact.purchasers, exact.sum_micros)
+            || hist != self.hist
         {
             audit.population_drift = 1;
         }

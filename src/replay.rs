@@ -258,7 +258,7 @@ pub fn run_with_metrics<S: Store>(
         }
     }
     proc.flush()?;
-    metrics.record_counters(&counters_before, &proc.counters);
+    metrics.record_counters(&counters_before, &proc.counters, proc.model().as_ref());
     pb.finish_and_clear();
     let c = &proc.counters;
     sum.applied = c.applied;

@@ -19,6 +19,7 @@ use prometheus::{
 
 use crate::customer::CustomerState;
 use crate::output::{Body, Output, OutputType};
+use crate::predict::model::Model;
 use crate::processor::Counters;
 use crate::store::codec::decode_customer;
 use crate::store::{Cf, Store, StoreError};
@@ -59,6 +60,10 @@ pub struct Metrics {
     pub partitions_corrupt: IntCounter,
     pub partition_open_failures: IntCounter,
     pub state_dirs_removed: IntCounter,
+    pub model_fitted: IntGauge,
+    pub model_parameter: prometheus::GaugeVec,
+    pub model_fit_seconds: Histogram,
+    pub p_alive: Histogram,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -136,6 +141,14 @@ impl Metrics {
             partition_open_failures: counter(&r, "strata_partition_open_failures_total", "Attempts to open or restore a partition that failed (each is retried)."),
             state_dirs_removed: counter(&r, "strata_state_dirs_removed_total", "State dirs of partitions no longer owned, deleted after kafka.state_cleanup_delay_ms."),
             http_connections_rejected: counter(&r, "strata_http_connections_rejected_total", "HTTP connections answered 503 and closed: http.max_connections were being served."),
+            model_fitted: gauge(&r, "strata_model_fitted", "1 once the predictive models (BG/NBD, Gamma-Gamma) are fitted and in force."),
+            model_parameter: {
+                let g = prometheus::GaugeVec::new(Opts::new("strata_model_parameter", "The parameters in force (alpha in days, gamma in money), by model and name."), &["model", "name"]).expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            model_fit_seconds: histogram(&r, "strata_model_fit_seconds", "Time one fit of both models took.", prometheus::exponential_buckets(0.001, 4.0, 10).unwrap()),
+            p_alive: histogram(&r, "strata_p_alive", "P(alive) of every repeat customer, observed at each refit (increase over a refit period is the population's distribution).", (1..10).map(|k| k as f64 / 10.0).collect()),
             registry: r,
         };
         m.build_info
@@ -175,6 +188,12 @@ impl Metrics {
         ] {
             m.records_undeliverable.with_label_values(&[d]);
         }
+        // NaN until the first fit (strata_model_fitted says which).
+        for (model, names) in [("bgnbd", &["r", "alpha", "a", "b"][..]), ("gamma_gamma", &["p", "q", "gamma"][..])] {
+            for n in names {
+                m.model_parameter.with_label_values(&[model, n]).set(f64::NAN);
+            }
+        }
         for c in [
             "consumer",
             "producer",
@@ -209,8 +228,31 @@ impl Metrics {
         self.events_rejected.with_label_values(&[reason]).inc();
     }
 
-    /// Add what a processor counted between two snapshots.
-    pub fn record_counters(&self, before: &Counters, after: &Counters) {
+    /// Add what a processor counted between two snapshots; `model` is the one in
+    /// force after.
+    pub fn record_counters(&self, before: &Counters, after: &Counters, model: Option<&Model>) {
+        if after.model_fits > before.model_fits {
+            self.model_fit_seconds.observe(after.last_fit_seconds);
+            for (k, (&a, &b)) in after.p_alive_deciles.iter().zip(&before.p_alive_deciles).enumerate() {
+                for _ in b..a {
+                    self.p_alive.observe(k as f64 / 10.0 + 0.05);
+                }
+            }
+        }
+        self.model_fitted.set(model.is_some() as i64);
+        if let Some(m) = model {
+            let g = &self.model_parameter;
+            let b = &m.bgnbd;
+            for (name, v) in [("r", b.r), ("alpha", b.alpha), ("a", b.a), ("b", b.b)] {
+                g.with_label_values(&["bgnbd", name]).set(v);
+            }
+            if let Some(gg) = &m.gamma_gamma {
+                let p = &gg.params;
+                for (name, v) in [("p", p.p), ("q", p.q), ("gamma", p.gamma)] {
+                    g.with_label_values(&["gamma_gamma", name]).set(v);
+                }
+            }
+        }
         self.events_duplicate
             .inc_by(after.duplicates.saturating_sub(before.duplicates));
         self.events_late

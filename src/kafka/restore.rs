@@ -26,7 +26,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use super::changelog::{self, Marker, Restorer, MARKER_KEY, PUBLISHED_KEY};
 use super::clients::{self, transient};
-use super::task::{peers_of, Partition, PeerStats};
+use super::task::{model_peers_of, peers_of, Partition, PeerStats};
 use super::{broker, events, KafkaError};
 use crate::cluster::partition_dir;
 use crate::config::{Guarantee, Settings};
@@ -508,7 +508,10 @@ fn ready(
         job.metrics.clone(),
     )?;
     let stats = job.peers.clone();
+    let model_stats = stats.clone();
     part.proc.set_peers(Box::new(move || peers_of(&stats, p)));
+    part.proc
+        .set_model_peers(Box::new(move || model_peers_of(&model_stats, p)));
     if !orphans.is_empty() {
         tracing::info!(
             partition = p,

@@ -4,6 +4,9 @@
 //! a thread of its own and keeps the latest summary of every partition; a
 //! recalibration merges the other partitions' summaries with its own live one.
 //!
+//! Model histograms (key `model/<p>`, see `predict::model::Histogram`) come with
+//! each partition's refit, for the other partitions' refits.
+//!
 //! The same topic carries ownership announcements: key `owner/<p>`, value
 //! `{"partition": p, "address": "<http.advertised_address>"}`, published by the
 //! instance that opens partition p, so any instance can send a client asking for a
@@ -22,6 +25,7 @@ use super::task::PeerStats;
 use super::KafkaError;
 use crate::cluster::SharedStatus;
 use crate::population::Population;
+use crate::predict::model::Histogram;
 use crate::telemetry::Metrics;
 
 /// How often the reader checks that the cluster answers.
@@ -94,13 +98,26 @@ pub fn spawn(
                             status.lock().unwrap().owners.insert(p, address);
                             continue;
                         }
+                        if let Some(p) = model_key(&m) {
+                            match m.payload().map(Histogram::decode) {
+                                Some(Ok(h)) => {
+                                    stats.lock().unwrap().models.insert(p, h);
+                                }
+                                _ => tracing::warn!(
+                                    offset = m.offset(),
+                                    partition = m.partition(),
+                                    "Ignored an unreadable model histogram on the stats topic."
+                                ),
+                            }
+                            continue;
+                        }
                         let part = m
                             .key()
                             .and_then(|k| std::str::from_utf8(k).ok())
                             .and_then(|k| k.parse::<i32>().ok());
                         match (part, m.payload().map(Population::decode)) {
                             (Some(p), Some(Ok(pop))) => {
-                                stats.lock().unwrap().insert(p, pop);
+                                stats.lock().unwrap().populations.insert(p, pop);
                             }
                             _ => tracing::warn!(
                                 offset = m.offset(),
@@ -117,6 +134,15 @@ pub fn spawn(
             }
         })
         .expect("spawn a thread"))
+}
+
+/// A model histogram's partition (key `model/<p>`).
+fn model_key(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<i32> {
+    std::str::from_utf8(m.key()?)
+        .ok()?
+        .strip_prefix("model/")?
+        .parse()
+        .ok()
 }
 
 /// An ownership announcement: (partition, advertised address).

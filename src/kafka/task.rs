@@ -29,6 +29,8 @@ use crate::config::{Clock, Settings};
 use crate::event::{check_clock_jump, check_key, Event, Rejection};
 use crate::output::OutputType;
 use crate::population::Population;
+use crate::predict::model::Histogram;
+use crate::processor::META_MODEL_HISTOGRAM;
 use crate::processor::Processor;
 use crate::store::rocks::RocksStore;
 use crate::store::{Cf, Store, StoreError};
@@ -182,7 +184,13 @@ impl Partition {
                 .sum();
             let mut entry = EntryWriter::with_capacity(bytes + outputs.len() * 320);
             let mut stats = None;
+            let mut model_stats = None;
             for (cf, k, v) in &batch.ops {
+                if *cf == Cf::Meta && k == META_MODEL_HISTOGRAM {
+                    // For the other partitions' refits, not for the changelog.
+                    model_stats = v.as_deref();
+                    continue;
+                }
                 if let Some(key) = changelog_key(*cf, k) {
                     entry.push(&RecordRef {
                         dest: Dest::Changelog,
@@ -216,6 +224,15 @@ impl Partition {
                     dest: Dest::Stats,
                     batch_seq: seq,
                     key: p.partition.to_string().as_bytes(),
+                    value: Some(v),
+                    headers: Vec::new(),
+                });
+            }
+            if let Some(v) = model_stats {
+                entry.push(&RecordRef {
+                    dest: Dest::Stats,
+                    batch_seq: seq,
+                    key: format!("model/{}", p.partition).as_bytes(),
                     value: Some(v),
                     headers: Vec::new(),
                 });
@@ -445,16 +462,36 @@ pub fn local_markers(store: &RocksStore) -> Result<(Option<Marker>, Option<Marke
     Ok((get(MARKER_KEY)?, get(PUBLISHED_KEY)?))
 }
 
-/// Per-partition summaries received from the stats topic.
-pub type PeerStats = Arc<Mutex<BTreeMap<i32, Population>>>;
+/// Per-partition summaries received from the stats topic: population summaries
+/// (key `<p>`) and model histograms as of each partition's last refit
+/// (key `model/<p>`).
+#[derive(Debug, Default)]
+pub struct Peers {
+    pub populations: BTreeMap<i32, Population>,
+    pub models: BTreeMap<i32, Histogram>,
+}
+
+pub type PeerStats = Arc<Mutex<Peers>>;
 
 /// The other partitions' summaries, merged (`None` when there are none).
 pub fn peers_of(stats: &PeerStats, me: i32) -> Option<Population> {
     let s = stats.lock().unwrap();
     let mut merged: Option<Population> = None;
-    for (p, pop) in s.iter() {
+    for (p, pop) in s.populations.iter() {
         if *p != me {
             merged = Some(merged.unwrap_or_default().merged(pop));
+        }
+    }
+    merged
+}
+
+/// The other partitions' model histograms, merged (`None` when there are none).
+pub fn model_peers_of(stats: &PeerStats, me: i32) -> Option<Histogram> {
+    let s = stats.lock().unwrap();
+    let mut merged: Option<Histogram> = None;
+    for (p, h) in s.models.iter() {
+        if *p != me {
+            merged.get_or_insert_with(Histogram::default).merge(h);
         }
     }
     merged

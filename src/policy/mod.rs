@@ -4,7 +4,7 @@
 
 mod thresholds;
 
-pub use thresholds::{Thresholds, ThresholdsBuilder};
+pub use thresholds::{pareto_cutoffs, Thresholds, ThresholdsBuilder};
 
 use serde::Serialize;
 
@@ -146,19 +146,22 @@ pub struct Tiers {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
-    Complaints,
-    Overdue,
-    SpendDrop,
+    // The discriminant is the bit stored in a customer record's episode: fixed.
+    Complaints = 0,
+    Overdue = 1,
+    SpendDrop = 2,
+    PAlive = 3,
 }
 
 impl Rule {
     /// Sorted by id, so reason lists come out sorted.
-    pub const ALL: [Rule; 3] = [Rule::Complaints, Rule::Overdue, Rule::SpendDrop];
+    pub const ALL: [Rule; 4] = [Rule::Complaints, Rule::Overdue, Rule::PAlive, Rule::SpendDrop];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Rule::Complaints => "complaints",
             Rule::Overdue => "overdue",
+            Rule::PAlive => "p_alive",
             Rule::SpendDrop => "spend_drop",
         }
     }
@@ -242,15 +245,28 @@ pub fn segment(f: &Figures, t: &Thresholds, s: &Settings) -> Segment {
     }
 }
 
-/// Value tier (SPEC §1): Pareto cut-offs or fixed minimums; zero spend is always `low`.
+/// Predicted `clv` in micro-units under the models in force (`None` without a
+/// purchase, a fit, or a spend model).
+pub fn clv_micros(f: &Figures, t: &Thresholds, s: &Settings) -> Option<u64> {
+    let (m, i) = (t.model.as_ref()?, f.model_inputs?);
+    let clv = m.predict(&i, f.as_of, &s.raw.predict).clv?;
+    Some((clv.max(0.0) * 1e6).round() as u64)
+}
+
+/// Value tier (SPEC §1): Pareto cut-offs or fixed minimums over window monetary, or
+/// (`value_tiers.method = "clv"`) Pareto cut-offs over predicted `clv`; zero is
+/// always `low`.
 pub fn value_tier(f: &Figures, t: &Thresholds, s: &Settings) -> ValueTier {
-    let m = f.monetary_micros;
+    let m = match s.raw.value_tiers.method {
+        ValueMethod::Clv => clv_micros(f, t, s).unwrap_or(0),
+        _ => f.monetary_micros,
+    };
     if m == 0 {
         return ValueTier::Low;
     }
     let (high, medium) = match s.raw.value_tiers.method {
         ValueMethod::Fixed => (Some(s.high_min_micros), Some(s.medium_min_micros)),
-        ValueMethod::Pareto => (t.pareto_high, t.pareto_medium),
+        ValueMethod::Pareto | ValueMethod::Clv => (t.pareto_high, t.pareto_medium),
     };
     if high.is_some_and(|c| m >= c) {
         ValueTier::High
@@ -302,10 +318,23 @@ pub fn overdue_threshold(f: &Figures, s: &Settings) -> Option<f64> {
     }
 }
 
-/// Active churn rules as of `f.as_of` (SPEC §4).
-pub fn churn_rules(f: &Figures, value: ValueTier, s: &Settings) -> RuleSet {
+/// P(alive) at `f.as_of` under the models in force, for a customer the `p_alive`
+/// rule looks at (x ≥ 1: without a repeat purchase day P(alive) is 1).
+pub fn p_alive(f: &Figures, t: &Thresholds) -> Option<f64> {
+    let (m, i) = (t.model.as_ref()?, f.model_inputs?);
+    (i.x >= 1).then(|| {
+        m.bgnbd
+            .p_alive(i.x as f64, i.t_x as f64, (f.as_of - i.first) as f64)
+    })
+}
+
+/// Active churn rules as of `f.as_of` (SPEC §4, and `p_alive`: README "Predictions").
+pub fn churn_rules(f: &Figures, value: ValueTier, t: &Thresholds, s: &Settings) -> RuleSet {
     let c = &s.raw.churn;
     let mut set = RuleSet::default();
+    if c.p_alive && p_alive(f, t).is_some_and(|p| p < c.p_alive_below) {
+        set.insert(Rule::PAlive);
+    }
     if let (Some(limit), Some(r)) = (overdue_threshold(f, s), f.recency_days) {
         if r as f64 > limit {
             set.insert(Rule::Overdue);
@@ -440,10 +469,10 @@ mod tests {
         f.mean_interpurchase_days = Some(1.0);
         f.recent_complaints = 9;
         f.drop_previous_micros = 100;
-        assert!(churn_rules(&f, ValueTier::High, &s).is_empty());
+        assert!(churn_rules(&f, ValueTier::High, &Thresholds::default(), &s).is_empty());
         let d = Settings::defaults();
         assert_eq!(
-            churn_rules(&f, ValueTier::High, &d).names(),
+            churn_rules(&f, ValueTier::High, &Thresholds::default(), &d).names(),
             vec!["complaints", "overdue", "spend_drop"]
         );
     }
@@ -492,9 +521,9 @@ mod tests {
         let mut f = figs(Some(31), 2, 10);
         f.mean_interpurchase_days = Some(10.0);
         assert_eq!(overdue_threshold(&f, &s), Some(30.0));
-        assert!(churn_rules(&f, ValueTier::Low, &s).contains(Rule::Overdue));
+        assert!(churn_rules(&f, ValueTier::Low, &Thresholds::default(), &s).contains(Rule::Overdue));
         f.recency_days = Some(30);
-        assert!(!churn_rules(&f, ValueTier::Low, &s).contains(Rule::Overdue));
+        assert!(!churn_rules(&f, ValueTier::Low, &Thresholds::default(), &s).contains(Rule::Overdue));
         f.mean_interpurchase_days = Some(2.0);
         assert_eq!(overdue_threshold(&f, &s), Some(14.0));
     }

@@ -27,6 +27,8 @@ pub struct Thresholds {
     pub m_breaks: Vec<u64>,
     pub pareto_high: Option<u64>,
     pub pareto_medium: Option<u64>,
+    /// The predictive models in force (`None` until the first fit).
+    pub model: Option<crate::predict::model::Model>,
 }
 
 fn count_better<T: PartialOrd>(breaks: &[T], better: impl Fn(&T) -> bool) -> u8 {
@@ -83,6 +85,19 @@ fn pareto_cutoff(desc: &[u64], total: u128, share: f64) -> Option<u64> {
     desc.last().copied()
 }
 
+/// Pareto cut-offs (`value_tiers.high_share`, `medium_share`) over any figure, e.g.
+/// every customer's predicted `clv` in micro-units (`value_tiers.method = "clv"`).
+pub fn pareto_cutoffs(mut values: Vec<u64>, s: &Settings) -> (Option<u64>, Option<u64>) {
+    values.retain(|&v| v > 0);
+    values.sort_unstable_by(|a, b| b.cmp(a));
+    let total: u128 = values.iter().map(|&v| v as u128).sum();
+    let vt = &s.raw.value_tiers;
+    (
+        pareto_cutoff(&values, total, vt.high_share),
+        pareto_cutoff(&values, total, vt.medium_share),
+    )
+}
+
 impl ThresholdsBuilder {
     /// Add one customer's figures; customers without a purchase (`recency == None`) are
     /// not part of the population.
@@ -116,6 +131,7 @@ impl ThresholdsBuilder {
             m_breaks,
             pareto_high: pareto_cutoff(&self.monetary, sum_micros, vt.high_share),
             pareto_medium: pareto_cutoff(&self.monetary, sum_micros, vt.medium_share),
+            model: None,
         }
     }
 }

@@ -87,11 +87,94 @@ pub struct Fit {
     pub customers: f64,
 }
 
+/// Histories with their values tabulated once: the distinct x, T and t_x values,
+/// and each history as indexes into them. A log-likelihood then costs the
+/// log-gammas once per distinct x and the logarithms once per distinct T and t_x
+/// (a population has a few hundred of each in days), plus a log-sum-exp per row.
+pub struct Grouped {
+    xs: Vec<f64>,
+    ts: Vec<f64>,
+    txs: Vec<f64>,
+    rows: Vec<(u32, u32, u32, f64)>,
+    pub customers: f64,
+    pub mean_t: f64,
+}
+
+fn table(values: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v.dedup();
+    v
+}
+
+fn index(table: &[f64], v: f64) -> u32 {
+    table.partition_point(|&t| t < v) as u32
+}
+
+impl Grouped {
+    pub fn new(data: &[History]) -> Grouped {
+        let data: Vec<&History> = data.iter().filter(|h| h.weight > 0.0).collect();
+        let xs = table(data.iter().map(|h| h.x));
+        let ts = table(data.iter().map(|h| h.t));
+        let txs = table(data.iter().map(|h| h.t_x));
+        let rows = data
+            .iter()
+            .map(|h| (index(&xs, h.x), index(&ts, h.t), index(&txs, h.t_x), h.weight))
+            .collect();
+        let customers: f64 = data.iter().map(|h| h.weight).sum();
+        let mean_t = data.iter().map(|h| h.weight * h.t).sum::<f64>() / customers.max(1.0);
+        Grouped {
+            xs,
+            ts,
+            txs,
+            rows,
+            customers,
+            mean_t,
+        }
+    }
+
+    /// Σ weight · [`BgNbd::log_likelihood_one`], tabulated.
+    pub fn log_likelihood(&self, m: &BgNbd) -> f64 {
+        let BgNbd { r, alpha, a, b } = *m;
+        let base = -ln_gamma(r) + r * alpha.ln() + ln_gamma(a + b) - ln_gamma(b);
+        let per_x: Vec<(f64, f64, f64)> = self
+            .xs
+            .iter()
+            .map(|&x| {
+                let c1 = base + ln_gamma(r + x) + ln_gamma(b + x) - ln_gamma(a + b + x);
+                let c4 = if x > 0.0 {
+                    a.ln() - (b + x - 1.0).ln()
+                } else {
+                    f64::NAN
+                };
+                (c1, c4, r + x)
+            })
+            .collect();
+        let lt: Vec<f64> = self.ts.iter().map(|&t| (alpha + t).ln()).collect();
+        let ltx: Vec<f64> = self.txs.iter().map(|&t| (alpha + t).ln()).collect();
+        let mut sum = 0.0;
+        for &(xi, ti, txi, w) in &self.rows {
+            let (c1, c4, rx) = per_x[xi as usize];
+            let a3 = -rx * lt[ti as usize];
+            let rest = if c4.is_nan() {
+                a3
+            } else {
+                log_sum_exp(a3, c4 - rx * ltx[txi as usize])
+            };
+            sum += w * (c1 + rest);
+        }
+        sum
+    }
+}
+
 /// Maximum-likelihood parameters over `data` (Nelder-Mead over the parameters'
 /// logarithms, restarted from its best point until it no longer improves).
 pub fn fit(data: &[History]) -> Result<Fit, FitError> {
-    let customers: f64 = data.iter().map(|h| h.weight).sum();
-    if customers <= 0.0 {
+    fit_grouped(&Grouped::new(data))
+}
+
+pub fn fit_grouped(g: &Grouped) -> Result<Fit, FitError> {
+    if g.customers <= 0.0 {
         return Err(FitError::NoData);
     }
     let model = |p: &[f64]| BgNbd {
@@ -102,16 +185,15 @@ pub fn fit(data: &[History]) -> Result<Fit, FitError> {
     };
     // Start from r = 1, α = mean T, a = b = 1: the right scale for α whatever the
     // unit of time.
-    let mean_t = data.iter().map(|h| h.weight * h.t).sum::<f64>() / customers;
     let best = max_likelihood(
-        &|p| model(p).log_likelihood(data),
-        customers,
-        &[1.0, mean_t.max(1e-3), 1.0, 1.0],
+        &|p| g.log_likelihood(&model(p)),
+        g.customers,
+        &[1.0, g.mean_t.max(1e-3), 1.0, 1.0],
     )?;
     let params = model(&best);
     Ok(Fit {
-        log_likelihood: params.log_likelihood(data),
+        log_likelihood: g.log_likelihood(&params),
         params,
-        customers,
+        customers: g.customers,
     })
 }

@@ -1,15 +1,15 @@
-//! Predictive models of the customer base, fitted on the population (issue 17,
-//! under way): [`bgnbd`] — BG/NBD, P(alive) and expected purchases — and
-//! [`gamma_gamma`] — expected spend per transaction. Pure functions of the
-//! population's histories; the likelihoods are written here, the optimizer is
-//! argmin's Nelder-Mead, log-gamma is libm's, 2F1 a power series ([`special`]).
-//!
-//! Not wired into the engine yet: the fit over a state dir, the per-customer
-//! figures in the dump, the `p_alive` churn rule and its timers are the rest of
-//! issue 17 (README "Tests" says what is checked so far).
+//! Predictive models of the customer base, fitted on the population:
+//! [`bgnbd`] — BG/NBD, P(alive) and expected purchases — and [`gamma_gamma`] —
+//! expected spend per purchase day. Pure functions of the population's
+//! histories; the likelihoods are written here, the optimizer is argmin's
+//! Nelder-Mead, log-gamma is libm's, 2F1 a power series ([`special`]).
+//! [`model`] connects them to customer state: the population histogram a fit
+//! reads, the parameters in force, each customer's figures and the day its
+//! P(alive) crosses the churn threshold.
 
 pub mod bgnbd;
 pub mod gamma_gamma;
+pub mod model;
 pub mod special;
 
 use argmin::core::{CostFunction, Executor, State};
@@ -30,6 +30,8 @@ pub struct History {
 pub enum FitError {
     #[error("no customer to fit the model on")]
     NoData,
+    #[error("{have} customers with a repeat purchase day, the fit needs predict.min_repeat_customers = {need}")]
+    TooFew { have: u64, need: u64 },
     #[error("the optimizer failed: {0}")]
     Optimizer(String),
 }

@@ -9,7 +9,7 @@ use crate::customer::{Bucket, CustomerState, Episode, Indexed, Seen};
 use crate::day::Day;
 use crate::policy::{Lifecycle, RuleSet, Segment, Severity, Tiers, ValueTier};
 
-pub const CUSTOMER_VERSION: u8 = 1;
+pub const CUSTOMER_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 #[error("corrupt record: {0}")]
@@ -102,6 +102,13 @@ pub fn encode_customer(c: &CustomerState, out: &mut Vec<u8>) {
     out.push(CUSTOMER_VERSION);
     put_uvarint(out, c.lifetime_purchases);
     put_uvarint(out, c.lifetime_micros);
+    match c.first_day_micros {
+        None => out.push(0),
+        Some(m) => {
+            out.push(1);
+            put_uvarint(out, m);
+        }
+    }
     put_uvarint(out, c.purchase_days.len() as u64);
     let mut prev = 0i64;
     for (i, &d) in c.purchase_days.iter().enumerate() {
@@ -175,7 +182,7 @@ fn code<T: Copy>(all: &[T], c: u8) -> Result<T, CodecError> {
 pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
     let mut r = Reader::new(buf);
     let v = r.u8()?;
-    if v != CUSTOMER_VERSION {
+    if v != CUSTOMER_VERSION && v != 1 {
         return Err(CodecError("unknown customer record version"));
     }
     let mut c = CustomerState {
@@ -183,6 +190,9 @@ pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
         lifetime_micros: r.uvarint()?,
         ..CustomerState::default()
     };
+    if v >= 2 && r.u8()? == 1 {
+        c.first_day_micros = Some(r.uvarint()?);
+    }
     let n = r.uvarint()? as usize;
     c.purchase_days.reserve(n.min(4096));
     let mut prev: Day = 0;
@@ -244,6 +254,16 @@ pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
     }
     if !r.is_empty() {
         return Err(CodecError("trailing bytes"));
+    }
+    if v == 1 {
+        // Version 1 did not keep the first day's spend: its bucket still has it
+        // while the day is inside the retention.
+        c.first_day_micros = c.purchase_days.first().and_then(|&d| {
+            c.buckets
+                .binary_search_by_key(&d, |b| b.day)
+                .ok()
+                .map(|i| c.buckets[i].micros)
+        });
     }
     Ok(c)
 }
@@ -341,6 +361,7 @@ mod tests {
         let c = CustomerState {
             lifetime_purchases: 3,
             lifetime_micros: 12_345_678,
+            first_day_micros: Some(7),
             purchase_days: vec![-5, 10, 20_000],
             buckets: vec![
                 Bucket {
@@ -388,6 +409,36 @@ mod tests {
         let mut bad = buf.clone();
         bad[0] = 9;
         assert!(decode_customer(&bad).is_err());
+
+        // A version-1 record (no first-day spend): recovered from the first day's
+        // bucket while it is kept, unknown once it is not.
+        let v1 = |c: &CustomerState| {
+            let mut b = Vec::new();
+            encode_customer(c, &mut b);
+            b[0] = 1;
+            b.remove(1 + 1 + 4); // the tag after lifetime_purchases (1 byte), micros (4)
+            if c.first_day_micros.is_some() {
+                unreachable!("encode without it");
+            }
+            b
+        };
+        let old = CustomerState {
+            first_day_micros: None,
+            ..c.clone()
+        };
+        assert_eq!(
+            decode_customer(&v1(&old)).unwrap(),
+            old,
+            "day −5 is no longer in the buckets"
+        );
+        let kept = CustomerState {
+            purchase_days: vec![10, 20_000],
+            ..old.clone()
+        };
+        assert_eq!(
+            decode_customer(&v1(&kept)).unwrap().first_day_micros,
+            Some(5)
+        );
     }
 
     #[test]

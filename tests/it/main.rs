@@ -26,6 +26,9 @@ mod ops;
 /// Replays of a generated stream and of real CDNOW transactions, compared customer by
 /// customer with figures recomputed here from the raw events.
 mod oracle;
+/// Predictions: the CDNOW sample fitted end to end, holdout, the `p_alive` rule
+/// from the timer, merged partitions fit as one.
+mod predict;
 /// Order independence, idempotent re-replay, split replay (proptest + CLI).
 mod properties;
 /// JSON Schemas agree with the parser; outputs and dumps validate.

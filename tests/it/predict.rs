@@ -1,0 +1,317 @@
+//! Predictions on real data: the CDNOW sample replayed and fitted end to end
+//! against the published parameters, the holdout period, the `p_alive` rule from
+//! the timer alone, and a fit over merged partitions equal to a one-partition fit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use strata::config::Settings;
+use strata::event::{Event, EventKind};
+use strata::predict::model::{self, Histogram};
+use strata::processor::{Audit, Processor};
+use strata::store::MemStore;
+
+use crate::util::*;
+
+/// CDNOW_sample.txt (the `lifetimes` wheel): customer, sample id, YYYYMMDD, CDs,
+/// dollars. Returns (customer, day string, dollars) per line.
+fn cdnow_sample() -> Vec<(String, NaiveDate, f64)> {
+    std::fs::read_to_string(repo_file("tests/data/CDNOW_sample.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            (
+                c[0].to_string(),
+                NaiveDate::parse_from_str(c[2], "%Y%m%d").unwrap(),
+                c[4].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn fit_json(state: &std::path::Path, as_of: &str, env: &[(&str, &str)]) -> Value {
+    let mut cmd = strata();
+    cmd.args(["model", "fit", "--as-of", as_of, "--state-dir"])
+        .arg(state);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    serde_json::from_slice(&run_ok(&mut cmd).stdout).unwrap()
+}
+
+fn within(got: f64, want: f64, rel: f64) -> bool {
+    ((got - want) / want).abs() <= rel
+}
+
+/// Replay the sample's purchases up to 1997-09-30 (the paper's 39-week
+/// calibration period), fit as of that day: r, a, b and α/7 (strata's α is in
+/// days, the paper's in weeks) within 2 % of Fader, Hardie & Lee (2005). Then the
+/// holdout: the expected repeat purchase days of 1997-10-01 … 1998-06-30 (273
+/// days), summed over customers, against the actual ones.
+#[test]
+fn cdnow_sample_replayed_and_fitted_matches_the_paper() {
+    let tmp = tempdir();
+    let rows = cdnow_sample();
+    let end = NaiveDate::from_ymd_opt(1997, 9, 30).unwrap();
+    let lines: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, d, _))| *d <= end)
+        .map(|(i, (c, d, amount))| {
+            json!({
+                "event_id": format!("s{i}"),
+                "customer_id": c,
+                "type": "purchase",
+                "ts": format!("{d}T12:00:00Z"),
+                "amount": amount,
+            })
+            .to_string()
+        })
+        .collect();
+    let input = tmp.path().join("calibration.jsonl");
+    write_lines(&input, &lines);
+    let state = tmp.path().join("state");
+    replay(&state, &[&input], &[]);
+
+    let fit = fit_json(&state, "1997-09-30", &[]);
+    eprintln!("CDNOW sample, fit as of 1997-09-30: {fit}");
+    assert_eq!(fit["customers"], 2357);
+    assert_eq!(fit["as_of"], "1997-09-30");
+    let bg = &fit["bgnbd"];
+    let f = |k: &str| bg[k].as_f64().unwrap();
+    for (name, got, want) in [
+        ("r", f("r"), 0.243),
+        ("alpha / 7", f("alpha") / 7.0, 4.414),
+        ("a", f("a"), 0.793),
+        ("b", f("b"), 2.426),
+    ] {
+        assert!(
+            within(got, want, 0.02),
+            "{name}: {got} vs the paper's {want}"
+        );
+    }
+    let gg = &fit["gamma_gamma"];
+    assert!(gg["customers"].as_u64().unwrap() > 900, "{gg}");
+    for k in ["p", "q", "gamma"] {
+        assert!(gg[k].as_f64().unwrap() > 0.0);
+    }
+    // `model show` has the engine's own fit (its last refit, at most
+    // predict.refit_every_days before the clock), stored in the state.
+    let show = run_ok(
+        strata()
+            .args(["model", "show", "--state-dir"])
+            .arg(&state),
+    );
+    let shown: Value = serde_json::from_slice(&show.stdout).unwrap();
+    let shown_r = shown["bgnbd"]["r"].as_f64().unwrap();
+    assert!(within(shown_r, f("r"), 0.05), "{shown} vs {fit}");
+
+    // Holdout.
+    let env = [("STRATA_PREDICT__HORIZON_DAYS", "273")];
+    let dumped = dump(&state, Some("1997-09-30"), &env);
+    assert_eq!(dumped.len(), 2357);
+    let predicted: f64 = dumped
+        .iter()
+        .map(|d| d["expected_purchases"].as_f64().unwrap())
+        .sum();
+    let holdout_end = NaiveDate::from_ymd_opt(1998, 6, 30).unwrap();
+    let actual = rows
+        .iter()
+        .filter(|(_, d, _)| *d > end && *d <= holdout_end)
+        .map(|(c, d, _)| (c.clone(), *d))
+        .collect::<BTreeSet<_>>()
+        .len() as f64;
+    eprintln!(
+        "holdout 1997-10-01…1998-06-30: expected {predicted:.1} repeat purchase days, actual {actual}"
+    );
+    assert!(
+        within(predicted, actual, 0.15),
+        "expected {predicted} vs actual {actual}"
+    );
+}
+
+/// A customer who bought twice and then went silent: the `p_alive` warning comes
+/// from the timer alone on the first day P(alive) < 0.3 (computed here from the
+/// parameters in force and the customer's history), and a purchase ends it.
+#[test]
+fn p_alive_fires_from_the_timer_on_the_day_it_crosses() {
+    let tmp = tempdir();
+    let base = generate(tmp.path(), "gen.jsonl", 1500, 300, 21, "2025-01-01");
+    let mut lines: Vec<String> = std::fs::read_to_string(&base)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let purchase = |id: &str, day: &str| {
+        json!({"event_id": id, "customer_id": "silent", "type": "purchase",
+               "ts": format!("{day}T10:00:00Z"), "amount": 40.0})
+        .to_string()
+    };
+    lines.push(purchase("q1", "2025-03-01"));
+    lines.push(purchase("q2", "2025-03-05"));
+    // One fit, never refitted: the crossing day is a function of it alone.
+    let env = [
+        ("STRATA_PREDICT__REFIT_EVERY_DAYS", "100000"),
+        ("STRATA_CHURN__OVERDUE", "false"),
+    ];
+    let run = |name: &str, lines: &[String]| {
+        let input = tmp.path().join(format!("{name}.jsonl"));
+        write_lines(&input, lines);
+        let state = tmp.path().join(name);
+        let (outputs, _, _) = replay(&state, &[&input], &env);
+        (state, outputs)
+    };
+    let (state, outputs) = run("silent", &lines);
+    let shown: Value = serde_json::from_slice(
+        &run_ok(
+            strata()
+                .args(["model", "show", "--state-dir"])
+                .arg(&state)
+                .envs(env),
+        )
+        .stdout,
+    )
+    .unwrap();
+    let fitted_on = NaiveDate::parse_from_str(shown["as_of"].as_str().unwrap(), "%Y-%m-%d").unwrap();
+    let first = NaiveDate::from_ymd_opt(2025, 3, 1).unwrap();
+    assert!(fitted_on < first, "fitted on {fitted_on}, before the customer's purchases");
+    let bg = &shown["bgnbd"];
+    let (r, alpha, a, b) = (
+        bg["r"].as_f64().unwrap(),
+        bg["alpha"].as_f64().unwrap(),
+        bg["a"].as_f64().unwrap(),
+        bg["b"].as_f64().unwrap(),
+    );
+    // x = 1, t_x = 4.
+    let p_alive = |t: f64| 1.0 / (1.0 + a / b * ((alpha + t) / (alpha + 4.0)).powf(r + 1.0));
+    let crossing_t = (4..100_000).find(|&t| p_alive(t as f64) < 0.3).unwrap();
+    let crossing = first + chrono::Duration::days(crossing_t);
+    let last_day = NaiveDate::from_ymd_opt(2025, 1, 1).unwrap() + chrono::Duration::days(299);
+    assert!(
+        crossing + chrono::Duration::days(10) <= last_day,
+        "the stream must outlast the crossing ({crossing})"
+    );
+    let mine: Vec<&Value> = outputs
+        .iter()
+        .filter(|o| o["customer_id"] == "silent" && o["type"] != "tier_changed")
+        .collect();
+    let warnings: Vec<&&Value> = mine
+        .iter()
+        .filter(|o| o["type"] == "churn_warning")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{mine:#?}");
+    let w = warnings[0];
+    assert_eq!(w["as_of"], crossing.to_string(), "{w}");
+    assert_eq!(w["cause_event_id"], "timer", "{w}");
+    assert_eq!(w["reasons"], json!(["p_alive"]));
+    let t = &w["triggers"]["p_alive"];
+    assert_eq!(
+        (t["x"].clone(), t["t_x"].clone(), t["T"].clone(), t["threshold"].clone()),
+        (json!(1), json!(4), json!(crossing_t), json!(0.3))
+    );
+    let p = t["p_alive"].as_f64().unwrap();
+    assert!((p - p_alive(crossing_t as f64)).abs() < 1e-12 && p < 0.3);
+
+    // The same stream with a purchase ten days after the crossing: recovered.
+    let back = crossing + chrono::Duration::days(10);
+    lines.push(purchase("q3", &back.to_string()));
+    let (_, outputs) = run("recovers", &lines);
+    let mine: Vec<&Value> = outputs
+        .iter()
+        .filter(|o| o["customer_id"] == "silent" && o["type"] != "tier_changed")
+        .collect();
+    let kinds: Vec<(&str, &str)> = mine
+        .iter()
+        .map(|o| (o["type"].as_str().unwrap(), o["as_of"].as_str().unwrap()))
+        .collect();
+    let (c, bk) = (crossing.to_string(), back.to_string());
+    assert_eq!(
+        &kinds[..2],
+        &[("churn_warning", c.as_str()), ("churn_recovered", bk.as_str())],
+        "{mine:#?}"
+    );
+}
+
+/// Random populations split over 2–4 partitions (processors on their own stores,
+/// customers dealt by id): the merged histograms equal the one-partition
+/// histogram, and so the fit over them equals the one-partition fit (to 1e-6
+/// relative, as a cluster's refit must).
+fn population() -> impl Strategy<Value = Vec<Event>> {
+    prop::collection::vec((0u16..300, 0i32..400, 1u64..20_000), 200..900).prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (c, day, cents))| Event {
+                event_id: format!("e{i}"),
+                customer_id: format!("c{c}"),
+                kind: EventKind::Purchase {
+                    amount_micros: cents * 10_000,
+                },
+                ts_millis: (20_000 + day as i64) * 86_400_000,
+                day: 20_000 + day,
+            })
+            .collect()
+    })
+}
+
+fn settings() -> Arc<Settings> {
+    let mut s = Settings::defaults();
+    s.raw.predict.min_repeat_customers = 10;
+    Arc::new(s)
+}
+
+fn histogram_of(events: &[Event]) -> (Histogram, Audit) {
+    let store = MemStore::default();
+    let mut p = Processor::open(settings(), &store).unwrap();
+    let mut sorted = events.to_vec();
+    sorted.sort_by_key(|e| e.day);
+    for e in &sorted {
+        p.process(e).unwrap();
+    }
+    p.flush().unwrap();
+    (p.histogram().clone(), p.audit().unwrap())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn merged_partitions_fit_as_one(events in population(), parts in 2usize..5) {
+        let (single, audit) = histogram_of(&events);
+        prop_assert_eq!(audit, Audit::default());
+        let mut by_part: BTreeMap<usize, Vec<Event>> = BTreeMap::new();
+        for e in &events {
+            let p = e.customer_id.bytes().map(|b| b as usize).sum::<usize>() % parts;
+            by_part.entry(p).or_default().push(e.clone());
+        }
+        let mut merged = Histogram::default();
+        for evs in by_part.values() {
+            let (h, audit) = histogram_of(evs);
+            prop_assert_eq!(audit, Audit::default());
+            merged.merge(&h);
+        }
+        prop_assert_eq!(&merged, &single);
+        let as_of = events.iter().map(|e| e.day).max().unwrap();
+        let one = model::fit(&single, as_of, 10);
+        let all = model::fit(&merged, as_of, 10);
+        match (one, all) {
+            (Ok(a), Ok(b)) => {
+                let rel = |x: f64, y: f64| ((x - y) / y).abs();
+                for (x, y) in [
+                    (a.bgnbd.r, b.bgnbd.r),
+                    (a.bgnbd.alpha, b.bgnbd.alpha),
+                    (a.bgnbd.a, b.bgnbd.a),
+                    (a.bgnbd.b, b.bgnbd.b),
+                    (a.log_likelihood, b.log_likelihood),
+                ] {
+                    prop_assert!(rel(x, y) < 1e-6, "{:?} vs {:?}", a, b);
+                }
+            }
+            (Err(_), Err(_)) => {}
+            (a, b) => prop_assert!(false, "one fit failed: {:?} / {:?}", a, b),
+        }
+    }
+}

@@ -60,10 +60,12 @@ impl BgNbd {
     /// ((a+b+x−1)/(a−1)) · [1 − ((α+T)/(α+T+t))^(r+x) · 2F1(r+x, b+x; a+b+x−1; t/(α+T+t))]
     /// / [1 + 1{x>0} · a/(b+x−1) · ((α+T)/(α+t_x))^(r+x)]
     ///
-    /// `None` when a ≤ 1 (the expectation is infinite) or 2F1 does not settle.
+    /// Valid for any a > 0 but a = 1, where both factors of the numerator vanish
+    /// (for a < 1 both are negative: the paper's CDNOW fit has a = 0.793): `None`
+    /// there, and when 2F1 does not settle or the result is not finite.
     pub fn expected_purchases(&self, horizon: f64, x: f64, t_x: f64, t: f64) -> Option<f64> {
         let BgNbd { r, alpha, a, b } = *self;
-        if a <= 1.0 {
+        if a == 1.0 {
             return None;
         }
         let z = horizon / (alpha + t + horizon);
@@ -75,7 +77,8 @@ impl BgNbd {
         } else {
             0.0
         };
-        Some(first * second / (1.0 + odds))
+        let e = first * second / (1.0 + odds);
+        e.is_finite().then_some(e)
     }
 }
 

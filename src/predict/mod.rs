@@ -300,10 +300,18 @@ mod tests {
             m.expected_purchases(10.0, 3.0, 10.0, 20.0)
                 < m.expected_purchases(20.0, 3.0, 10.0, 20.0)
         );
-        // a ≤ 1: no finite expectation.
-        assert_eq!(
-            BgNbd { a: 0.9, ..m }.expected_purchases(10.0, 1.0, 1.0, 5.0),
-            None
-        );
+        // a < 1 (the CDNOW fit): the formula holds, both factors turn negative.
+        let below = BgNbd { a: 0.793, ..m };
+        let e = below.expected_purchases(39.0, 2.0, 30.4, 38.9).unwrap();
+        let first = (below.a + below.b + 1.0) / (below.a - 1.0);
+        let z = 39.0 / (below.alpha + 38.9 + 39.0);
+        let second = 1.0
+            - ((below.alpha + 38.9) / (below.alpha + 77.9)).powf(below.r + 2.0)
+                * direct_2f1(below.r + 2.0, below.b + 2.0, below.a + below.b + 1.0, z);
+        let den = 1.0
+            + below.a / (below.b + 1.0)
+                * ((below.alpha + 38.9) / (below.alpha + 30.4)).powf(below.r + 2.0);
+        assert!(e > 0.0 && rel(e, first * second / den) < 1e-9, "{e}");
+        assert_eq!(BgNbd { a: 1.0, ..m }.expected_purchases(10.0, 1.0, 1.0, 5.0), None);
     }
 }

@@ -94,7 +94,7 @@ impl Histogram {
             }
         }
         bump(&mut self.bg, (i.x, i.first, i.t_x), add);
-        if let Some(m) = i.spend.filter(|&m| m > 0.0) {
+        if let Some(m) = i.spend.filter(|&m| m > 0.0 && i.x >= 1) {
             bump(&mut self.gg, (i.x, spend_bucket(m)), add);
         }
     }

@@ -90,6 +90,49 @@ fn engine_step(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // The same with the predictive models in force: P(alive) in the churn rules
+    // and the day it crosses the threshold in every customer's timer.
+    let tm = Thresholds {
+        model: Some(strata::predict::model::Model {
+            fitted_on: 20_000,
+            customers: 2_000,
+            bgnbd: strata::predict::bgnbd::BgNbd {
+                r: 0.243,
+                alpha: 30.9,
+                a: 0.793,
+                b: 2.426,
+            },
+            log_likelihood: 0.0,
+            gamma_gamma: None,
+        }),
+        ..t.clone()
+    };
+    g.bench_function("apply_event with a model (2k customers, 120 days)", |b| {
+        b.iter_batched(
+            || (vec![CustomerState::default(); 2_000], Population::default()),
+            |(mut states, mut pop)| {
+                let mut fx = Effects::default();
+                for ev in &evs {
+                    let i: usize = ev.customer_id[1..].parse().unwrap();
+                    let clock = ev.day;
+                    pop.advance(clock, 365, clock - 365);
+                    engine.apply_event(
+                        &mut states[i],
+                        false,
+                        ev,
+                        false,
+                        clock,
+                        &tm,
+                        &mut pop,
+                        &mut fx,
+                    );
+                    fx.outputs.clear();
+                }
+                states
+            },
+            BatchSize::LargeInput,
+        )
+    });
     g.finish();
 }
 

@@ -311,6 +311,7 @@ fn audit_partitions(state: &Path) {
                 c.engine.clock = strata::config::ClockMode::Event;
                 c.segments.thresholds = strata::config::ThresholdMode::Fixed;
                 c.value_tiers.method = strata::config::ValueMethod::Fixed;
+                c.predict.min_repeat_customers = 1_000_000_000;
                 c
             },
             strata::config::Clock::Event,

@@ -20,9 +20,14 @@ use crate::broker::{
 };
 use crate::util::{dump, generate, replay, strata, tempdir, write_lines};
 
+/// Settings under which a cluster's outputs equal one replay's exactly: fixed
+/// thresholds, and no predictive model (population statistics a cluster merges
+/// from its partitions' summaries as of their last publication; README "Running
+/// the service", "Predictions").
 pub(crate) const FIXED: &[(&str, &str)] = &[
     ("STRATA_SEGMENTS__THRESHOLDS", "fixed"),
     ("STRATA_VALUE_TIERS__METHOD", "fixed"),
+    ("STRATA_PREDICT__MIN_REPEAT_CUSTOMERS", "1000000000"),
 ];
 
 /// The Kafka tests run one at a time: several `strata run` processes, the broker and
@@ -98,6 +103,8 @@ state_dir = "{state}"
 thresholds = "fixed"
 [value_tiers]
 method = "fixed"
+[predict]
+min_repeat_customers = 1000000000
 [kafka]
 brokers = "{brokers}"
 group_id = "{group}"

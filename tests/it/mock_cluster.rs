@@ -78,6 +78,7 @@ fn setup(
     raw.engine.state_dir = dir.path().join("state");
     raw.segments.thresholds = strata::config::ThresholdMode::Fixed;
     raw.value_tiers.method = strata::config::ValueMethod::Fixed;
+    raw.predict.min_repeat_customers = 1_000_000_000;
     raw.kafka.brokers = mock.bootstrap_servers();
     raw.kafka.group_id = "mock".into();
     raw.kafka.processing_guarantee = guarantee;
@@ -162,6 +163,7 @@ fn oracle(brokers: &str, dir: &std::path::Path) -> BTreeMap<String, Value> {
     let fixed = [
         ("STRATA_SEGMENTS__THRESHOLDS", "fixed"),
         ("STRATA_VALUE_TIERS__METHOD", "fixed"),
+        ("STRATA_PREDICT__MIN_REPEAT_CUSTOMERS", "1000000000"),
     ];
     for (p, mut lines) in per_part {
         lines.sort_by_key(|l| (l.0, l.1, l.2));

@@ -46,7 +46,8 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         let mut name = expr[start..end].to_string();
         for suffix in ["_bucket", "_sum", "_count"] {
             if let Some(base) = name.strip_suffix(suffix) {
-                if base.ends_with("_seconds") {
+                // The histograms: durations, and P(alive).
+                if base.ends_with("_seconds") || base == "strata_p_alive" {
                     name = base.to_string();
                 }
             }

@@ -273,9 +273,10 @@ fn population() -> impl Strategy<Value = Vec<Event>> {
     })
 }
 
+/// The processors keep histograms but never fit (the fits are the test's).
 fn settings() -> Arc<Settings> {
     let mut s = Settings::defaults();
-    s.raw.predict.min_repeat_customers = 10;
+    s.raw.predict.min_repeat_customers = u64::MAX;
     Arc::new(s)
 }
 
@@ -329,4 +330,91 @@ proptest! {
             (a, b) => prop_assert!(false, "one fit failed: {:?} / {:?}", a, b),
         }
     }
+}
+
+/// `value_tiers.method = "clv"`: every customer's value tier is the Pareto tier of
+/// their predicted CLV among everyone's (the dump's own `clv` column, cut here).
+#[test]
+fn clv_value_tiers_are_pareto_over_predicted_clv() {
+    let tmp = tempdir();
+    let end = NaiveDate::from_ymd_opt(1997, 9, 30).unwrap();
+    let input = tmp.path().join("calibration.jsonl");
+    write_lines(&input, &cdnow_lines(&cdnow_sample(), end));
+    let state = tmp.path().join("state");
+    let env = [("STRATA_VALUE_TIERS__METHOD", "clv")];
+    replay(&state, &[&input], &env);
+    for as_of in ["1997-09-30", "1997-12-31"] {
+        let dumped = dump(&state, Some(as_of), &env);
+        let micros = |d: &Value| d["clv"].as_f64().map_or(0, |v| (v * 1e6).round() as u64);
+        let mut desc: Vec<u64> = dumped.iter().map(micros).filter(|&m| m > 0).collect();
+        desc.sort_unstable_by(|a, b| b.cmp(a));
+        let total: u128 = desc.iter().map(|&m| m as u128).sum();
+        let cut = |share: f64| {
+            let mut run = 0u128;
+            desc.iter()
+                .copied()
+                .find(|&m| {
+                    run += m as u128;
+                    run as f64 >= share * total as f64
+                })
+                .unwrap()
+        };
+        let (high, medium) = (cut(0.8), cut(0.95));
+        let mut tiers = BTreeMap::new();
+        for d in &dumped {
+            let m = micros(d);
+            let want = if m == 0 {
+                "low"
+            } else if m >= high {
+                "high"
+            } else if m >= medium {
+                "medium"
+            } else {
+                "low"
+            };
+            assert_eq!(d["value_tier"], want, "{as_of}: {d}");
+            *tiers.entry(want).or_insert(0) += 1;
+        }
+        assert!(tiers.len() == 3, "all three tiers occur: {tiers:?}");
+    }
+}
+
+/// The parameters live in the state: a processor opened again over the same store
+/// has them in force at once and fits nothing.
+#[test]
+fn parameters_survive_a_restart_without_a_refit() {
+    let s = {
+        let mut s = Settings::defaults();
+        s.raw.predict.min_repeat_customers = 100;
+        Arc::new(s)
+    };
+    let store = MemStore::default();
+    let mut p = Processor::open(s.clone(), &store).unwrap();
+    let end = NaiveDate::from_ymd_opt(1997, 9, 30).unwrap();
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+    let mut rows: Vec<(String, NaiveDate, f64)> = cdnow_sample()
+        .into_iter()
+        .filter(|(_, d, _)| *d <= end)
+        .collect();
+    rows.sort_by_key(|(_, d, _)| *d);
+    for (i, (c, d, amount)) in rows.iter().enumerate() {
+        let day = (*d - epoch).num_days() as i32;
+        p.process(&Event {
+            event_id: format!("s{i}"),
+            customer_id: c.clone(),
+            kind: EventKind::Purchase {
+                amount_micros: (amount * 1e6).round() as u64,
+            },
+            ts_millis: day as i64 * 86_400_000,
+            day,
+        })
+        .unwrap();
+    }
+    p.flush().unwrap();
+    let fitted = p.model().expect("fitted");
+    assert!(p.counters.model_fits > 10);
+    drop(p);
+    let again = Processor::open(s, &store).unwrap();
+    assert_eq!(again.model(), Some(fitted));
+    assert_eq!(again.counters.model_fits, 0);
 }

@@ -59,6 +59,44 @@ pub struct Fit {
     pub customers: f64,
 }
 
+/// Spends with their logarithms and the distinct x values tabulated once: a
+/// log-likelihood then costs the log-gammas once per distinct x and one logarithm
+/// per row.
+struct Grouped {
+    xs: Vec<f64>,
+    /// (index into `xs`, mean, ln mean, weight).
+    rows: Vec<(usize, f64, f64, f64)>,
+}
+
+impl Grouped {
+    fn new(data: &[Spend]) -> Grouped {
+        let mut xs: Vec<f64> = data.iter().map(|s| s.x).collect();
+        xs.sort_by(f64::total_cmp);
+        xs.dedup();
+        let rows = data
+            .iter()
+            .map(|s| (xs.partition_point(|&x| x < s.x), s.mean, s.mean.ln(), s.weight))
+            .collect();
+        Grouped { xs, rows }
+    }
+
+    fn log_likelihood(&self, m: &GammaGamma) -> f64 {
+        let GammaGamma { p, q, gamma } = *m;
+        let base = -ln_gamma(q) + q * gamma.ln();
+        let per_x: Vec<f64> = self
+            .xs
+            .iter()
+            .map(|&x| base + ln_gamma(p * x + q) - ln_gamma(p * x) + p * x * x.ln())
+            .collect();
+        let mut sum = 0.0;
+        for &(xi, mean, ln_mean, w) in &self.rows {
+            let x = self.xs[xi];
+            sum += w * (per_x[xi] + (p * x - 1.0) * ln_mean - (p * x + q) * (x * mean + gamma).ln());
+        }
+        sum
+    }
+}
+
 /// Maximum-likelihood parameters over the customers with x ≥ 1 and a positive mean
 /// (the others carry no information about spend variation).
 pub fn fit(data: &[Spend]) -> Result<Fit, FitError> {
@@ -71,6 +109,7 @@ pub fn fit(data: &[Spend]) -> Result<Fit, FitError> {
     if customers <= 0.0 {
         return Err(FitError::NoData);
     }
+    let g = Grouped::new(&data);
     let model = |v: &[f64]| GammaGamma {
         p: v[0],
         q: v[1],
@@ -78,7 +117,7 @@ pub fn fit(data: &[Spend]) -> Result<Fit, FitError> {
     };
     let mean = data.iter().map(|s| s.weight * s.mean).sum::<f64>() / customers;
     let best = max_likelihood(
-        &|v| model(v).log_likelihood(&data),
+        &|v| g.log_likelihood(&model(v)),
         customers,
         &[1.0, 1.0, mean.max(1e-6)],
     )?;

@@ -77,7 +77,8 @@ pub fn max_likelihood(
 /// Minimize `f` from `start`: Nelder-Mead (a simplex of steps of 0.5 around the
 /// point), restarted from its best point until a run improves the value by less
 /// than 1e-12 (a simplex can collapse before the minimum; a fresh one does not).
-/// At most 10 runs of 5,000 iterations: real populations settle in a few hundred.
+/// At most 5 runs of 2,000 iterations: real populations settle in a few hundred; a
+/// degenerate one (its likelihood rising toward a bound) stops there.
 pub fn minimize(f: &dyn Fn(&[f64]) -> f64, start: Vec<f64>) -> Result<Vec<f64>, FitError> {
     let (mut best, mut value) = (start.clone(), f(&start));
     if !value.is_finite() {
@@ -85,7 +86,7 @@ pub fn minimize(f: &dyn Fn(&[f64]) -> f64, start: Vec<f64>) -> Result<Vec<f64>, 
             "the start is not a finite point".into(),
         ));
     }
-    for _ in 0..10 {
+    for _ in 0..5 {
         let mut simplex = vec![best.clone()];
         for i in 0..best.len() {
             let mut v = best.clone();
@@ -93,10 +94,10 @@ pub fn minimize(f: &dyn Fn(&[f64]) -> f64, start: Vec<f64>) -> Result<Vec<f64>, 
             simplex.push(v);
         }
         let solver = NelderMead::new(simplex)
-            .with_sd_tolerance(1e-14)
+            .with_sd_tolerance(1e-10)
             .map_err(|e| FitError::Optimizer(e.to_string()))?;
         let res = Executor::new(Objective(f), solver)
-            .configure(|s| s.max_iters(5_000))
+            .configure(|s| s.max_iters(2_000))
             .run()
             .map_err(|e| FitError::Optimizer(e.to_string()))?;
         let state = res.state();

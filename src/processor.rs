@@ -935,7 +935,8 @@ impl<S: Store> Processor<S> {
             return None;
         }
         let started = std::time::Instant::now();
-        let fitted = model::fit(&h, day, pr.min_repeat_customers);
+        let previous = self.current.model;
+        let fitted = model::refit(&h, day, pr.min_repeat_customers, previous.as_ref());
         self.counters.last_fit_seconds = started.elapsed().as_secs_f64();
         match fitted {
             Ok(m) => {

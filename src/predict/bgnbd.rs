@@ -173,10 +173,12 @@ impl Grouped {
 /// Maximum-likelihood parameters over `data` (Nelder-Mead over the parameters'
 /// logarithms, restarted from its best point until it no longer improves).
 pub fn fit(data: &[History]) -> Result<Fit, FitError> {
-    fit_grouped(&Grouped::new(data))
+    fit_grouped(&Grouped::new(data), None)
 }
 
-pub fn fit_grouped(g: &Grouped) -> Result<Fit, FitError> {
+/// The fit from `start` (e.g. the previous fit's parameters: a refit a week
+/// later settles in far fewer steps), else from r = 1, α = mean T, a = b = 1.
+pub fn fit_grouped(g: &Grouped, start: Option<&BgNbd>) -> Result<Fit, FitError> {
     if g.customers <= 0.0 {
         return Err(FitError::NoData);
     }
@@ -188,11 +190,11 @@ pub fn fit_grouped(g: &Grouped) -> Result<Fit, FitError> {
     };
     // Start from r = 1, α = mean T, a = b = 1: the right scale for α whatever the
     // unit of time.
-    let best = max_likelihood(
-        &|p| g.log_likelihood(&model(p)),
-        g.customers,
-        &[1.0, g.mean_t.max(1e-3), 1.0, 1.0],
-    )?;
+    let from = match start {
+        Some(m) => [m.r, m.alpha, m.a, m.b],
+        None => [1.0, g.mean_t.max(1e-3), 1.0, 1.0],
+    };
+    let best = max_likelihood(&|p| g.log_likelihood(&model(p)), g.customers, &from)?;
     let params = model(&best);
     Ok(Fit {
         log_likelihood: g.log_likelihood(&params),

@@ -177,6 +177,17 @@ pub struct Model {
 
 /// Fit both models to the population of `h` as of `as_of`.
 pub fn fit(h: &Histogram, as_of: Day, min_repeat_customers: u64) -> Result<Model, FitError> {
+    refit(h, as_of, min_repeat_customers, None)
+}
+
+/// [`fit`] with BG/NBD starting from the parameters of `previous` (the engine's
+/// weekly refit: the population moved little, the optimizer settles sooner).
+pub fn refit(
+    h: &Histogram,
+    as_of: Day,
+    min_repeat_customers: u64,
+    previous: Option<&Model>,
+) -> Result<Model, FitError> {
     let have = h.repeat_customers(as_of);
     if have < min_repeat_customers {
         return Err(FitError::TooFew {
@@ -195,7 +206,10 @@ pub fn fit(h: &Histogram, as_of: Day, min_repeat_customers: u64) -> Result<Model
             weight: n as f64,
         })
         .collect();
-    let bg = bgnbd::fit(&histories)?;
+    let bg = bgnbd::fit_grouped(
+        &bgnbd::Grouped::new(&histories),
+        previous.map(|m| &m.bgnbd),
+    )?;
     let spends: Vec<Spend> = h
         .gg
         .iter()

@@ -108,7 +108,9 @@ pub fn minimize(f: &dyn Fn(&[f64]) -> f64, start: Vec<f64>) -> Result<Vec<f64>, 
         if c < value {
             (best, value) = (p.clone(), c);
         }
-        if improved.abs() < 1e-12 {
+        // Settled, or at the bound of the search (see `max_likelihood`): a
+        // degenerate population gains nothing from another run along its ridge.
+        if improved.abs() < 1e-12 || best.iter().any(|v| v.abs() > 24.0) {
             break;
         }
     }

@@ -210,7 +210,15 @@ fn model_fit(c: &mut Criterion) {
             }
         }
         let spend = (days > 0).then(|| 10.0 + 90.0 * rng.gen::<f64>());
-        h.count(&Inputs { x: days, t_x: last - first, first, spend }, true);
+        h.count(
+            &Inputs {
+                x: days,
+                t_x: last - first,
+                first,
+                spend,
+            },
+            true,
+        );
     }
     let m = fit(&h, end, 100).unwrap();
     eprintln!(
@@ -219,7 +227,9 @@ fn model_fit(c: &mut Criterion) {
     );
     let mut g = c.benchmark_group("model");
     g.sample_size(10);
-    g.bench_function("fit_1m_customers", |b| b.iter(|| black_box(fit(&h, end, 100).unwrap())));
+    g.bench_function("fit_1m_customers", |b| {
+        b.iter(|| black_box(fit(&h, end, 100).unwrap()))
+    });
     g.finish();
 }
 

@@ -682,7 +682,10 @@ impl Settings {
         positive("predict.clv_horizon_days", pr.clv_horizon_days)?;
         positive("predict.refit_every_days", pr.refit_every_days)?;
         if pr.min_repeat_customers == 0 {
-            return Err(key_err("predict.min_repeat_customers", "must be at least 1"));
+            return Err(key_err(
+                "predict.min_repeat_customers",
+                "must be at least 1",
+            ));
         }
         if let Some(r) = pr.annual_discount_rate {
             if !(r.is_finite() && r >= 0.0) {

@@ -153,8 +153,9 @@ impl CustomerState {
                 match self.purchase_days.first() {
                     Some(&first) if ev.day > first => {}
                     Some(&first) if ev.day == first => {
-                        self.first_day_micros =
-                            self.first_day_micros.map(|m| m.saturating_add(amount_micros));
+                        self.first_day_micros = self
+                            .first_day_micros
+                            .map(|m| m.saturating_add(amount_micros));
                     }
                     // A new first day (the first purchase, or an earlier late one).
                     _ => self.first_day_micros = Some(amount_micros),

@@ -10,8 +10,8 @@ use crate::customer::{CustomerState, Episode, Figures, Indexed};
 use crate::day::{day_start_millis, Day};
 use crate::event::{Event, EventKind};
 use crate::output::{
-    money, Body, Cause, ComplaintsTrigger, Output, OutputType, OverdueTrigger, PAliveTrigger,
-    Rfm, SpendDropTrigger, Triggers,
+    money, Body, Cause, ComplaintsTrigger, Output, OutputType, OverdueTrigger, PAliveTrigger, Rfm,
+    SpendDropTrigger, Triggers,
 };
 use crate::policy::{self, Rule, RuleSet, Thresholds, Tiers};
 use crate::population::Population;

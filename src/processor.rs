@@ -891,7 +891,9 @@ impl<S: Store> Processor<S> {
                     Inputs::of(&self.cache.slots[i as usize].state, Some(day)),
                 ) {
                     if inp.x >= 1 {
-                        let p = m.bgnbd.p_alive(inp.x as f64, inp.t_x as f64, (day - inp.first) as f64);
+                        let p =
+                            m.bgnbd
+                                .p_alive(inp.x as f64, inp.t_x as f64, (day - inp.first) as f64);
                         self.counters.p_alive_deciles[((p * 10.0) as usize).min(9)] += 1;
                     }
                 }
@@ -943,7 +945,8 @@ impl<S: Store> Processor<S> {
                 self.counters.model_fits += 1;
                 let mut buf = Vec::new();
                 self.hist.encode(&mut buf);
-                self.pending.put(Cf::Meta, META_MODEL_HISTOGRAM.to_vec(), buf);
+                self.pending
+                    .put(Cf::Meta, META_MODEL_HISTOGRAM.to_vec(), buf);
                 Some(m)
             }
             Err(e) => {

@@ -189,9 +189,14 @@ impl Metrics {
             m.records_undeliverable.with_label_values(&[d]);
         }
         // NaN until the first fit (strata_model_fitted says which).
-        for (model, names) in [("bgnbd", &["r", "alpha", "a", "b"][..]), ("gamma_gamma", &["p", "q", "gamma"][..])] {
+        for (model, names) in [
+            ("bgnbd", &["r", "alpha", "a", "b"][..]),
+            ("gamma_gamma", &["p", "q", "gamma"][..]),
+        ] {
             for n in names {
-                m.model_parameter.with_label_values(&[model, n]).set(f64::NAN);
+                m.model_parameter
+                    .with_label_values(&[model, n])
+                    .set(f64::NAN);
             }
         }
         for c in [
@@ -233,7 +238,12 @@ impl Metrics {
     pub fn record_counters(&self, before: &Counters, after: &Counters, model: Option<&Model>) {
         if after.model_fits > before.model_fits {
             self.model_fit_seconds.observe(after.last_fit_seconds);
-            for (k, (&a, &b)) in after.p_alive_deciles.iter().zip(&before.p_alive_deciles).enumerate() {
+            for (k, (&a, &b)) in after
+                .p_alive_deciles
+                .iter()
+                .zip(&before.p_alive_deciles)
+                .enumerate()
+            {
                 for _ in b..a {
                     self.p_alive.observe(k as f64 / 10.0 + 0.05);
                 }

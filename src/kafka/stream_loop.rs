@@ -729,11 +729,7 @@ fn apply_batch(
     if n > 0 {
         part.commit().map_err(store_error)?;
     }
-    metrics.record_counters(
-        &before,
-        &part.proc.counters,
-        part.proc.model().as_ref(),
-    );
+    metrics.record_counters(&before, &part.proc.counters, part.proc.model().as_ref());
     if n > 0 {
         metrics
             .batch_duration

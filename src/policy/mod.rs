@@ -155,7 +155,12 @@ pub enum Rule {
 
 impl Rule {
     /// Sorted by id, so reason lists come out sorted.
-    pub const ALL: [Rule; 4] = [Rule::Complaints, Rule::Overdue, Rule::PAlive, Rule::SpendDrop];
+    pub const ALL: [Rule; 4] = [
+        Rule::Complaints,
+        Rule::Overdue,
+        Rule::PAlive,
+        Rule::SpendDrop,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -523,7 +528,9 @@ mod tests {
         assert_eq!(overdue_threshold(&f, &s), Some(30.0));
         assert!(churn_rules(&f, ValueTier::Low, &Thresholds::default(), &s).contains(Rule::Overdue));
         f.recency_days = Some(30);
-        assert!(!churn_rules(&f, ValueTier::Low, &Thresholds::default(), &s).contains(Rule::Overdue));
+        assert!(
+            !churn_rules(&f, ValueTier::Low, &Thresholds::default(), &s).contains(Rule::Overdue)
+        );
         f.mean_interpurchase_days = Some(2.0);
         assert_eq!(overdue_threshold(&f, &s), Some(14.0));
     }

@@ -122,7 +122,14 @@ impl Grouped {
         let txs = table(data.iter().map(|h| h.t_x));
         let rows = data
             .iter()
-            .map(|h| (index(&xs, h.x), index(&ts, h.t), index(&txs, h.t_x), h.weight))
+            .map(|h| {
+                (
+                    index(&xs, h.x),
+                    index(&ts, h.t),
+                    index(&txs, h.t_x),
+                    h.weight,
+                )
+            })
             .collect();
         let customers: f64 = data.iter().map(|h| h.weight).sum();
         let mean_t = data.iter().map(|h| h.weight * h.t).sum::<f64>() / customers.max(1.0);

@@ -75,7 +75,14 @@ impl Grouped {
         xs.dedup();
         let rows = data
             .iter()
-            .map(|s| (xs.partition_point(|&x| x < s.x), s.mean, s.mean.ln(), s.weight))
+            .map(|s| {
+                (
+                    xs.partition_point(|&x| x < s.x),
+                    s.mean,
+                    s.mean.ln(),
+                    s.weight,
+                )
+            })
             .collect();
         Grouped { xs, rows }
     }
@@ -91,7 +98,8 @@ impl Grouped {
         let mut sum = 0.0;
         for &(xi, mean, ln_mean, w) in &self.rows {
             let x = self.xs[xi];
-            sum += w * (per_x[xi] + (p * x - 1.0) * ln_mean - (p * x + q) * (x * mean + gamma).ln());
+            sum +=
+                w * (per_x[xi] + (p * x - 1.0) * ln_mean - (p * x + q) * (x * mean + gamma).ln());
         }
         sum
     }

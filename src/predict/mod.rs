@@ -322,6 +322,9 @@ mod tests {
             + below.a / (below.b + 1.0)
                 * ((below.alpha + 38.9) / (below.alpha + 30.4)).powf(below.r + 2.0);
         assert!(e > 0.0 && rel(e, first * second / den) < 1e-9, "{e}");
-        assert_eq!(BgNbd { a: 1.0, ..m }.expected_purchases(10.0, 1.0, 1.0, 5.0), None);
+        assert_eq!(
+            BgNbd { a: 1.0, ..m }.expected_purchases(10.0, 1.0, 1.0, 5.0),
+            None
+        );
     }
 }

@@ -195,30 +195,25 @@ pub fn refit(
             need: min_repeat_customers,
         });
     }
-    let histories: Vec<History> = h
-        .bg
-        .iter()
-        .filter(|((_, first, _), _)| *first <= as_of)
-        .map(|(&(x, first, t_x), &n)| History {
-            x: x as f64,
-            t_x: t_x as f64,
-            t: (as_of - first) as f64,
-            weight: n as f64,
-        })
-        .collect();
-    let bg = bgnbd::fit_grouped(
-        &bgnbd::Grouped::new(&histories),
-        previous.map(|m| &m.bgnbd),
-    )?;
-    let spends: Vec<Spend> = h
-        .gg
-        .iter()
-        .map(|(&(x, b), &n)| Spend {
-            x: x as f64,
-            mean: spend_of_bucket(b),
-            weight: n as f64,
-        })
-        .collect();
+    let histories: Vec<History> =
+        h.bg.iter()
+            .filter(|((_, first, _), _)| *first <= as_of)
+            .map(|(&(x, first, t_x), &n)| History {
+                x: x as f64,
+                t_x: t_x as f64,
+                t: (as_of - first) as f64,
+                weight: n as f64,
+            })
+            .collect();
+    let bg = bgnbd::fit_grouped(&bgnbd::Grouped::new(&histories), previous.map(|m| &m.bgnbd))?;
+    let spends: Vec<Spend> =
+        h.gg.iter()
+            .map(|(&(x, b), &n)| Spend {
+                x: x as f64,
+                mean: spend_of_bucket(b),
+                weight: n as f64,
+            })
+            .collect();
     let gamma_gamma = gamma_gamma::fit(&spends).ok().map(|f| SpendModel {
         params: f.params,
         customers: f.customers as u64,
@@ -423,7 +418,10 @@ mod tests {
                 let d = m.p_alive_below_from(&i, theta, from).unwrap();
                 let p = |day: Day| m.bgnbd.p_alive(x as f64, t_x as f64, (day - 1000) as f64);
                 assert!(p(d) < theta, "{x} {t_x} {theta}: below on {d}");
-                assert!(d == from || p(d - 1) >= theta, "{x} {t_x} {theta}: not before");
+                assert!(
+                    d == from || p(d - 1) >= theta,
+                    "{x} {t_x} {theta}: not before"
+                );
             }
         }
         let never = Inputs {

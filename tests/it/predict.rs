@@ -109,11 +109,7 @@ fn cdnow_sample_replayed_and_fitted_matches_the_paper() {
     }
     // `model show` has the engine's own fit (its last refit, at most
     // predict.refit_every_days before the clock), stored in the state.
-    let show = run_ok(
-        strata()
-            .args(["model", "show", "--state-dir"])
-            .arg(&state),
-    );
+    let show = run_ok(strata().args(["model", "show", "--state-dir"]).arg(&state));
     let shown: Value = serde_json::from_slice(&show.stdout).unwrap();
     let shown_r = shown["bgnbd"]["r"].as_f64().unwrap();
     assert!(within(shown_r, f("r"), 0.05), "{shown} vs {fit}");
@@ -193,9 +189,13 @@ fn p_alive_fires_from_the_timer_on_the_day_it_crosses() {
         .stdout,
     )
     .unwrap();
-    let fitted_on = NaiveDate::parse_from_str(shown["as_of"].as_str().unwrap(), "%Y-%m-%d").unwrap();
+    let fitted_on =
+        NaiveDate::parse_from_str(shown["as_of"].as_str().unwrap(), "%Y-%m-%d").unwrap();
     let first = NaiveDate::from_ymd_opt(1997, 5, 1).unwrap();
-    assert!(fitted_on < first, "fitted on {fitted_on}, before the customer's purchases");
+    assert!(
+        fitted_on < first,
+        "fitted on {fitted_on}, before the customer's purchases"
+    );
     let bg = &shown["bgnbd"];
     let (r, alpha, a, b) = (
         bg["r"].as_f64().unwrap(),
@@ -226,7 +226,12 @@ fn p_alive_fires_from_the_timer_on_the_day_it_crosses() {
     assert_eq!(w["reasons"], json!(["p_alive"]));
     let t = &w["triggers"]["p_alive"];
     assert_eq!(
-        (t["x"].clone(), t["t_x"].clone(), t["T"].clone(), t["threshold"].clone()),
+        (
+            t["x"].clone(),
+            t["t_x"].clone(),
+            t["T"].clone(),
+            t["threshold"].clone()
+        ),
         (json!(1), json!(4), json!(crossing_t), json!(0.3))
     );
     let p = t["p_alive"].as_f64().unwrap();
@@ -247,7 +252,10 @@ fn p_alive_fires_from_the_timer_on_the_day_it_crosses() {
     let (c, bk) = (crossing.to_string(), back.to_string());
     assert_eq!(
         &kinds[..2],
-        &[("churn_warning", c.as_str()), ("churn_recovered", bk.as_str())],
+        &[
+            ("churn_warning", c.as_str()),
+            ("churn_recovered", bk.as_str())
+        ],
         "{mine:#?}"
     );
 }

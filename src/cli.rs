@@ -110,18 +110,25 @@ enum Command {
     },
 }
 
+/// A state dir evaluated at a day: `state dump`, `state get`, `model fit`.
+#[derive(clap::Args)]
+struct StateAt {
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// YYYY-MM-DD; default: the stored stream clock.
+    #[arg(long)]
+    as_of: Option<String>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum ModelCommand {
     /// Fit both models on the stored population as of a day; print the parameters
     /// as JSON (alpha in days, gamma in money). Changes nothing.
     Fit {
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// YYYY-MM-DD; default: the stored stream clock.
-        #[arg(long)]
-        as_of: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        at: StateAt,
     },
     /// The parameters in force (the engine's last fit), as JSON.
     Show {
@@ -136,23 +143,14 @@ enum ModelCommand {
 enum StateCommand {
     /// One JSON object per customer, every figure evaluated exactly at the as-of day.
     Dump {
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// YYYY-MM-DD; default: the stored stream clock.
-        #[arg(long)]
-        as_of: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        at: StateAt,
     },
     /// The same object for one customer.
     Get {
         customer_id: String,
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        #[arg(long)]
-        as_of: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        at: StateAt,
     },
 }
 
@@ -223,15 +221,11 @@ type OpenState = (Arc<Settings>, Union<RocksStore>, Option<i32>, PathBuf);
 
 /// Settings, the opened state dir, and the as-of day (`--as-of`, else the stored
 /// clock; `None` when nothing was ever applied).
-fn open_state(
-    dir: Option<PathBuf>,
-    config: Option<&PathBuf>,
-    as_of: Option<&String>,
-) -> Result<OpenState> {
-    let s = settings(config, Clock::Event)?;
-    let dir = state_dir(dir, &s);
+fn open_state(at: StateAt) -> Result<OpenState> {
+    let s = settings(at.config.as_ref(), Clock::Event)?;
+    let dir = state_dir(at.state_dir, &s);
     let stores = open_stores(&s, &dir)?;
-    let day = as_of_day(as_of, dump::latest_clock(&stores)?)?;
+    let day = as_of_day(at.as_of.as_ref(), dump::latest_clock(&stores)?)?;
     Ok((s, Union(stores), day, dir))
 }
 
@@ -290,12 +284,8 @@ fn execute(cli: Cli) -> Result<()> {
             )?;
         }
         Command::State { command } => match command {
-            StateCommand::Dump {
-                state_dir: dir,
-                as_of,
-                config,
-            } => {
-                let (s, store, day, _) = open_state(dir, config.as_ref(), as_of.as_ref())?;
+            StateCommand::Dump { at } => {
+                let (s, store, day, _) = open_state(at)?;
                 let Some(day) = day else {
                     return Ok(()); // nothing was ever applied: an empty dump
                 };
@@ -307,13 +297,8 @@ fn execute(cli: Cli) -> Result<()> {
                 })?;
                 out.flush().ok();
             }
-            StateCommand::Get {
-                customer_id,
-                state_dir: dir,
-                as_of,
-                config,
-            } => {
-                let (s, store, day, dir) = open_state(dir, config.as_ref(), as_of.as_ref())?;
+            StateCommand::Get { customer_id, at } => {
+                let (s, store, day, dir) = open_state(at)?;
                 match day
                     .map(|d| dump::get(&store, &s, &customer_id, d))
                     .transpose()?
@@ -372,12 +357,8 @@ fn execute(cli: Cli) -> Result<()> {
             );
         }
         Command::Model { command } => match command {
-            ModelCommand::Fit {
-                state_dir: dir,
-                as_of,
-                config,
-            } => {
-                let (s, store, day, dir) = open_state(dir, config.as_ref(), as_of.as_ref())?;
+            ModelCommand::Fit { at } => {
+                let (s, store, day, dir) = open_state(at)?;
                 let Some(day) = day else {
                     bail!("{} holds no events yet: nothing to fit", dir.display());
                 };
@@ -390,7 +371,11 @@ fn execute(cli: Cli) -> Result<()> {
                 state_dir: dir,
                 config,
             } => {
-                let (_, store, _, dir) = open_state(dir, config.as_ref(), None)?;
+                let (_, store, _, dir) = open_state(StateAt {
+                    state_dir: dir,
+                    as_of: None,
+                    config,
+                })?;
                 match dump::stored_model(&store)? {
                     Some(m) => println!("{}", m.to_json()),
                     None => bail!(

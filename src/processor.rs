@@ -891,9 +891,7 @@ impl<S: Store> Processor<S> {
                     Inputs::of(&self.cache.slots[i as usize].state, Some(day)),
                 ) {
                     if inp.x >= 1 {
-                        let p =
-                            m.bgnbd
-                                .p_alive(inp.x as f64, inp.t_x as f64, (day - inp.first) as f64);
+                        let p = m.p_alive(&inp, day);
                         self.counters.p_alive_deciles[((p * 10.0) as usize).min(9)] += 1;
                     }
                 }
@@ -933,15 +931,11 @@ impl<S: Store> Processor<S> {
         if let Some(p) = self.model_peers.as_ref().and_then(|source| source()) {
             h.merge(&p);
         }
-        if h.repeat_customers(day) < pr.min_repeat_customers {
-            return None;
-        }
         let started = std::time::Instant::now();
         let previous = self.current.model;
-        let fitted = model::refit(&h, day, pr.min_repeat_customers, previous.as_ref());
-        self.counters.last_fit_seconds = started.elapsed().as_secs_f64();
-        match fitted {
+        match model::refit(&h, day, pr.min_repeat_customers, previous.as_ref()) {
             Ok(m) => {
+                self.counters.last_fit_seconds = started.elapsed().as_secs_f64();
                 self.counters.model_fits += 1;
                 let mut buf = Vec::new();
                 self.hist.encode(&mut buf);
@@ -949,6 +943,8 @@ impl<S: Store> Processor<S> {
                     .put(Cf::Meta, META_MODEL_HISTOGRAM.to_vec(), buf);
                 Some(m)
             }
+            // Not enough repeat customers yet: no fit, nothing to say.
+            Err(crate::predict::FitError::TooFew { .. }) => None,
             Err(e) => {
                 tracing::warn!(day = %crate::day::format_day(day), error = %e, "The model fit failed; the parameters in force stay.");
                 None

@@ -236,7 +236,8 @@ impl Metrics {
     /// Add what a processor counted between two snapshots; `model` is the one in
     /// force after.
     pub fn record_counters(&self, before: &Counters, after: &Counters, model: Option<&Model>) {
-        if after.model_fits > before.model_fits {
+        let refitted = after.model_fits > before.model_fits;
+        if refitted {
             self.model_fit_seconds.observe(after.last_fit_seconds);
             for (k, (&a, &b)) in after
                 .p_alive_deciles
@@ -249,8 +250,11 @@ impl Metrics {
                 }
             }
         }
+        // The parameters change only with a fit (or when a stored model comes in
+        // force at open): not set again after every batch.
+        let first_seen = model.is_some() && self.model_fitted.get() == 0;
         self.model_fitted.set(model.is_some() as i64);
-        if let Some(m) = model {
+        if let Some(m) = model.filter(|_| refitted || first_seen) {
             let g = &self.model_parameter;
             let b = &m.bgnbd;
             for (name, v) in [("r", b.r), ("alpha", b.alpha), ("a", b.a), ("b", b.b)] {

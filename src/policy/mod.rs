@@ -327,10 +327,7 @@ pub fn overdue_threshold(f: &Figures, s: &Settings) -> Option<f64> {
 /// rule looks at (x ≥ 1: without a repeat purchase day P(alive) is 1).
 pub fn p_alive(f: &Figures, t: &Thresholds) -> Option<f64> {
     let (m, i) = (t.model.as_ref()?, f.model_inputs?);
-    (i.x >= 1).then(|| {
-        m.bgnbd
-            .p_alive(i.x as f64, i.t_x as f64, (f.as_of - i.first) as f64)
-    })
+    (i.x >= 1).then(|| m.p_alive(&i, f.as_of))
 }
 
 /// Active churn rules as of `f.as_of` (SPEC §4, and `p_alive`: README "Predictions").

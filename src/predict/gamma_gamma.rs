@@ -108,11 +108,6 @@ impl Grouped {
 /// Maximum-likelihood parameters over the customers with x ≥ 1 and a positive mean
 /// (the others carry no information about spend variation).
 pub fn fit(data: &[Spend]) -> Result<Fit, FitError> {
-    fit_from(data, None)
-}
-
-/// The fit from `start` (the previous fit's parameters), else p = q = 1, γ = mean.
-pub fn fit_from(data: &[Spend], start: Option<&GammaGamma>) -> Result<Fit, FitError> {
     let data: Vec<Spend> = data
         .iter()
         .copied()
@@ -129,11 +124,8 @@ pub fn fit_from(data: &[Spend], start: Option<&GammaGamma>) -> Result<Fit, FitEr
         gamma: v[2],
     };
     let mean = data.iter().map(|s| s.weight * s.mean).sum::<f64>() / customers;
-    let from = match start {
-        Some(m) => [m.p, m.q, m.gamma],
-        None => [1.0, 1.0, mean.max(1e-6)],
-    };
-    let best = max_likelihood(&|v| g.log_likelihood(&model(v)), customers, &from)?;
+    let start = [1.0, 1.0, mean.max(1e-6)];
+    let best = max_likelihood(&|v| g.log_likelihood(&model(v)), customers, &start)?;
     let params = model(&best);
     Ok(Fit {
         log_likelihood: params.log_likelihood(&data),

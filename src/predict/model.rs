@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use super::bgnbd::{self, BgNbd};
 use super::gamma_gamma::{self, GammaGamma, Spend};
-use super::{FitError, History};
+use super::FitError;
+use super::History;
 use crate::config::PredictConfig;
 use crate::customer::CustomerState;
 use crate::day::Day;
@@ -237,6 +238,12 @@ pub struct Prediction {
 }
 
 impl Model {
+    /// P(alive) of a customer with these inputs at `as_of`.
+    pub fn p_alive(&self, i: &Inputs, as_of: Day) -> f64 {
+        self.bgnbd
+            .p_alive(i.x as f64, i.t_x as f64, (as_of - i.first) as f64)
+    }
+
     /// The figures of a customer with these inputs at `as_of` (≥ its first purchase).
     pub fn predict(&self, i: &Inputs, as_of: Day, s: &PredictConfig) -> Prediction {
         let (x, t_x, t) = (i.x as f64, i.t_x as f64, (as_of - i.first) as f64);
@@ -265,7 +272,7 @@ impl Model {
             }
         });
         Prediction {
-            p_alive: Some(m.p_alive(x, t_x, t)),
+            p_alive: Some(self.p_alive(i, as_of)),
             expected_purchases: expected(s.horizon_days as f64),
             expected_avg_spend: spend,
             clv,
@@ -283,7 +290,7 @@ impl Model {
         }
         let BgNbd { r, alpha, a, b } = self.bgnbd;
         let (x, t_x) = (i.x as f64, i.t_x as f64);
-        let below = |day: Day| self.bgnbd.p_alive(x, t_x, (day - i.first) as f64) < threshold;
+        let below = |day: Day| self.p_alive(i, day) < threshold;
         if below(from) {
             return Some(from);
         }

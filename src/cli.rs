@@ -145,6 +145,17 @@ enum StateCommand {
     Dump {
         #[command(flatten)]
         at: StateAt,
+        /// Only the customers in this tier: DIM=TIER, DIM one of rfm_segment,
+        /// value_tier, lifecycle, churn_risk (e.g. rfm_segment=important_retain,
+        /// churn_risk=overdue). Repeated: customers in all of them.
+        #[arg(long = "where", value_name = "DIM=TIER")]
+        filters: Vec<strata::audience::Filter>,
+    },
+    /// Customers and monetary per tier of each dimension, and customers at risk by
+    /// reason: the dump's figures added up (one JSON object).
+    Summary {
+        #[command(flatten)]
+        at: StateAt,
     },
     /// The same object for one customer.
     Get {
@@ -284,7 +295,7 @@ fn execute(cli: Cli) -> Result<()> {
             )?;
         }
         Command::State { command } => match command {
-            StateCommand::Dump { at } => {
+            StateCommand::Dump { at, filters } => {
                 let (s, store, day, _) = open_state(at)?;
                 let Some(day) = day else {
                     return Ok(()); // nothing was ever applied: an empty dump
@@ -292,10 +303,24 @@ fn execute(cli: Cli) -> Result<()> {
                 let stdout = io::stdout();
                 let mut out = BufWriter::new(stdout.lock());
                 dump::dump(&store, &s, day, &mut |r| {
+                    if !filters.iter().all(|f| f.matches(&r)) {
+                        return Ok(());
+                    }
                     serde_json::to_writer(&mut out, &r)?;
                     out.write_all(b"\n")
                 })?;
                 out.flush().ok();
+            }
+            StateCommand::Summary { at } => {
+                let (s, store, day, _) = open_state(at)?;
+                let mut tally = strata::audience::Tally::default();
+                if let Some(day) = day {
+                    dump::dump(&store, &s, day, &mut |r| {
+                        tally.add(&r);
+                        Ok(())
+                    })?;
+                }
+                println!("{}", serde_json::to_string_pretty(&tally.to_json(day))?);
             }
             StateCommand::Get { customer_id, at } => {
                 let (s, store, day, dir) = open_state(at)?;

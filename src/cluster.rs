@@ -24,6 +24,9 @@ pub struct Status {
     /// Each partition's owner as last announced on the stats topic: its advertised
     /// HTTP address (`http.advertised_address`).
     pub owners: BTreeMap<i32, String>,
+    /// Each partition's segment summary as last published on the stats topic
+    /// (`kafka.segments_interval_ms`), for `GET /v1/segments`.
+    pub segments: BTreeMap<i32, crate::audience::PartitionSummary>,
     /// Partitions taking no events: the changelog refuses one of their records.
     pub blocked: BTreeSet<i32>,
     /// Records have waited more than 10 s for the broker (an outage).

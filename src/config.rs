@@ -318,6 +318,11 @@ pub struct KafkaConfig {
     /// escaped as JSON. The default keeps whole every message the parser accepts by
     /// size (`engine.max_event_bytes`).
     pub dead_letter_max_raw_bytes: usize,
+    /// How often each partition counts its segment summary (a scan of its
+    /// customers against the thresholds in force) and publishes it on the stats
+    /// topic (key `segments/<p>`) for `GET /v1/segments`: the summary is at most
+    /// this much (plus one batch) behind the partition's state. 0: never.
+    pub segments_interval_ms: u64,
     /// Passed through to librdkafka verbatim (`security.protocol`, `sasl.*`, ...).
     pub client: BTreeMap<String, String>,
 }
@@ -338,6 +343,7 @@ impl Default for KafkaConfig {
             check_keys: true,
             state_cleanup_delay_ms: 600_000,
             dead_letter_max_raw_bytes: 64 * 1024,
+            segments_interval_ms: 60_000,
             client: BTreeMap::new(),
         }
     }

@@ -29,6 +29,13 @@ pub fn date_of(day: Day) -> NaiveDate {
 
 /// `YYYY-MM-DD`. (Written directly: every output carries one or two, and chrono's
 /// `format` parses its pattern on every call.)
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub fn format_day(day: Day) -> String {
     let mut s = String::with_capacity(10);
     push_date(&mut s, date_of(day));

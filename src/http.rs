@@ -26,8 +26,7 @@ use serde_json::json;
 
 use crate::cluster::SharedStatus;
 use crate::config::Settings;
-use crate::dump;
-use crate::store::Union;
+use crate::audience::{self, Cursor, Filter, Tally};
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
@@ -43,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/customers/{id}", get(customer))
+        .route("/v1/segments", get(segments))
+        .route("/v1/segments/{dimension}/{tier}/customers", get(export))
         .with_state(state)
 }
 
@@ -106,14 +107,21 @@ async fn customer(
         )
             .into_response();
     }
-    let (stores, owned, route) = {
+    // One read of the customer in its partition's store (the only store that can
+    // hold them), evaluated against that partition's thresholds in force.
+    let (store, owned, route) = {
         let st = s.status.lock().unwrap();
         let route = (st.partitions > 0).then(|| {
             let p = crate::cluster::partition_of(id.as_bytes(), st.partitions);
             (p, st.restoring.contains(&p), st.owners.get(&p).cloned())
         });
+        let store = match route {
+            Some((p, _, _)) => st.stores.get(&p).cloned(),
+            // No partitioning (`demo --serve`): its one store.
+            None => st.stores.values().next().cloned(),
+        };
         (
-            st.stores.values().cloned().collect::<Vec<_>>(),
+            store,
             st.assigned.iter().copied().collect::<Vec<_>>(),
             route,
         )
@@ -121,11 +129,10 @@ async fn customer(
     let settings = s.settings.clone();
     let me = &s.settings.advertised_address;
     let result = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
-        let Some(day) = dump::latest_clock(&stores)? else {
-            return Ok(None);
-        };
-        let union = Union(stores);
-        dump::get(&union, &settings, &id, day)
+        match store {
+            Some(store) => audience::get_in_force(&store, &settings, &id),
+            None => Ok(None),
+        }
     })
     .await;
     match result {
@@ -174,6 +181,157 @@ async fn customer(
             Json(json!({"error": e.to_string()})),
         )
             .into_response(),
+    }
+}
+
+fn unauthorised() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"error": "missing or wrong bearer token"})),
+    )
+        .into_response()
+}
+
+fn bad_request(why: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": why}))).into_response()
+}
+
+fn internal(why: String) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": why}))).into_response()
+}
+
+/// `GET /v1/segments`: the whole cluster's segment summary, merged from the
+/// partitions' summaries on the stats topic (each counted every
+/// `kafka.segments_interval_ms` by the partition's owner); `coverage` says which
+/// partitions are in it and how old the oldest count is. Without partitioning
+/// (`demo --serve`) the one store is counted on the spot.
+async fn segments(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorised(&s, &headers) {
+        return unauthorised();
+    }
+    let (partitions, summaries, stores) = {
+        let st = s.status.lock().unwrap();
+        (
+            st.partitions,
+            st.segments.clone(),
+            st.stores.values().cloned().collect::<Vec<_>>(),
+        )
+    };
+    if partitions == 0 {
+        let settings = s.settings.clone();
+        let counted = tokio::task::spawn_blocking(move || {
+            let mut tally = Tally::default();
+            let mut as_of = None;
+            for store in &stores {
+                if let Some((d, t)) = audience::summarize_in_force(store, &settings)? {
+                    tally.merge(&t);
+                    as_of = as_of.max(Some(d));
+                }
+            }
+            Ok::<_, crate::store::StoreError>((as_of, tally))
+        })
+        .await;
+        return match counted {
+            Ok(Ok((as_of, tally))) => Json(tally.to_json(as_of)).into_response(),
+            Ok(Err(e)) => internal(e.to_string()),
+            Err(e) => internal(e.to_string()),
+        };
+    }
+    let mut tally = Tally::default();
+    let (mut as_of, mut oldest_as_of, mut oldest_counted) = (None, None, None);
+    let mut missing = Vec::new();
+    for p in 0..partitions {
+        match summaries.get(&p) {
+            Some(sum) => {
+                tally.merge(&sum.tally);
+                as_of = as_of.max(Some(sum.as_of));
+                oldest_as_of = Some(oldest_as_of.map_or(sum.as_of, |d: i32| d.min(sum.as_of)));
+                oldest_counted = Some(
+                    oldest_counted.map_or(sum.counted_at_ms, |t: i64| t.min(sum.counted_at_ms)),
+                );
+            }
+            None => missing.push(p),
+        }
+    }
+    let mut body = tally.to_json(as_of);
+    body["coverage"] = json!({
+        "partitions": partitions,
+        "missing": missing,
+        "oldest_as_of": oldest_as_of.map(crate::day::format_day),
+        "oldest_counted_at_ms": oldest_counted,
+        "age_ms": oldest_counted.map(|t| crate::day::now_millis() - t),
+    });
+    Json(body).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ExportQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// Most customers one export page lists.
+const EXPORT_MAX_LIMIT: usize = 10_000;
+
+/// `GET /v1/segments/{dimension}/{tier}/customers?limit=N&cursor=C`: one page of
+/// the customers of a tier on this instance's partitions, as the engine sees them
+/// (dump objects), in partition then id order; `next_cursor` continues it (`null`
+/// after the last); `partitions` lists the partitions covered, so a client visits
+/// every instance to list the cluster's.
+async fn export(
+    State(s): State<AppState>,
+    Path((dimension, tier)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<ExportQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorised(&s, &headers) {
+        return unauthorised();
+    }
+    let filter = match Filter::new(&dimension, &tier) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    let limit = q.limit.unwrap_or(1_000);
+    if limit == 0 || limit > EXPORT_MAX_LIMIT {
+        return bad_request(format!(
+            "limit must be 1..={EXPORT_MAX_LIMIT}, got {limit}"
+        ));
+    }
+    let cursor = match q.cursor.as_deref().map(|c| Cursor::decode(c).ok_or(c)) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(c)) => {
+            return bad_request(format!(
+                "cursor {c:?} is not one this endpoint returned"
+            ))
+        }
+    };
+    let stores: Vec<(i32, _)> = {
+        let st = s.status.lock().unwrap();
+        st.stores
+            .iter()
+            .filter(|(p, _)| !st.restoring.contains(p))
+            .map(|(p, store)| (*p, store.clone()))
+            .collect()
+    };
+    let partitions: Vec<i32> = stores.iter().map(|(p, _)| *p).collect();
+    let settings = s.settings.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        audience::page(&stores, &settings, &filter, cursor.as_ref(), limit)
+    })
+    .await;
+    match page {
+        Ok(Ok(page)) => Json(json!({
+            "dimension": dimension,
+            "tier": tier,
+            "partitions": partitions,
+            "customers": page.customers,
+            "next_cursor": page.next.map(|c| c.encode()),
+        }))
+        .into_response(),
+        Ok(Err(e)) => internal(e.to_string()),
+        Err(e) => internal(e.to_string()),
     }
 }
 

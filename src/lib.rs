@@ -11,6 +11,7 @@
 //! as-of day, and commits each batch of state in one atomic write. [`dump`] evaluates
 //! the stored population exactly at any day.
 
+pub mod audience;
 pub mod cluster;
 pub mod config;
 pub mod customer;

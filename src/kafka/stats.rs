@@ -5,7 +5,9 @@
 //! recalibration merges the other partitions' summaries with its own live one.
 //!
 //! Model histograms (key `model/<p>`, see `predict::model::Histogram`) come with
-//! each partition's refit, for the other partitions' refits.
+//! each partition's refit, for the other partitions' refits; segment summaries
+//! (key `segments/<p>`, JSON [`crate::audience::PartitionSummary`]) every
+//! `kafka.segments_interval_ms`, for `GET /v1/segments`.
 //!
 //! The same topic carries ownership announcements: key `owner/<p>`, value
 //! `{"partition": p, "address": "<http.advertised_address>"}`, published by the
@@ -98,7 +100,23 @@ pub fn spawn(
                             status.lock().unwrap().owners.insert(p, address);
                             continue;
                         }
-                        if let Some(p) = model_key(&m) {
+                        if let Some(p) = prefixed(&m, "segments/") {
+                            match m
+                                .payload()
+                                .map(serde_json::from_slice::<crate::audience::PartitionSummary>)
+                            {
+                                Some(Ok(sum)) => {
+                                    status.lock().unwrap().segments.insert(p, sum);
+                                }
+                                _ => tracing::warn!(
+                                    offset = m.offset(),
+                                    partition = m.partition(),
+                                    "Ignored an unreadable segment summary on the stats topic."
+                                ),
+                            }
+                            continue;
+                        }
+                        if let Some(p) = prefixed(&m, "model/") {
                             match m.payload().map(Histogram::decode) {
                                 Some(Ok(h)) => {
                                     stats.lock().unwrap().models.insert(p, h);
@@ -136,11 +154,11 @@ pub fn spawn(
         .expect("spawn a thread"))
 }
 
-/// A model histogram's partition (key `model/<p>`).
-fn model_key(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<i32> {
+/// The partition of a record keyed `<prefix><p>` (`model/`, `segments/`).
+fn prefixed(m: &rdkafka::message::BorrowedMessage<'_>, prefix: &str) -> Option<i32> {
     std::str::from_utf8(m.key()?)
         .ok()?
-        .strip_prefix("model/")?
+        .strip_prefix(prefix)?
         .parse()
         .ok()
 }

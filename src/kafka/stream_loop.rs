@@ -320,7 +320,7 @@ impl StreamLoop {
                 .inputs
                 .caught_up(p, &empty, part.queued() >= full, max_idle);
             let day_turns = today.is_some_and(|d| part.proc.clock().is_none_or(|c| c < d));
-            if day_turns || part.ready(&|i| c[i]) {
+            if day_turns || part.ready(&|i| c[i]) || part.segments_due() {
                 ready.push((part.queued(), p, c));
             }
         }
@@ -728,6 +728,8 @@ fn apply_batch(
     let n = n.map_err(store_error)?;
     if n > 0 {
         part.commit().map_err(store_error)?;
+    } else if part.segments_due() {
+        part.publish_segments().map_err(store_error)?;
     }
     metrics.record_counters(&before, &part.proc.counters, part.proc.model().as_ref());
     if n > 0 {

@@ -85,6 +85,9 @@ struct Pending {
     /// copies: keys an unfinished round left on the changelog (see
     /// [`Partition::republish`]).
     republish: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+    /// The partition's segment summary for the next batch to publish on the stats
+    /// topic (`segments/<p>`), when one is due.
+    segments: Option<Vec<u8>>,
 }
 
 /// Dead-letter record (SPEC §2): the reason, the source, and the original bytes.
@@ -126,6 +129,10 @@ pub struct Partition {
     /// What was sent and published of the outbox (shared with the publisher).
     pub outbox: Outbox,
     metrics: Arc<Metrics>,
+    /// When the segment summary was last counted (`None`: not yet), and whether a
+    /// write since changed what it counts.
+    segments_counted: Option<std::time::Instant>,
+    segments_stale: bool,
 }
 
 impl Partition {
@@ -164,6 +171,7 @@ impl Partition {
             nonce,
             dead: Vec::new(),
             republish: Vec::new(),
+            segments: None,
         }));
         let mut proc = Processor::open(settings, store.clone())?;
         let (hook_pending, hook_outbox, hook_metrics) =
@@ -228,6 +236,15 @@ impl Partition {
                     headers: Vec::new(),
                 });
             }
+            if let Some(v) = p.segments.take() {
+                entry.push(&RecordRef {
+                    dest: Dest::Stats,
+                    batch_seq: seq,
+                    key: format!("segments/{}", p.partition).as_bytes(),
+                    value: Some(&v),
+                    headers: Vec::new(),
+                });
+            }
             if let Some(v) = model_stats {
                 entry.push(&RecordRef {
                     dest: Dest::Stats,
@@ -250,6 +267,9 @@ impl Partition {
             pending,
             queues: (0..topics).map(|_| VecDeque::new()).collect(),
             metrics,
+            segments_counted: None,
+            // Opened or restored: count it once, even before any event.
+            segments_stale: true,
         })
     }
 
@@ -425,8 +445,48 @@ impl Partition {
         Ok(())
     }
 
-    /// Write everything applied so far (state, offsets, outbox) in one batch.
+    /// Write everything applied so far (state, offsets, outbox) in one batch; then
+    /// the partition's segment summary if one is due ([`Self::segments_due`]).
     pub fn commit(&mut self) -> Result<(), StoreError> {
+        self.proc.mark_dirty();
+        self.proc.flush()?;
+        self.segments_stale = true;
+        if self.segments_due() {
+            self.publish_segments()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the segment summary should be counted again: the state changed since
+    /// the last count and `kafka.segments_interval_ms` has passed (0: never).
+    pub fn segments_due(&self) -> bool {
+        let every = self.proc.settings().raw.kafka.segments_interval_ms;
+        every > 0
+            && self.segments_stale
+            && self
+                .segments_counted
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(every))
+    }
+
+    /// Count the partition's segment summary over its written state (the thresholds
+    /// in force at its clock) and write it to the outbox, for the stats topic
+    /// (`segments/<p>`): a batch of its own, after the state it counts.
+    pub fn publish_segments(&mut self) -> Result<(), StoreError> {
+        self.segments_counted = Some(std::time::Instant::now());
+        self.segments_stale = false;
+        let Some((as_of, tally)) =
+            crate::audience::summarize_in_force(&*self.store, self.proc.settings())?
+        else {
+            return Ok(());
+        };
+        let summary = crate::audience::PartitionSummary {
+            partition: self.id,
+            as_of,
+            counted_at_ms: crate::day::now_millis(),
+            tally,
+        };
+        self.pending.lock().unwrap().segments =
+            Some(serde_json::to_vec(&summary).expect("summaries serialise"));
         self.proc.mark_dirty();
         self.proc.flush()
     }

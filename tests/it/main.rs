@@ -7,6 +7,8 @@
 mod broker;
 mod util;
 
+/// Audiences: segment summaries, `--where`, in-force answers, export pages.
+mod audience;
 /// Bad lines land in the dead letter with their reason; good ones are unaffected.
 mod bad_lines;
 /// Config file, env overrides, unknown keys; CLI errors.

@@ -15,7 +15,7 @@ use crate::util::*;
 
 /// The summary, added up here from the dump objects: customers and monetary per
 /// tier (in micro-units, as strata adds them), customers at risk and by reason.
-fn summary_of(dump: &[Value]) -> Value {
+pub(crate) fn summary_of(dump: &[Value]) -> Value {
     let mut cells: BTreeMap<(String, String), (u64, i128)> = BTreeMap::new();
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     let mut at_risk = 0;
@@ -49,7 +49,7 @@ fn summary_of(dump: &[Value]) -> Value {
 }
 
 /// `want`'s every number is in `got` (which also lists the empty tiers, as zeros).
-fn assert_summary_covers(got: &Value, want: &Value) {
+pub(crate) fn assert_summary_covers(got: &Value, want: &Value) {
     assert_eq!(got["customers"], want["customers"]);
     assert_eq!(got["at_risk"]["customers"], want["at_risk"]["customers"]);
     for (reason, n) in want["at_risk"]["by_reason"].as_object().unwrap() {

@@ -110,6 +110,7 @@ brokers = "{brokers}"
 group_id = "{group}"
 max_batch_events = 500
 threads = {threads}
+segments_interval_ms = 200
 instance_id = "{instance}"
 [kafka.topics]
 purchases = "{p}"
@@ -854,7 +855,10 @@ fn cluster_handover_and_join_restore_from_the_changelog() {
         "the newcomer applied events of its own after its restore"
     );
     let day = last_day(&file);
-    assert_lookups_find_the_owner(&a, &c, &global_dump(&s, &file, &day));
+    let global = global_dump(&s, &file, &day);
+    assert_lookups_find_the_owner(&a, &c, &global);
+    assert_answers_are_the_published_tiers(&a, &c, &s.outputs());
+    assert_segments_and_exports_cover_the_cluster(&a, &c, &global, &day);
     a.kill9();
     c.kill9();
     let combined = combine(&s, &[("a", pa), ("c", pc)]);
@@ -916,6 +920,95 @@ fn assert_lookups_find_the_owner(b: &Strata, c: &Strata, dump: &[Value]) {
         }
     }
     assert!(local > 0 && redirected > 0, "both instances own customers");
+}
+
+/// Every customer's answer, from the instance that owns them, carries the tiers of
+/// the last `tier_changed` published for them.
+fn assert_answers_are_the_published_tiers(a: &Strata, c: &Strata, outputs: &[(String, Value)]) {
+    let mut published: std::collections::BTreeMap<&str, &Value> = Default::default();
+    for (_, o) in outputs.iter().filter(|(_, o)| o["type"] == "tier_changed") {
+        published.insert(o["customer_id"].as_str().unwrap(), &o["to"]);
+    }
+    for (id, to) in &published {
+        let path = format!("/v1/customers/{id}");
+        let (code, body) = match a.get(&path).unwrap() {
+            (200, body) => (200, body),
+            _ => c.get(&path).unwrap(),
+        };
+        assert_eq!(code, 200, "{id}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        for dim in ["rfm_segment", "value_tier", "lifecycle"] {
+            assert_eq!(&v[dim], &to[dim], "{id} {dim}: {body}");
+        }
+    }
+}
+
+/// `GET /v1/segments` on either instance: the cluster's summary, equal to the
+/// dump of everything added up; an export of one tier from both instances lists
+/// each of the tier's customers exactly once.
+fn assert_segments_and_exports_cover_the_cluster(a: &Strata, c: &Strata, global: &[Value], day: &str) {
+    let want = crate::audience::summary_of(global);
+    for x in [a, c] {
+        let mut last = String::new();
+        wait_for(
+            "every partition's summary counted at the last day",
+            Duration::from_secs(60),
+            &[a, c],
+            || {
+                let Some((200, body)) = x.get("/v1/segments") else {
+                    return false;
+                };
+                let v: Value = serde_json::from_str(&body).unwrap();
+                last = body;
+                v["coverage"]["missing"].as_array().is_some_and(|m| m.is_empty())
+                    && v["coverage"]["oldest_as_of"] == day
+                    && v["customers"] == want["customers"]
+            },
+        );
+        let got: Value = serde_json::from_str(&last).unwrap();
+        assert_eq!(got["as_of"], day);
+        crate::audience::assert_summary_covers(&got, &want);
+    }
+    let (dim, tier) = ("rfm_segment", "general_retain");
+    let mut want: Vec<&str> = global
+        .iter()
+        .filter(|d| d[dim] == tier)
+        .map(|d| d["customer_id"].as_str().unwrap())
+        .collect();
+    want.sort();
+    assert!(want.len() > 50, "{} customers in {tier}", want.len());
+    let (mut got, mut covered) = (Vec::new(), Vec::new());
+    for x in [a, c] {
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = format!(
+                "/v1/segments/{dim}/{tier}/customers?limit=40{}",
+                cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default()
+            );
+            let (code, body) = x.get(&path).unwrap();
+            assert_eq!(code, 200, "{path}: {body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let page = v["customers"].as_array().unwrap();
+            assert!(page.len() <= 40);
+            for r in page {
+                assert_eq!(r[dim], tier);
+                got.push(r["customer_id"].as_str().unwrap().to_string());
+            }
+            if cursor.is_none() {
+                covered.extend(v["partitions"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()));
+            }
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+    }
+    covered.sort();
+    assert_eq!(covered, vec![0, 1, 2, 3], "the instances' partitions, each once");
+    got.sort();
+    assert_eq!(got, want, "every customer of the tier exactly once");
+    let (code, body) = a.get("/v1/segments/rfm_segment/vip/customers").unwrap();
+    assert!(code == 400 && body.contains("important_value"), "{code} {body}");
 }
 
 #[test]

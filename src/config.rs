@@ -362,6 +362,9 @@ pub struct TopicsConfig {
     pub changelog: String,
     /// Compacted topic of per-partition population summaries (created if missing).
     pub stats: String,
+    /// Compacted topic of every customer's current tiers, churn state and RFM
+    /// figures, keyed by `customer_id` (created compacted if missing).
+    pub customer_tiers: String,
 }
 
 impl Default for TopicsConfig {
@@ -375,6 +378,7 @@ impl Default for TopicsConfig {
             dead_letter: "strata_dead_letter".into(),
             changelog: "strata_changelog".into(),
             stats: "strata_stats".into(),
+            customer_tiers: "strata_customer_tiers".into(),
         }
     }
 }

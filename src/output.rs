@@ -129,6 +129,65 @@ pub enum Body {
     },
 }
 
+/// A customer's membership now, for the compacted `customer_tiers` topic (Kafka
+/// Streams' KTable convention: the latest record per `customer_id` is the customer's
+/// current tiers, churn state and RFM figures). Written with every publish of the
+/// customer's outputs, after them, by the Kafka shell only.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CustomerTiers {
+    /// The outputs' cause's id, with type `customer_tiers` (deterministic).
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub customer_id: String,
+    pub ts: String,
+    pub as_of: String,
+    pub cause_event_id: String,
+    pub schema_version: u32,
+    pub tiers: Tiers,
+    pub churn: ChurnState,
+    pub rfm: Rfm,
+}
+
+/// The customer's churn episode: open (`at_risk`) since a `churn_warning`, with its
+/// reasons and severity, until a purchase ends it (`churn_recovered`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChurnState {
+    pub at_risk: bool,
+    pub reasons: Vec<&'static str>,
+    pub severity: Option<Severity>,
+}
+
+impl CustomerTiers {
+    /// The membership after `last`, the latest output of one evaluation (it has the
+    /// evaluation's cause, day and RFM figures).
+    pub fn after(last: &Output, tiers: Tiers, episode: Option<&crate::customer::Episode>) -> Self {
+        let rfm = match &last.body {
+            Body::TierChanged { rfm, .. }
+            | Body::ChurnWarning { rfm, .. }
+            | Body::ChurnRecovered { rfm, .. } => *rfm,
+        };
+        let mut key = last.event_id.clone().into_bytes();
+        key.extend_from_slice(b"\0customer_tiers");
+        CustomerTiers {
+            event_id: format!("{:032x}", xxh3_128(&key)),
+            kind: "customer_tiers",
+            customer_id: last.customer_id.clone(),
+            ts: last.ts.clone(),
+            as_of: last.as_of.clone(),
+            cause_event_id: last.cause_event_id.clone(),
+            schema_version: SCHEMA_VERSION,
+            tiers,
+            churn: ChurnState {
+                at_risk: episode.is_some(),
+                reasons: episode.map(|e| e.reasons.names()).unwrap_or_default(),
+                severity: episode.map(|e| e.severity),
+            },
+            rfm,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Output {
     pub event_id: String,

@@ -35,7 +35,7 @@ use crate::customer::{CustomerState, Indexed};
 use crate::day::Day;
 use crate::engine::{event_hash, Applied, Effects, Engine};
 use crate::event::Event;
-use crate::output::{Cause, Output, OutputType};
+use crate::output::{Cause, CustomerTiers, Output, OutputType};
 use crate::policy::{self, Thresholds, ThresholdsBuilder};
 use crate::population::{bucket_range, decode_thresholds, encode_thresholds, Population};
 use crate::predict::model::{self, Histogram, Inputs};
@@ -88,7 +88,9 @@ pub struct Audit {
 /// produced since the last write. The Kafka shell adds consumed offsets, moves the
 /// outputs into an outbox and copies the batch to its changelog, all in the same
 /// atomic write. Without a hook, outputs stay until [`Processor::take_outputs`].
-pub type FlushHook = Box<dyn FnMut(&mut Batch, &mut Vec<Output>) + Send>;
+/// Also handed the batch's [`CustomerTiers`] records, when they are kept
+/// ([`Processor::keep_customer_tiers`]).
+pub type FlushHook = Box<dyn FnMut(&mut Batch, &mut Vec<Output>, &mut Vec<CustomerTiers>) + Send>;
 
 /// One cached customer.
 struct Slot {
@@ -206,6 +208,8 @@ pub struct Processor<S: Store> {
     hist: Histogram,
     /// The other partitions' merged model histograms (a cluster), asked at a refit.
     model_peers: Option<ModelPeerSource>,
+    /// `customer_tiers` records since the last write (`None`: not kept).
+    customer_tiers: Option<Vec<CustomerTiers>>,
 }
 
 /// The other partitions' merged population summary, as of now.
@@ -313,6 +317,7 @@ impl<S: Store> Processor<S> {
             peers: None,
             hist: Histogram::default(),
             model_peers: None,
+            customer_tiers: None,
         };
         p.hist = scan_histogram(&p.store)?;
         p.persisted = p.current_day.map(|d| (d, p.current.clone()));
@@ -356,6 +361,12 @@ impl<S: Store> Processor<S> {
     /// The models in force (`None` before the first fit).
     pub fn model(&self) -> Option<model::Model> {
         self.current.model
+    }
+
+    /// Keep a [`CustomerTiers`] record of every customer whose outputs are
+    /// published, for the flush hook (the Kafka shell's `customer_tiers` topic).
+    pub fn keep_customer_tiers(&mut self) {
+        self.customer_tiers.get_or_insert_with(Vec::new);
     }
 
     /// See [`FlushHook`].
@@ -432,8 +443,15 @@ impl<S: Store> Processor<S> {
         for o in &fx.outputs {
             *self.counters.outputs.entry(o.kind).or_default() += 1;
         }
-        self.outputs.extend(fx.outputs);
         let slot = &mut self.cache.slots[i as usize];
+        if let (Some(kept), Some(last), Some(tiers)) = (
+            &mut self.customer_tiers,
+            fx.outputs.last(),
+            slot.state.published,
+        ) {
+            kept.push(CustomerTiers::after(last, tiers, slot.state.episode.as_ref()));
+        }
+        self.outputs.extend(fx.outputs);
         for h in fx.archive {
             let k = dedupe_key(&slot.id, h);
             self.pending_archive.insert(k.clone());
@@ -1095,7 +1113,9 @@ impl<S: Store> Processor<S> {
             batch.put(Cf::Meta, META_THRESHOLDS.to_vec(), t);
         }
         if let Some(hook) = &mut self.hook {
-            hook(&mut batch, &mut self.outputs);
+            let mut none = Vec::new();
+            let tiers = self.customer_tiers.as_mut().unwrap_or(&mut none);
+            hook(&mut batch, &mut self.outputs, tiers);
         }
         self.store.write(batch)?;
         self.pending_archive.clear();

@@ -73,6 +73,8 @@ pub enum Dest {
     Stats = 4,
     /// `churn_recovered` (to the churn-warnings topic, counted apart).
     ChurnRecovered = 5,
+    /// A customer's membership now (the compacted `customer_tiers` topic).
+    CustomerTiers = 6,
 }
 
 impl Dest {
@@ -94,6 +96,7 @@ impl Dest {
             3 => Dest::Changelog,
             4 => Dest::Stats,
             5 => Dest::ChurnRecovered,
+            6 => Dest::CustomerTiers,
             _ => return None,
         })
     }

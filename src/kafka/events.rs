@@ -16,6 +16,7 @@ pub fn destination(d: Dest) -> &'static str {
         Dest::DeadLetter => "dead_letter",
         Dest::Changelog => "changelog",
         Dest::Stats => "stats",
+        Dest::CustomerTiers => "customer_tiers",
     }
 }
 

@@ -309,6 +309,7 @@ fn route<'a>(
         Dest::DeadLetter => (&t.dead_letter, None),
         Dest::Changelog => (&t.changelog, Some(p)),
         Dest::Stats => (&t.stats, Some(p)),
+        Dest::CustomerTiers => (&t.customer_tiers, None),
     };
     Record {
         topic,

@@ -176,7 +176,8 @@ impl Partition {
         let mut proc = Processor::open(settings, store.clone())?;
         let (hook_pending, hook_outbox, hook_metrics) =
             (pending.clone(), outbox.clone(), metrics.clone());
-        proc.set_flush_hook(Box::new(move |batch, outputs| {
+        proc.keep_customer_tiers();
+        proc.set_flush_hook(Box::new(move |batch, outputs, tiers| {
             let mut p = hook_pending.lock().unwrap();
             p.marker.seq += 1;
             p.marker.nonce = p.nonce;
@@ -221,6 +222,17 @@ impl Partition {
                 };
                 entry.push_json(dest, seq, o.customer_id.as_bytes(), &o);
             }
+            // After the outputs; one per customer a batch (their latest).
+            let mut latest: std::collections::HashMap<&str, usize> = Default::default();
+            for (i, t) in tiers.iter().enumerate() {
+                latest.insert(&t.customer_id, i);
+            }
+            for (i, t) in tiers.iter().enumerate() {
+                if latest[t.customer_id.as_str()] == i {
+                    entry.push_json(Dest::CustomerTiers, seq, t.customer_id.as_bytes(), t);
+                }
+            }
+            tiers.clear();
             for d in p.dead.drain(..) {
                 entry.push(&RecordRef {
                     batch_seq: seq,

@@ -5,7 +5,7 @@
 //! changelog and stats topics are strata's own: created compacted with the inputs'
 //! partition count when missing, refused when they exist with another count (their
 //! partition p *is* state partition p). Output and dead-letter topics are created with
-//! the broker's defaults when missing.
+//! the broker's defaults when missing; the `customer_tiers` output topic compacted.
 
 use std::time::Duration;
 
@@ -110,6 +110,18 @@ pub fn ensure_topics(
                     .set("min.compaction.lag.ms", MIN_COMPACTION_LAG_MS),
             ),
         }
+    }
+    // Keyed by customer: any partition count works; compacted, so that reading
+    // it from the start gives every customer's latest membership.
+    if partition_count(consumer, &topics.customer_tiers)?.is_none() {
+        create.push(
+            NewTopic::new(
+                &topics.customer_tiers,
+                partitions as i32,
+                TopicReplication::Fixed(-1),
+            )
+            .set("cleanup.policy", "compact"),
+        );
     }
     for t in outputs {
         if partition_count(consumer, t)?.is_none() {

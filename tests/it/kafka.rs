@@ -46,6 +46,7 @@ pub struct Setup {
     pub inputs: Vec<String>,
     pub tier_changes: String,
     pub churn_warnings: String,
+    pub customer_tiers: String,
     pub dead_letter: String,
     pub group: String,
     /// `session.timeout.ms` of the instances' consumers.
@@ -79,6 +80,7 @@ impl Setup {
             dir: tempdir(),
             broker: b.to_string(),
             tier_changes: format!("{name}-tier_changes"),
+            customer_tiers: format!("{name}-customer_tiers"),
             churn_warnings: format!("{name}-churn_warnings"),
             dead_letter: format!("{name}-dead"),
             group: format!("{name}-group"),
@@ -118,6 +120,7 @@ interactions = "{i}"
 complaints = "{c}"
 tier_changes = "{tc}"
 churn_warnings = "{cw}"
+customer_tiers = "{ct}"
 dead_letter = "{dl}"
 changelog = "{name}-changelog"
 stats = "{name}-stats"
@@ -148,6 +151,7 @@ stats = "{name}-stats"
             c = self.inputs[2],
             tc = self.tier_changes,
             cw = self.churn_warnings,
+            ct = self.customer_tiers,
             dl = self.dead_letter,
         );
         let path = self.dir.path().join(format!("{instance}.toml"));
@@ -404,6 +408,7 @@ fn end_to_end_outputs_and_state_equal_replay() {
     );
 
     assert_changelog_rounds_are_whole(&format!("{}-changelog", s.group.trim_end_matches("-group")));
+    assert_customer_tiers_are_the_dump(&s, &run_dump);
 
     crate::ops::assert_dashboard_and_alerts_use_live_metrics(&metrics);
     // The same stream, counted the same way in the metrics.
@@ -421,6 +426,33 @@ fn end_to_end_outputs_and_state_equal_replay() {
         metric_sum(&metrics, "strata_customers", &[("dimension", "value_tier")]) as usize,
         run_dump.len()
     );
+}
+
+/// Reading the compacted `customer_tiers` topic to its end gives every customer of
+/// the dump once (the latest record per key) with the dump's tiers; every record
+/// validates against its schema and is keyed by its customer.
+fn assert_customer_tiers_are_the_dump(s: &Setup, dump: &[Value]) {
+    let schema = crate::schemas::validator("customer_tiers");
+    let mut recs = read_topic(&s.broker, &s.customer_tiers, false);
+    recs.sort_by_key(|r| (r.partition, r.offset));
+    let mut latest: std::collections::BTreeMap<String, Value> = Default::default();
+    for r in &recs {
+        let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
+        assert!(schema.is_valid(&v), "customer_tiers record against its schema: {v}");
+        let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
+        assert_eq!(v["customer_id"], key.as_str());
+        latest.insert(key, v);
+    }
+    assert!(recs.len() > latest.len(), "a customer's membership is written again as it changes");
+    assert_eq!(latest.len(), dump.len(), "every customer of the dump");
+    for d in dump {
+        let id = d["customer_id"].as_str().unwrap();
+        let t = &latest[id];
+        for dim in ["rfm_segment", "value_tier", "lifecycle"] {
+            assert_eq!(t["tiers"][dim], d[dim], "{id} {dim}");
+        }
+        assert_eq!(t["churn"]["at_risk"], !t["churn"]["reasons"].as_array().unwrap().is_empty());
+    }
 }
 
 /// A publishing round sends each changelog key once (its last value), its marker

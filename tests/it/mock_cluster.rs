@@ -26,12 +26,13 @@ use crate::broker::{produce, read_topic};
 use crate::util::{generate, replay, tempdir};
 
 const INPUTS: [&str; 3] = ["purchases", "interactions", "complaints"];
-const OUTPUTS: [&str; 5] = [
+const OUTPUTS: [&str; 6] = [
     "tier_changes",
     "churn_warnings",
     "strata_dead_letter",
     "strata_changelog",
     "strata_stats",
+    "strata_customer_tiers",
 ];
 
 /// A mock cluster with every topic (2 partitions), a generated stream produced to

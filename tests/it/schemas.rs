@@ -9,6 +9,10 @@ use strata::event::{parse_event, ParseContext};
 
 use crate::util::*;
 
+pub(crate) fn validator(name: &str) -> jsonschema::Validator {
+    schema(name)
+}
+
 fn schema(name: &str) -> jsonschema::Validator {
     let text = std::fs::read_to_string(repo_file(&format!("schemas/{name}.schema.json"))).unwrap();
     let s: Value = serde_json::from_str(&text).unwrap();

@@ -62,7 +62,7 @@ impl Dimension {
         match self {
             Dimension::RfmSegment => Segment::ALL.iter().map(|s| s.as_str()).collect(),
             Dimension::ValueTier => ValueTier::ALL.iter().map(|s| s.as_str()).collect(),
-            Dimension::Lifecycle => Lifecycle::ALL.iter().map(|s| s.as_str()).collect(),
+            Dimension::Lifecycle => Lifecycle::FUNNEL.iter().map(|s| s.as_str()).collect(),
             Dimension::ChurnRisk => Rule::ALL.iter().map(|s| s.as_str()).collect(),
         }
     }
@@ -153,12 +153,18 @@ impl Tally {
             (Dimension::ValueTier, r.value_tier.as_str()),
             (Dimension::Lifecycle, r.lifecycle.as_str()),
         ] {
-            let c = self.cells.entry(format!("{}/{tier}", d.as_str())).or_default();
+            let c = self
+                .cells
+                .entry(format!("{}/{tier}", d.as_str()))
+                .or_default();
             c.customers += 1;
             c.micros += micros;
         }
         for reason in &r.churn_risk {
-            let c = self.cells.entry(format!("churn_risk/{reason}")).or_default();
+            let c = self
+                .cells
+                .entry(format!("churn_risk/{reason}"))
+                .or_default();
             c.customers += 1;
             c.micros += micros;
         }
@@ -181,15 +187,27 @@ impl Tally {
     /// "dimensions": {dim: {tier: {"customers", "monetary"}}}, "at_risk":
     /// {"customers", "by_reason"}}`.
     pub fn to_json(&self, as_of: Option<Day>) -> Value {
-        let cell = |d: Dimension, t: &str| self.cells.get(&format!("{}/{t}", d.as_str())).copied().unwrap_or_default();
+        let cell = |d: Dimension, t: &str| {
+            self.cells
+                .get(&format!("{}/{t}", d.as_str()))
+                .copied()
+                .unwrap_or_default()
+        };
         let mut dims = serde_json::Map::new();
-        for d in [Dimension::RfmSegment, Dimension::ValueTier, Dimension::Lifecycle] {
+        for d in [
+            Dimension::RfmSegment,
+            Dimension::ValueTier,
+            Dimension::Lifecycle,
+        ] {
             let tiers: serde_json::Map<String, Value> = d
                 .tiers()
                 .into_iter()
                 .map(|t| {
                     let c = cell(d, t);
-                    (t.to_string(), json!({"customers": c.customers, "monetary": money_wide(c.micros)}))
+                    (
+                        t.to_string(),
+                        json!({"customers": c.customers, "monetary": money_wide(c.micros)}),
+                    )
                 })
                 .collect();
             dims.insert(d.as_str().into(), Value::Object(tiers));
@@ -197,7 +215,12 @@ impl Tally {
         let by_reason: serde_json::Map<String, Value> = Dimension::ChurnRisk
             .tiers()
             .into_iter()
-            .map(|t| (t.to_string(), json!(cell(Dimension::ChurnRisk, t).customers)))
+            .map(|t| {
+                (
+                    t.to_string(),
+                    json!(cell(Dimension::ChurnRisk, t).customers),
+                )
+            })
             .collect();
         json!({
             "as_of": as_of.map(format_day),
@@ -233,7 +256,11 @@ pub fn in_force<S: Store>(store: &S) -> Result<Option<(Day, Thresholds)>, StoreE
         return Ok(None);
     };
     let t = match store.get(Cf::Meta, b"thresholds")? {
-        Some(b) => decode_thresholds(&b).map_err(|e| corrupt("meta/thresholds", e))?.1,
+        Some(b) => {
+            decode_thresholds(&b)
+                .map_err(|e| corrupt("meta/thresholds", e))?
+                .1
+        }
         None => pop.thresholds(None, None),
     };
     Ok(Some((clock, t)))

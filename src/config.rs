@@ -219,6 +219,19 @@ pub struct LifecycleConfig {
     pub lapsed_after_days: u32,
     pub super_min_frequency: u32,
     pub super_min_monetary: f64,
+    /// `retail` (stages new → first_purchase → repeat → super, lapsed) or
+    /// `high_ticket`, where customers without a purchase are `prospect`, or `intent`
+    /// within `intent_days` of an interaction whose `action` is an intent action.
+    pub path: LifecyclePath,
+    pub intent_actions: Vec<String>,
+    pub intent_days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LifecyclePath {
+    Retail,
+    HighTicket,
 }
 
 impl Default for LifecycleConfig {
@@ -227,6 +240,11 @@ impl Default for LifecycleConfig {
             lapsed_after_days: 180,
             super_min_frequency: 12,
             super_min_monetary: 0.0,
+            path: LifecyclePath::Retail,
+            intent_actions: ["inquiry", "quote", "trial", "add_to_cart"]
+                .map(String::from)
+                .to_vec(),
+            intent_days: 30,
         }
     }
 }
@@ -604,6 +622,13 @@ impl Settings {
         positive("engine.window_days", e.window_days)?;
         positive("engine.recalibrate_every_days", e.recalibrate_every_days)?;
         positive("windows.interactions_days", raw.windows.interactions_days)?;
+        positive("lifecycle.intent_days", raw.lifecycle.intent_days)?;
+        if raw.lifecycle.intent_actions.iter().any(|a| a.is_empty()) {
+            return Err(key_err(
+                "lifecycle.intent_actions",
+                "must not contain an empty action",
+            ));
+        }
         positive("windows.complaints_days", raw.windows.complaints_days)?;
         positive("churn.drop_window_days", raw.churn.drop_window_days)?;
         positive("churn.complaint_threshold", raw.churn.complaint_threshold)?;
@@ -793,6 +818,7 @@ impl Settings {
             2 * c.drop_window_days as i32,
             raw.windows.interactions_days as i32,
             raw.windows.complaints_days as i32,
+            raw.lifecycle.intent_days as i32,
         ]
         .into_iter()
         .max()

@@ -27,6 +27,8 @@ pub struct Bucket {
     pub interactions: u32,
     pub complaints: u32,
     pub high_complaints: u32,
+    /// Interactions whose action is an intent action (`lifecycle.intent_actions`).
+    pub intents: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +91,9 @@ pub struct Figures {
     pub recent_interactions: u32,
     pub recent_complaints: u32,
     pub recent_high_complaints: u32,
+    /// The latest day ≤ as-of within `lifecycle.intent_days` with an intent
+    /// interaction.
+    pub last_intent_day: Option<Day>,
     /// Spend over the latest `drop_window_days` and over the same span before it.
     pub drop_recent_micros: u64,
     pub drop_previous_micros: u64,
@@ -174,7 +179,11 @@ impl CustomerState {
                     bucketed,
                 });
             }
-            EventKind::Interaction if bucketed => self.bucket_mut(ev.day).interactions += 1,
+            EventKind::Interaction { intent } if bucketed => {
+                let b = self.bucket_mut(ev.day);
+                b.interactions += 1;
+                b.intents += intent as u32;
+            }
             EventKind::Complaint { severity } if bucketed => {
                 let b = self.bucket_mut(ev.day);
                 b.complaints += 1;
@@ -214,6 +223,7 @@ impl CustomerState {
         let iw = s.raw.windows.interactions_days as i32;
         let cw = s.raw.windows.complaints_days as i32;
         let dw = s.raw.churn.drop_window_days as i32;
+        let itw = s.raw.lifecycle.intent_days as i32;
         let mut f = Figures {
             as_of,
             lifetime_purchases: self.lifetime_purchases,
@@ -244,6 +254,9 @@ impl CustomerState {
             }
             if within(b.day, as_of, iw) {
                 f.recent_interactions += b.interactions;
+            }
+            if b.intents > 0 && within(b.day, as_of, itw) {
+                f.last_intent_day = Some(b.day);
             }
             if within(b.day, as_of, cw) {
                 f.recent_complaints += b.complaints;
@@ -356,6 +369,11 @@ impl CustomerState {
                 consider(last + limit.floor() as i32 + 1);
             }
             consider(last + s.raw.lifecycle.lapsed_after_days as i32);
+        } else if let (crate::config::LifecyclePath::HighTicket, Some(d)) =
+            (s.raw.lifecycle.path, f.last_intent_day)
+        {
+            // `intent` falls back to `prospect` when the interaction leaves the window.
+            consider(d + s.raw.lifecycle.intent_days as i32);
         }
         next
     }
@@ -419,7 +437,7 @@ mod tests {
                     _ => rng.gen_range(1..500_000_000),
                 };
                 let kind = match rng.gen_range(0..4) {
-                    0 => EventKind::Interaction,
+                    0 => EventKind::Interaction { intent: false },
                     _ => EventKind::Purchase { amount_micros },
                 };
                 c.apply(&ev(day, kind), (round * 100 + i) as u64, 0);
@@ -443,7 +461,7 @@ mod tests {
         // recent (10) < 0.5 × 100, so spend_drop turns on that day.
         c.apply(&ev(0, EventKind::Purchase { amount_micros: 100 }), 1, 0);
         c.apply(&ev(60, EventKind::Purchase { amount_micros: 10 }), 2, 0);
-        c.apply(&ev(61, EventKind::Interaction), 3, 0);
+        c.apply(&ev(61, EventKind::Interaction { intent: false }), 3, 0);
         let f = c.figures(61, &s);
         // Overdue: mean gap 60 → limit 180 → day 241; lapse 240; expiry 365, 425.
         assert_eq!(c.next_change(&f, &s), Some(90));
@@ -476,8 +494,8 @@ mod tests {
     #[test]
     fn prune_moves_hashes_out() {
         let mut c = CustomerState::default();
-        c.apply(&ev(10, EventKind::Interaction), 1, 0);
-        c.apply(&ev(20, EventKind::Interaction), 2, 0);
+        c.apply(&ev(10, EventKind::Interaction { intent: false }), 1, 0);
+        c.apply(&ev(20, EventKind::Interaction { intent: false }), 2, 0);
         assert_eq!(c.prune(15), vec![1]);
         assert_eq!(c.buckets.len(), 1);
         assert!(c.has_seen(2) && !c.has_seen(1));

@@ -321,15 +321,18 @@ mod tests {
     #[test]
     fn first_appearance_publishes_from_null_then_only_changes() {
         let mut h = Harness::new(100);
-        let (_, outputs) = h.apply("a", EventKind::Interaction);
+        let (_, outputs) = h.apply("a", EventKind::Interaction { intent: false });
         assert_eq!(outputs.len(), 1);
         let j: serde_json::Value = serde_json::from_str(&outputs[0].to_json()).unwrap();
         assert_eq!(j["from"], serde_json::Value::Null);
         assert_eq!(j["to"]["lifecycle"], "new");
         assert_eq!(j["changed"].as_array().unwrap().len(), 3);
-        let (_, outputs) = h.apply("b", EventKind::Interaction);
+        let (_, outputs) = h.apply("b", EventKind::Interaction { intent: false });
         assert!(outputs.is_empty());
-        assert_eq!(h.apply("b", EventKind::Interaction).0, Applied::Duplicate);
+        assert_eq!(
+            h.apply("b", EventKind::Interaction { intent: false }).0,
+            Applied::Duplicate
+        );
     }
 
     #[test]

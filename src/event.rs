@@ -61,7 +61,10 @@ pub enum EventKind {
     Purchase {
         amount_micros: u64,
     },
-    Interaction,
+    /// `intent`: its `action` is one of `lifecycle.intent_actions`.
+    Interaction {
+        intent: bool,
+    },
     Complaint {
         severity: ComplaintSeverity,
     },
@@ -71,7 +74,7 @@ impl EventKind {
     pub fn event_type(&self) -> EventType {
         match self {
             EventKind::Purchase { .. } => EventType::Purchase,
-            EventKind::Interaction => EventType::Interaction,
+            EventKind::Interaction { .. } => EventType::Interaction,
             EventKind::Complaint { .. } => EventType::Complaint,
         }
     }
@@ -155,7 +158,7 @@ fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
 }
 
 /// What the parser needs to know about where a message came from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ParseContext {
     pub tz: Tz,
     pub max_bytes: usize,
@@ -163,6 +166,8 @@ pub struct ParseContext {
     pub bound_type: Option<EventType>,
     /// With the wall clock: "now" in epoch ms and the allowed skew.
     pub future_limit_millis: Option<i64>,
+    /// `lifecycle.intent_actions`: interactions with one of these actions are intent.
+    pub intent_actions: std::sync::Arc<[String]>,
 }
 
 impl ParseContext {
@@ -173,6 +178,7 @@ impl ParseContext {
             max_bytes: settings.raw.engine.max_event_bytes,
             bound_type: None,
             future_limit_millis: None,
+            intent_actions: settings.raw.lifecycle.intent_actions.clone().into(),
         }
     }
 }
@@ -410,8 +416,10 @@ pub fn parse_event(bytes: &[u8], ctx: &ParseContext) -> Result<Event, Rejection>
         }
         EventType::Interaction => {
             string_field(raw.channel, "channel")?;
-            string_field(raw.action, "action")?;
-            EventKind::Interaction
+            let action = string_field(raw.action, "action")?;
+            EventKind::Interaction {
+                intent: action.is_some_and(|a| ctx.intent_actions.iter().any(|i| *i == a)),
+            }
         }
         EventType::Complaint => {
             let severity = match string_field(raw.severity, "severity")?.as_deref() {
@@ -540,6 +548,7 @@ mod tests {
             max_bytes: 1024,
             bound_type: None,
             future_limit_millis: None,
+            intent_actions: vec!["quote".to_string()].into(),
         }
     }
 

@@ -24,9 +24,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::audience::{self, Cursor, Filter, Tally};
 use crate::cluster::SharedStatus;
 use crate::config::Settings;
-use crate::audience::{self, Cursor, Filter, Tally};
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
@@ -198,7 +198,11 @@ fn bad_request(why: String) -> Response {
 }
 
 fn internal(why: String) -> Response {
-    (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": why}))).into_response()
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"error": why})),
+    )
+        .into_response()
 }
 
 /// `GET /v1/segments`: the whole cluster's segment summary, merged from the
@@ -294,17 +298,13 @@ async fn export(
     };
     let limit = q.limit.unwrap_or(1_000);
     if limit == 0 || limit > EXPORT_MAX_LIMIT {
-        return bad_request(format!(
-            "limit must be 1..={EXPORT_MAX_LIMIT}, got {limit}"
-        ));
+        return bad_request(format!("limit must be 1..={EXPORT_MAX_LIMIT}, got {limit}"));
     }
     let cursor = match q.cursor.as_deref().map(|c| Cursor::decode(c).ok_or(c)) {
         None => None,
         Some(Ok(c)) => Some(c),
         Some(Err(c)) => {
-            return bad_request(format!(
-                "cursor {c:?} is not one this endpoint returned"
-            ))
+            return bad_request(format!("cursor {c:?} is not one this endpoint returned"))
         }
     };
     let stores: Vec<(i32, _)> = {

@@ -449,7 +449,11 @@ impl<S: Store> Processor<S> {
             fx.outputs.last(),
             slot.state.published,
         ) {
-            kept.push(CustomerTiers::after(last, tiers, slot.state.episode.as_ref()));
+            kept.push(CustomerTiers::after(
+                last,
+                tiers,
+                slot.state.episode.as_ref(),
+            ));
         }
         self.outputs.extend(fx.outputs);
         for h in fx.archive {

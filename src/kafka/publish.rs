@@ -1191,7 +1191,10 @@ mod tests {
 
     /// A partition that applied `batches` of purchases, each written as one batch.
     fn partition(dir: &std::path::Path, batches: &[&[(&str, f64)]]) -> Partition {
-        let settings = Arc::new(Settings::defaults());
+        // No segment summaries: each batch is one outbox entry.
+        let mut settings = Settings::defaults();
+        settings.raw.kafka.segments_interval_ms = 0;
+        let settings = Arc::new(settings);
         let store = Arc::new(RocksStore::open(dir, 8, 4).unwrap());
         let metrics = Arc::new(Metrics::new());
         let mut part = Partition::open(settings.clone(), 0, store, 7, 1, metrics).unwrap();

@@ -107,15 +107,35 @@ impl ValueTier {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Lifecycle {
+    // The discriminant is the code a stored record holds: new stages go last.
     New,
     FirstPurchase,
     Repeat,
     Super,
     Lapsed,
+    /// `lifecycle.path = "high_ticket"`: no purchase yet.
+    Prospect,
+    /// `high_ticket`: no purchase yet, an intent interaction within `intent_days`.
+    Intent,
 }
 
 impl Lifecycle {
-    pub const ALL: [Lifecycle; 5] = [
+    /// In code order (see the discriminant).
+    pub const ALL: [Lifecycle; 7] = [
+        Lifecycle::New,
+        Lifecycle::FirstPurchase,
+        Lifecycle::Repeat,
+        Lifecycle::Super,
+        Lifecycle::Lapsed,
+        Lifecycle::Prospect,
+        Lifecycle::Intent,
+    ];
+
+    /// In funnel order (陌生 → 潜在 → 意向 → 首单 → 复购 → 超级, then lapsed): what
+    /// summaries and the report list.
+    pub const FUNNEL: [Lifecycle; 7] = [
+        Lifecycle::Prospect,
+        Lifecycle::Intent,
         Lifecycle::New,
         Lifecycle::FirstPurchase,
         Lifecycle::Repeat,
@@ -130,6 +150,8 @@ impl Lifecycle {
             Lifecycle::Repeat => "repeat",
             Lifecycle::Super => "super",
             Lifecycle::Lapsed => "lapsed",
+            Lifecycle::Prospect => "prospect",
+            Lifecycle::Intent => "intent",
         }
     }
 }
@@ -286,7 +308,11 @@ pub fn value_tier(f: &Figures, t: &Thresholds, s: &Settings) -> ValueTier {
 pub fn lifecycle(f: &Figures, s: &Settings) -> Lifecycle {
     let c = &s.raw.lifecycle;
     let Some(r) = f.recency_days else {
-        return Lifecycle::New;
+        return match (c.path, f.last_intent_day) {
+            (crate::config::LifecyclePath::Retail, _) => Lifecycle::New,
+            (_, Some(_)) => Lifecycle::Intent,
+            (_, None) => Lifecycle::Prospect,
+        };
     };
     if r as i64 >= c.lapsed_after_days as i64 {
         Lifecycle::Lapsed

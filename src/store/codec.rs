@@ -9,7 +9,7 @@ use crate::customer::{Bucket, CustomerState, Episode, Indexed, Seen};
 use crate::day::Day;
 use crate::policy::{Lifecycle, RuleSet, Segment, Severity, Tiers, ValueTier};
 
-pub const CUSTOMER_VERSION: u8 = 2;
+pub const CUSTOMER_VERSION: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 #[error("corrupt record: {0}")]
@@ -98,11 +98,18 @@ fn severity_code(s: Severity) -> u8 {
 }
 
 pub fn encode_customer(c: &CustomerState, out: &mut Vec<u8>) {
+    encode_customer_as(c, out, CUSTOMER_VERSION)
+}
+
+/// The record as `version` wrote it (older versions for the tests that read them):
+/// v2 added the first-day spend, v3 the intent interactions per day bucket.
+fn encode_customer_as(c: &CustomerState, out: &mut Vec<u8>, version: u8) {
     out.clear();
-    out.push(CUSTOMER_VERSION);
+    out.push(version);
     put_uvarint(out, c.lifetime_purchases);
     put_uvarint(out, c.lifetime_micros);
     match c.first_day_micros {
+        _ if version < 2 => {}
         None => out.push(0),
         Some(m) => {
             out.push(1);
@@ -132,6 +139,9 @@ pub fn encode_customer(c: &CustomerState, out: &mut Vec<u8>) {
         put_uvarint(out, b.interactions as u64);
         put_uvarint(out, b.complaints as u64);
         put_uvarint(out, b.high_complaints as u64);
+        if version >= 3 {
+            put_uvarint(out, b.intents as u64);
+        }
     }
     put_uvarint(out, c.seen.len() as u64);
     for s in &c.seen {
@@ -182,7 +192,7 @@ fn code<T: Copy>(all: &[T], c: u8) -> Result<T, CodecError> {
 pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
     let mut r = Reader::new(buf);
     let v = r.u8()?;
-    if v != CUSTOMER_VERSION && v != 1 {
+    if !(1..=CUSTOMER_VERSION).contains(&v) {
         return Err(CodecError("unknown customer record version"));
     }
     let mut c = CustomerState {
@@ -221,6 +231,8 @@ pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
             interactions: r.u32()?,
             complaints: r.u32()?,
             high_complaints: r.u32()?,
+            // Version 3 counts intent interactions; before, none were known.
+            intents: if v >= 3 { r.u32()? } else { 0 },
         });
     }
     let n = r.uvarint()? as usize;
@@ -371,6 +383,7 @@ mod tests {
                     interactions: 2,
                     complaints: 1,
                     high_complaints: 1,
+                    intents: 1,
                 },
                 Bucket {
                     day: 20_000,
@@ -410,21 +423,23 @@ mod tests {
         bad[0] = 9;
         assert!(decode_customer(&bad).is_err());
 
+        // A version-2 record: no intent interaction known.
+        let mut v2 = Vec::new();
+        encode_customer_as(&c, &mut v2, 2);
+        let mut no_intents = c.clone();
+        no_intents.buckets.iter_mut().for_each(|b| b.intents = 0);
+        assert_eq!(decode_customer(&v2).unwrap(), no_intents);
+
         // A version-1 record (no first-day spend): recovered from the first day's
         // bucket while it is kept, unknown once it is not.
-        // Version 2 without a first-day spend is version 1 plus one `0` tag, after
-        // lifetime_purchases (1 byte) and lifetime_micros (4 bytes).
         let v1 = |c: &CustomerState| {
-            assert_eq!(c.first_day_micros, None);
             let mut b = Vec::new();
-            encode_customer(c, &mut b);
-            b[0] = 1;
-            b.remove(1 + 1 + 4);
+            encode_customer_as(c, &mut b, 1);
             b
         };
         let old = CustomerState {
             first_day_micros: None,
-            ..c.clone()
+            ..no_intents.clone()
         };
         assert_eq!(
             decode_customer(&v1(&old)).unwrap(),

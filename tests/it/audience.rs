@@ -69,10 +69,13 @@ pub(crate) fn assert_summary_covers(got: &Value, want: &Value) {
                 cell["monetary"].as_f64().unwrap(),
                 w["monetary"].as_f64().unwrap(),
             );
-            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{dim}/{tier}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "{dim}/{tier}: {g} vs {w}"
+            );
         }
     }
-    assert_eq!(listed, 9 + 3 + 5, "every tier listed, empty ones too");
+    assert_eq!(listed, 9 + 3 + 7, "every tier listed, empty ones too");
 }
 
 #[test]
@@ -136,7 +139,10 @@ fn summary_and_where_are_the_dump_added_up_and_filtered() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("important_retain"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("important_retain"),
+        "{err}"
+    );
 }
 
 fn open(state: &Path) -> (Arc<Settings>, RocksStore) {
@@ -169,8 +175,8 @@ fn in_force_answers_are_the_published_tiers_and_exports_page_through_them() {
             assert_eq!(v[dim], published[id][dim], "{id} {dim}");
         }
         assert_eq!(v["as_of"], e["as_of"], "evaluated at the stored clock");
-        differs_from_exact += (v["rfm_segment"] != e["rfm_segment"]
-            || v["value_tier"] != e["value_tier"]) as usize;
+        differs_from_exact +=
+            (v["rfm_segment"] != e["rfm_segment"] || v["value_tier"] != e["value_tier"]) as usize;
         answers.push(v);
     }
     assert_eq!(answers.len(), published.len());
@@ -178,11 +184,17 @@ fn in_force_answers_are_the_published_tiers_and_exports_page_through_them() {
         "{differs_from_exact} of {} customers are tiered otherwise by the exact dump",
         exact.len()
     );
-    assert!(audience::get_in_force(&store, &s, "nobody").unwrap().is_none());
+    assert!(audience::get_in_force(&store, &s, "nobody")
+        .unwrap()
+        .is_none());
 
     // Exports: small pages, each cursor asked twice (stable), every customer of
     // the tier exactly once, in id order.
-    for (dim, tier) in [("rfm_segment", "important_value"), ("value_tier", "medium"), ("churn_risk", "overdue")] {
+    for (dim, tier) in [
+        ("rfm_segment", "important_value"),
+        ("value_tier", "medium"),
+        ("churn_risk", "overdue"),
+    ] {
         let f = Filter::new(dim, tier).unwrap();
         let want: Vec<String> = answers
             .iter()

@@ -438,12 +438,18 @@ fn assert_customer_tiers_are_the_dump(s: &Setup, dump: &[Value]) {
     let mut latest: std::collections::BTreeMap<String, Value> = Default::default();
     for r in &recs {
         let v: Value = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
-        assert!(schema.is_valid(&v), "customer_tiers record against its schema: {v}");
+        assert!(
+            schema.is_valid(&v),
+            "customer_tiers record against its schema: {v}"
+        );
         let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
         assert_eq!(v["customer_id"], key.as_str());
         latest.insert(key, v);
     }
-    assert!(recs.len() > latest.len(), "a customer's membership is written again as it changes");
+    assert!(
+        recs.len() > latest.len(),
+        "a customer's membership is written again as it changes"
+    );
     assert_eq!(latest.len(), dump.len(), "every customer of the dump");
     for d in dump {
         let id = d["customer_id"].as_str().unwrap();
@@ -451,7 +457,10 @@ fn assert_customer_tiers_are_the_dump(s: &Setup, dump: &[Value]) {
         for dim in ["rfm_segment", "value_tier", "lifecycle"] {
             assert_eq!(t["tiers"][dim], d[dim], "{id} {dim}");
         }
-        assert_eq!(t["churn"]["at_risk"], !t["churn"]["reasons"].as_array().unwrap().is_empty());
+        assert_eq!(
+            t["churn"]["at_risk"],
+            !t["churn"]["reasons"].as_array().unwrap().is_empty()
+        );
     }
 }
 
@@ -978,7 +987,12 @@ fn assert_answers_are_the_published_tiers(a: &Strata, c: &Strata, outputs: &[(St
 /// `GET /v1/segments` on either instance: the cluster's summary, equal to the
 /// dump of everything added up; an export of one tier from both instances lists
 /// each of the tier's customers exactly once.
-fn assert_segments_and_exports_cover_the_cluster(a: &Strata, c: &Strata, global: &[Value], day: &str) {
+fn assert_segments_and_exports_cover_the_cluster(
+    a: &Strata,
+    c: &Strata,
+    global: &[Value],
+    day: &str,
+) {
     let want = crate::audience::summary_of(global);
     for x in [a, c] {
         let mut last = String::new();
@@ -992,7 +1006,9 @@ fn assert_segments_and_exports_cover_the_cluster(a: &Strata, c: &Strata, global:
                 };
                 let v: Value = serde_json::from_str(&body).unwrap();
                 last = body;
-                v["coverage"]["missing"].as_array().is_some_and(|m| m.is_empty())
+                v["coverage"]["missing"]
+                    .as_array()
+                    .is_some_and(|m| m.is_empty())
                     && v["coverage"]["oldest_as_of"] == day
                     && v["customers"] == want["customers"]
             },
@@ -1015,7 +1031,10 @@ fn assert_segments_and_exports_cover_the_cluster(a: &Strata, c: &Strata, global:
         loop {
             let path = format!(
                 "/v1/segments/{dim}/{tier}/customers?limit=40{}",
-                cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default()
+                cursor
+                    .as_ref()
+                    .map(|c| format!("&cursor={c}"))
+                    .unwrap_or_default()
             );
             let (code, body) = x.get(&path).unwrap();
             assert_eq!(code, 200, "{path}: {body}");
@@ -1027,7 +1046,13 @@ fn assert_segments_and_exports_cover_the_cluster(a: &Strata, c: &Strata, global:
                 got.push(r["customer_id"].as_str().unwrap().to_string());
             }
             if cursor.is_none() {
-                covered.extend(v["partitions"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()));
+                covered.extend(
+                    v["partitions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|p| p.as_i64().unwrap()),
+                );
             }
             match v["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_string()),
@@ -1036,11 +1061,18 @@ fn assert_segments_and_exports_cover_the_cluster(a: &Strata, c: &Strata, global:
         }
     }
     covered.sort();
-    assert_eq!(covered, vec![0, 1, 2, 3], "the instances' partitions, each once");
+    assert_eq!(
+        covered,
+        vec![0, 1, 2, 3],
+        "the instances' partitions, each once"
+    );
     got.sort();
     assert_eq!(got, want, "every customer of the tier exactly once");
     let (code, body) = a.get("/v1/segments/rfm_segment/vip/customers").unwrap();
-    assert!(code == 400 && body.contains("important_value"), "{code} {body}");
+    assert!(
+        code == 400 && body.contains("important_value"),
+        "{code} {body}"
+    );
 }
 
 #[test]

@@ -20,8 +20,13 @@ use crate::util::*;
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Purchase(i64),
-    Interaction,
-    Complaint { high: bool },
+    /// `intent`: the action is one of the default `lifecycle.intent_actions`.
+    Interaction {
+        intent: bool,
+    },
+    Complaint {
+        high: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -54,7 +59,10 @@ fn day_of(ts: &Value, offset_hours: i32) -> i64 {
 fn to_ev(v: &Value, offset_hours: i32) -> Ev {
     let kind = match v["type"].as_str().unwrap() {
         "purchase" => Kind::Purchase((v["amount"].as_f64().unwrap() * 100.0).round() as i64),
-        "interaction" => Kind::Interaction,
+        "interaction" => Kind::Interaction {
+            intent: ["inquiry", "quote", "trial", "add_to_cart"]
+                .contains(&v["action"].as_str().unwrap_or("")),
+        },
         "complaint" => Kind::Complaint {
             high: v["severity"].as_str() == Some("high"),
         },
@@ -86,6 +94,8 @@ struct Figs {
     drop_prev: i64,
     /// Cents spent on the first purchase day.
     first_day_spend: i64,
+    /// An intent interaction in the last 30 days (`lifecycle.intent_days`).
+    intent: bool,
 }
 
 /// The parameters in force, as `strata model show` prints them.
@@ -182,6 +192,7 @@ fn figures(evs: &[&Ev], as_of: i64, w: i64) -> Figs {
         drop_recent: 0,
         drop_prev: 0,
         first_day_spend: 0,
+        intent: false,
     };
     for e in evs {
         match e.kind {
@@ -200,7 +211,10 @@ fn figures(evs: &[&Ev], as_of: i64, w: i64) -> Figs {
                     f.drop_prev += c;
                 }
             }
-            Kind::Interaction => f.interactions += in_window(e.day, as_of, 30) as i64,
+            Kind::Interaction { intent } => {
+                f.interactions += in_window(e.day, as_of, 30) as i64;
+                f.intent |= intent && in_window(e.day, as_of, 30);
+            }
             Kind::Complaint { high } => {
                 if in_window(e.day, as_of, 90) {
                     f.complaints += 1;
@@ -238,6 +252,17 @@ fn expected_w(
     as_of: i64,
     w: i64,
     model: Option<&Params>,
+) -> BTreeMap<String, Value> {
+    expected_path(events, as_of, w, model, false)
+}
+
+/// The same, on the `high_ticket` lifecycle path when `high_ticket`.
+fn expected_path(
+    events: &[Ev],
+    as_of: i64,
+    w: i64,
+    model: Option<&Params>,
+    high_ticket: bool,
 ) -> BTreeMap<String, Value> {
     let mut seen = HashSet::new();
     let mut by_customer: BTreeMap<&str, Vec<&Ev>> = BTreeMap::new();
@@ -314,6 +339,8 @@ fn expected_w(
             "low"
         };
         let lifecycle = match f.recency {
+            None if high_ticket && f.intent => "intent",
+            None if high_ticket => "prospect",
             None => "new",
             Some(r) if r >= 180 => "lapsed",
             Some(_) if f.frequency >= 12 => "super",
@@ -653,4 +680,125 @@ fn short_window_matches_the_oracle() {
             &expected_w(&stream.good, as_of, 90, model.as_ref()),
         );
     }
+}
+
+/// `lifecycle.path = "high_ticket"`: customers without a purchase are `prospect`,
+/// `intent` for 30 days after an interaction whose action is an intent action, then
+/// `prospect` again by the timer alone; purchasers follow the retail stages. The
+/// generated stream plus 400 prospects of its own (interactions only, some with
+/// intent actions), against the oracle at the clock and after it; the fall-backs
+/// published by the timer on the day computed here.
+#[test]
+fn high_ticket_lifecycle_matches_the_oracle() {
+    let tmp = tempdir();
+    let gen = gen_file(
+        tmp.path(),
+        "gen.jsonl",
+        &[
+            "--customers",
+            "1500",
+            "--days",
+            "200",
+            "--seed",
+            "21",
+            "--start",
+            "2025-04-01",
+        ],
+    );
+    let mut lines: Vec<Value> = read_json_lines(&gen);
+    let first = lines.iter().map(|v| day_of(&v["ts"], 0)).min().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let actions = ["view", "search", "quote", "inquiry", "trial", "click"];
+    for i in 0..400 {
+        for k in 0..rng.gen_range(1..5) {
+            let day = first + rng.gen_range(0..200);
+            lines.push(json!({
+                "event_id": format!("x{i}-{k}"),
+                "customer_id": format!("x{i:04}"),
+                "type": "interaction",
+                "ts": format!("{}T{:02}:00:00Z", day_str(day), rng.gen_range(0..24)),
+                "action": actions[rng.gen_range(0..actions.len())],
+            }));
+        }
+    }
+    lines.sort_by_key(|v| v["ts"].as_str().unwrap().to_string());
+    let input = tmp.path().join("high_ticket.jsonl");
+    write_lines(
+        &input,
+        &lines.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+    );
+    let events: Vec<Ev> = lines.iter().map(|v| to_ev(v, 0)).collect();
+    let env = [("STRATA_LIFECYCLE__PATH", "high_ticket")];
+    let state = tmp.path().join("state");
+    let (outputs, dead, _) = replay(&state, &[&input], &env);
+    assert!(dead.is_empty());
+    let model = model_show(&state, &env);
+    let last = events.iter().map(|e| e.day).max().unwrap();
+    let mut stages = BTreeMap::new();
+    for as_of in [last, last + 12, last + 45] {
+        let want = expected_path(&events, as_of, 365, model.as_ref(), true);
+        for v in want.values() {
+            *stages
+                .entry((as_of, v["lifecycle"].as_str().unwrap().to_string()))
+                .or_insert(0) += 1;
+        }
+        compare(&dump(&state, Some(&day_str(as_of)), &env), &want);
+    }
+    for stage in ["prospect", "intent", "first_purchase", "repeat"] {
+        assert!(
+            stages
+                .get(&(last, stage.to_string()))
+                .is_some_and(|&n| n > 10),
+            "{stage}: {stages:?}"
+        );
+    }
+    assert!(
+        !stages.contains_key(&(last, "new".to_string())),
+        "no `new` on this path"
+    );
+
+    // Each intent episode of a crafted prospect ends on the day its last intent
+    // interaction leaves the 30-day window, published by the timer (when the
+    // stream's clock got there).
+    let mut want_fallbacks = Vec::new();
+    let mut by_customer: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.customer.starts_with('x')) {
+        if let Kind::Interaction { intent: true } = e.kind {
+            by_customer.entry(&e.customer).or_default().push(e.day);
+        }
+    }
+    for (c, mut days) in by_customer {
+        days.sort();
+        days.dedup();
+        for (i, d) in days.iter().enumerate() {
+            let ends = d + 30;
+            let renewed = days.get(i + 1).is_some_and(|n| *n < ends);
+            if !renewed && ends <= last {
+                want_fallbacks.push((c.to_string(), day_str(ends)));
+            }
+        }
+    }
+    let got_fallbacks: Vec<(String, String)> = outputs
+        .iter()
+        .filter(|o| {
+            o["type"] == "tier_changed" && o["customer_id"].as_str().unwrap().starts_with('x')
+        })
+        .filter(|o| o["from"]["lifecycle"] == "intent" && o["to"]["lifecycle"] == "prospect")
+        .map(|o| {
+            assert_eq!(o["cause_event_id"], "timer", "{o}");
+            (
+                o["customer_id"].as_str().unwrap().to_string(),
+                o["as_of"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        want_fallbacks.len() > 50,
+        "{} fall-backs",
+        want_fallbacks.len()
+    );
+    let mut got_sorted = got_fallbacks.clone();
+    got_sorted.sort();
+    want_fallbacks.sort();
+    assert_eq!(got_sorted, want_fallbacks);
 }

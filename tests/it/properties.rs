@@ -19,7 +19,7 @@ const DAY_MS: i64 = 86_400_000;
 fn kind() -> impl Strategy<Value = EventKind> {
     prop_oneof![
         3 => (0u64..50_000).prop_map(|c| EventKind::Purchase { amount_micros: c * 10_000 }),
-        1 => Just(EventKind::Interaction),
+        1 => Just(EventKind::Interaction { intent: false }),
         1 => prop_oneof![Just(ComplaintSeverity::Low), Just(ComplaintSeverity::High)]
             .prop_map(|severity| EventKind::Complaint { severity }),
     ]

@@ -68,8 +68,19 @@ enum Command {
         /// Keep serving /metrics (on http.listen) after the run, until Ctrl-C.
         #[arg(long)]
         serve: bool,
+        /// Also write the analyst report (see `strata report`) to this HTML file.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// One self-contained HTML page of the population at a day: RFM grid, Pareto
+    /// curve, lifecycle funnel, churn risk, score distributions, transitions.
+    Report {
+        #[command(flatten)]
+        at: StateAt,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Inspect stored customer state.
     State {
@@ -273,6 +284,7 @@ fn execute(cli: Cli) -> Result<()> {
             seed,
             state_dir,
             serve,
+            report,
             config,
         } => {
             let s = settings(config.as_ref(), Clock::Event)?;
@@ -290,9 +302,26 @@ fn execute(cli: Cli) -> Result<()> {
                     },
                     state_dir,
                     serve,
+                    report,
                 },
                 &mut out,
             )?;
+        }
+        Command::Report { at, out } => {
+            let (s, store, day, dir) = open_state(at)?;
+            let Some(day) = day else {
+                bail!(
+                    "nothing was ever applied in {}: no report to write",
+                    dir.display()
+                );
+            };
+            let d = strata::report::write(&store, &s, day, &out)?;
+            eprintln!(
+                "wrote {} ({} customers as of {})",
+                out.display(),
+                d.tally.customers,
+                strata::day::format_day(day)
+            );
         }
         Command::State { command } => match command {
             StateCommand::Dump { at, filters } => {

@@ -24,6 +24,8 @@ pub struct DemoArgs {
     /// Keep serving `/metrics` (and `/v1/customers/{id}`) after the run, until
     /// Ctrl-C.
     pub serve: bool,
+    /// Write the analyst report (`strata report`) of the run's state here.
+    pub report: Option<PathBuf>,
 }
 
 /// The demo's HTTP server: its runtime, its stop signal, and its task.
@@ -125,6 +127,10 @@ pub fn demo(
             eprintln!("  value_tier:  {val:?}");
             eprintln!("  lifecycle:   {life:?}");
             eprintln!("  at churn risk: {at_risk}");
+            if let Some(path) = &args.report {
+                crate::report::write(proc.store(), &settings, as_of, path)?;
+                eprintln!("demo: wrote the report {}", path.display());
+            }
         }
         if let Some((rt, stop, server)) = http {
             if args.serve {

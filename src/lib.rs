@@ -29,6 +29,7 @@ pub mod population;
 pub mod predict;
 pub mod processor;
 pub mod replay;
+pub mod report;
 pub mod service;
 pub mod store;
 pub mod telemetry;

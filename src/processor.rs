@@ -26,7 +26,7 @@
 //! A flush writes dirty customers, timer and index moves, archived event ids and the
 //! meta records in one batch, so a crash leaves the store at a batch boundary.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::config::Settings;
@@ -51,6 +51,18 @@ const META_THRESHOLDS: &[u8] = b"thresholds";
 /// refit for the Kafka shell to publish on the stats topic (it is not read back:
 /// `open` rebuilds the histogram from the customer records).
 pub const META_MODEL_HISTOGRAM: &[u8] = b"model_histogram";
+/// Tier transitions of one as-of day: `transitions/<YYYY-MM-DD>` → JSON
+/// `{"<dimension>/<from>><to>": count}` (every `tier_changed` with a `from`, per
+/// changed dimension), kept for [`TRANSITION_DAYS`] days, for `strata report`.
+pub const META_TRANSITIONS: &[u8] = b"transitions/";
+pub const TRANSITION_DAYS: Day = 60;
+
+/// The meta key of a day's transition counts.
+pub fn transitions_key(day: Day) -> Vec<u8> {
+    let mut k = META_TRANSITIONS.to_vec();
+    k.extend_from_slice(crate::day::format_day(day).as_bytes());
+    k
+}
 
 /// Counters for the replay summary and metrics.
 #[derive(Debug, Default, Clone)]
@@ -210,6 +222,10 @@ pub struct Processor<S: Store> {
     model_peers: Option<ModelPeerSource>,
     /// `customer_tiers` records since the last write (`None`: not kept).
     customer_tiers: Option<Vec<CustomerTiers>>,
+    /// Tier transitions per day since the last write (added to the stored counts
+    /// at the write), and the day transitions were last pruned to.
+    transitions: BTreeMap<Day, BTreeMap<String, u64>>,
+    transitions_pruned: Option<Day>,
 }
 
 /// The other partitions' merged population summary, as of now.
@@ -318,6 +334,8 @@ impl<S: Store> Processor<S> {
             hist: Histogram::default(),
             model_peers: None,
             customer_tiers: None,
+            transitions: BTreeMap::new(),
+            transitions_pruned: None,
         };
         p.hist = scan_histogram(&p.store)?;
         p.persisted = p.current_day.map(|d| (d, p.current.clone()));
@@ -454,6 +472,26 @@ impl<S: Store> Processor<S> {
                 tiers,
                 slot.state.episode.as_ref(),
             ));
+        }
+        let day = self.pop.clock.unwrap_or_default();
+        for o in &fx.outputs {
+            if let crate::output::Body::TierChanged {
+                changed,
+                from: Some(from),
+                to,
+                ..
+            } = &o.body
+            {
+                let counts = self.transitions.entry(day).or_default();
+                for dim in changed {
+                    let (a, b) = match *dim {
+                        "rfm_segment" => (from.rfm_segment.as_str(), to.rfm_segment.as_str()),
+                        "value_tier" => (from.value_tier.as_str(), to.value_tier.as_str()),
+                        _ => (from.lifecycle.as_str(), to.lifecycle.as_str()),
+                    };
+                    *counts.entry(format!("{dim}/{a}>{b}")).or_default() += 1;
+                }
+            }
         }
         self.outputs.extend(fx.outputs);
         for h in fx.archive {
@@ -1066,6 +1104,50 @@ impl<S: Store> Processor<S> {
         Ok(audit)
     }
 
+    /// Add the transitions since the last write to the stored counts of their
+    /// days; once a day, delete the days older than [`TRANSITION_DAYS`].
+    fn write_transitions(&mut self, batch: &mut Batch) -> Result<(), StoreError> {
+        for (day, new) in std::mem::take(&mut self.transitions) {
+            let key = transitions_key(day);
+            let mut counts: BTreeMap<String, u64> = match self.store.get(Cf::Meta, &key)? {
+                Some(b) => serde_json::from_slice(&b).map_err(|_| {
+                    corrupt(
+                        &key,
+                        crate::store::codec::CodecError("unreadable transitions"),
+                    )
+                })?,
+                None => BTreeMap::new(),
+            };
+            for (k, n) in new {
+                *counts.entry(k).or_default() += n;
+            }
+            batch.put(
+                Cf::Meta,
+                key,
+                serde_json::to_vec(&counts).expect("counts serialise"),
+            );
+        }
+        if let Some(clock) = self.pop.clock {
+            if self.transitions_pruned != Some(clock) {
+                self.transitions_pruned = Some(clock);
+                let mut old = Vec::new();
+                self.store.scan(
+                    Cf::Meta,
+                    META_TRANSITIONS,
+                    Some(&transitions_key(clock - TRANSITION_DAYS + 1)),
+                    &mut |k, _| {
+                        old.push(k.to_vec());
+                        Ok(true)
+                    },
+                )?;
+                for k in old {
+                    batch.delete(Cf::Meta, k);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Write everything pending in one atomic batch and trim the cache.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         let mut batch = std::mem::take(&mut self.pending);
@@ -1108,6 +1190,7 @@ impl<S: Store> Processor<S> {
         {
             return Ok(());
         }
+        self.write_transitions(&mut batch)?;
         let mut meta = Vec::new();
         self.pop.encode(&mut meta);
         batch.put(Cf::Meta, META_POPULATION.to_vec(), meta);

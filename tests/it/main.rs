@@ -33,6 +33,9 @@ mod oracle;
 mod predict;
 /// Order independence, idempotent re-replay, split replay (proptest + CLI).
 mod properties;
+/// `strata report` rendered by headless Chromium: DOM against the summary,
+/// transitions against the published events, a screenshot with charts.
+mod report;
 /// JSON Schemas agree with the parser; outputs and dumps validate.
 mod schemas;
 /// Timers: churn warnings and tier changes driven by the calendar alone.

@@ -212,6 +212,42 @@ fn demo_serves_exact_metrics_and_the_customer_endpoint() {
     assert_eq!(code, 200, "{body}");
     let served: Value = serde_json::from_str(&body).unwrap();
 
+    // /v1/segments and the exports: the same token; the demo's one store counted
+    // on the spot; compared with `state summary` and `state dump --where` below.
+    assert_eq!(http_get(&addr, "/v1/segments", None).unwrap().0, 401);
+    let (code, segments) = http_get(&addr, "/v1/segments", Some("s3cret")).unwrap();
+    assert_eq!(code, 200, "{segments}");
+    let path = "/v1/segments/rfm_segment/general_retain/customers?limit=7";
+    assert_eq!(http_get(&addr, path, None).unwrap().0, 401);
+    let mut exported_ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let p = match &cursor {
+            Some(c) => format!("{path}&cursor={c}"),
+            None => path.to_string(),
+        };
+        let (code, body) = http_get(&addr, &p, Some("s3cret")).unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        for r in v["customers"].as_array().unwrap() {
+            exported_ids.push(r["customer_id"].as_str().unwrap().to_string());
+        }
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        http_get(
+            &addr,
+            "/v1/segments/value_tier/high/customers?limit=0",
+            Some("s3cret")
+        )
+        .unwrap()
+        .0,
+        400
+    );
+
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
@@ -225,8 +261,51 @@ fn demo_serves_exact_metrics_and_the_customer_endpoint() {
             .arg("--config")
             .arg(&cfg),
     );
-    let want: Value = serde_json::from_slice(&got.stdout).unwrap();
-    assert_eq!(served, want);
+    let mut want: Value = serde_json::from_slice(&got.stdout).unwrap();
+    // The endpoint evaluates against the thresholds in force (O(1)): with fixed
+    // thresholds every figure and tier is the exact dump's; the scores use the
+    // quintile breaks of the last recalibration, the dump's those of its day.
+    let mut served_figures = served.clone();
+    for k in ["r_score", "f_score", "m_score"] {
+        let v = served[k].as_u64().unwrap();
+        assert!((1..=5).contains(&v), "{k} {v}");
+        served_figures[k] = Value::Null;
+        want[k] = Value::Null;
+    }
+    assert_eq!(served_figures, want);
+    let summary: Value = serde_json::from_slice(
+        &run_ok(
+            strata()
+                .args(["state", "summary", "--state-dir"])
+                .arg(&state)
+                .arg("--config")
+                .arg(&cfg),
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&segments).unwrap(), summary);
+    let high: Vec<String> = crate::util::json_lines(
+        &run_ok(
+            strata()
+                .args([
+                    "state",
+                    "dump",
+                    "--where",
+                    "rfm_segment=general_retain",
+                    "--state-dir",
+                ])
+                .arg(&state)
+                .arg("--config")
+                .arg(&cfg),
+        )
+        .stdout,
+    )
+    .iter()
+    .map(|v| v["customer_id"].as_str().unwrap().to_string())
+    .collect();
+    assert!(high.len() > 7, "several pages");
+    assert_eq!(exported_ids, high);
 
     // Tier populations equal the dump's, tier by tier (fixed thresholds: the
     // published tiers are the exact ones at the clock).

@@ -10,6 +10,10 @@
 //!    process start, and sustained — from the first event consumed (its
 //!    `/metrics`, every 50 ms) to the end, without the startup (state, topic
 //!    checks, group join) — with its ratio to (2);
+//!    Meanwhile a client asks `GET /v1/customers/{id}` for random generated ids,
+//!    200 a second (one connection each, as the server serves one request per
+//!    connection): p50/p99/max of the answers found (200), over the whole run and
+//!    over its last third (when most customers are stored), with the count stored;
 //! 4. restore rate: a second instance with an empty state dir takes every partition
 //!    over and restores it from the changelog (records/s from its log);
 //! 5. latency at a steady rate: with that instance caught up, `STRATA_BENCH_RATE`
@@ -148,6 +152,57 @@ fn config(dir: &Path, brokers: &str, name: &str) -> (PathBuf, String) {
     (path, http)
 }
 
+/// One `GET path` on its own connection: the status and how long the answer took.
+fn timed_get(http: &str, path: &str) -> Option<(u16, Duration)> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(http).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    Some((code, t.elapsed()))
+}
+
+/// The sum of `strata_customers{dimension="value_tier"}`: customers stored.
+fn stored_customers(http: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(http).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.starts_with("strata_customers{") && l.contains("dimension=\"value_tier\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {}",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        v.len()
+    )
+}
+
 /// `strata_events_consumed_total` of the instance at `http` (`None`: not serving yet).
 fn consumed(http: &str) -> Option<f64> {
     let mut s = TcpStream::connect(http).ok()?;
@@ -254,6 +309,24 @@ fn main() {
     // When the first events were consumed: the last look at /metrics (every 50 ms)
     // that still saw none. What comes before is startup (opening the state, the
     // co-partition check, joining the group), not throughput.
+    let stop_gets = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gets = {
+        let (http, stop) = (http.clone(), stop_gets.clone());
+        std::thread::spawn(move || {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+            let mut out: Vec<(Instant, u16, Duration)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = rng.gen_range(0..customers);
+                if let Some((code, took)) = timed_get(&http, &format!("/v1/customers/c{id:07}")) {
+                    out.push((Instant::now(), code, took));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            out
+        })
+    };
+    let http_a = http.clone();
     let first = std::thread::spawn(move || {
         let mut none_at = Instant::now();
         loop {
@@ -275,6 +348,24 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let done = Instant::now();
+    stop_gets.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = gets.join().unwrap();
+    let last_third = t1 + (done - t1) * 2 / 3;
+    let found = |after: Instant| {
+        answers
+            .iter()
+            .filter(|(at, code, _)| *code == 200 && *at >= after)
+            .map(|(_, _, d)| *d)
+            .collect::<Vec<_>>()
+    };
+    println!(
+        "GET /v1/customers/{{id}} while run consumes: {} asked ({} found); found, whole run: {}; last third: {}; {} customers stored at the end",
+        answers.len(),
+        found(t1).len(),
+        percentiles(found(t1)),
+        percentiles(found(last_third)),
+        stored_customers(&http_a).unwrap_or(f64::NAN)
+    );
     let run_secs = (done - t1).as_secs_f64();
     let rate = n as f64 / run_secs;
     let startup = (first.join().unwrap() - t1).as_secs_f64();

@@ -1107,7 +1107,12 @@ impl<S: Store> Processor<S> {
     /// Add the transitions since the last write to the stored counts of their
     /// days; once a day, delete the days older than [`TRANSITION_DAYS`].
     fn write_transitions(&mut self, batch: &mut Batch) -> Result<(), StoreError> {
+        let keep_from = self.pop.clock.map(|c| c - TRANSITION_DAYS + 1);
         for (day, new) in std::mem::take(&mut self.transitions) {
+            if keep_from.is_some_and(|k| day < k) {
+                // Already older than what is kept (a write after a long clock move).
+                continue;
+            }
             let key = transitions_key(day);
             let mut counts: BTreeMap<String, u64> = match self.store.get(Cf::Meta, &key)? {
                 Some(b) => serde_json::from_slice(&b).map_err(|_| {
@@ -1134,7 +1139,7 @@ impl<S: Store> Processor<S> {
                 self.store.scan(
                     Cf::Meta,
                     META_TRANSITIONS,
-                    Some(&transitions_key(clock - TRANSITION_DAYS + 1)),
+                    Some(&transitions_key(keep_from.unwrap_or(clock))),
                     &mut |k, _| {
                         old.push(k.to_vec());
                         Ok(true)

@@ -222,6 +222,8 @@ pub struct Processor<S: Store> {
     model_peers: Option<ModelPeerSource>,
     /// `customer_tiers` records since the last write (`None`: not kept).
     customer_tiers: Option<Vec<CustomerTiers>>,
+    /// Fits shared with this process's other partitions (a cluster instance).
+    fit_share: Option<FitShare>,
     /// Tier transitions per day since the last write (added to the stored counts
     /// at the write), and the day transitions were last pruned to.
     transitions: BTreeMap<Day, BTreeMap<String, u64>>,
@@ -233,6 +235,11 @@ pub type PeerSource = Box<dyn Fn() -> Option<Population> + Send>;
 
 /// The other partitions' merged model histograms, as of their last refits.
 pub type ModelPeerSource = Box<dyn Fn() -> Option<Histogram> + Send>;
+
+/// The latest fit made by any partition of this process (a cluster instance): a
+/// partition whose refit falls on the same day takes it instead of fitting the
+/// same cluster-wide population again.
+pub type FitShare = std::sync::Arc<std::sync::Mutex<Option<model::Model>>>;
 
 /// The model histogram of every stored customer.
 pub fn scan_histogram(store: &dyn Store) -> Result<Histogram, StoreError> {
@@ -334,6 +341,7 @@ impl<S: Store> Processor<S> {
             hist: Histogram::default(),
             model_peers: None,
             customer_tiers: None,
+            fit_share: None,
             transitions: BTreeMap::new(),
             transitions_pruned: None,
         };
@@ -407,6 +415,11 @@ impl<S: Store> Processor<S> {
     /// The other partitions' model histograms, merged; used by the next refit.
     pub fn set_model_peers(&mut self, peers: ModelPeerSource) {
         self.model_peers = Some(peers);
+    }
+
+    /// Share fits with the other partitions of this process (see [`FitShare`]).
+    pub fn set_fit_share(&mut self, share: FitShare) {
+        self.fit_share = Some(share);
     }
 
     /// This partition's model histogram.
@@ -987,6 +1000,21 @@ impl<S: Store> Processor<S> {
         {
             return None;
         }
+        let shared = self
+            .fit_share
+            .as_ref()
+            .and_then(|s| *s.lock().unwrap())
+            .filter(|m| m.fitted_on == day);
+        if let Some(m) = shared {
+            // Another partition here fitted the cluster's population today: the
+            // same data but for the latest few events; this partition's histogram
+            // still goes out for the other instances' refits.
+            let mut buf = Vec::new();
+            self.hist.encode(&mut buf);
+            self.pending
+                .put(Cf::Meta, META_MODEL_HISTOGRAM.to_vec(), buf);
+            return Some(m);
+        }
         let mut h = self.hist.clone();
         if let Some(p) = self.model_peers.as_ref().and_then(|source| source()) {
             h.merge(&p);
@@ -1001,6 +1029,9 @@ impl<S: Store> Processor<S> {
                 self.hist.encode(&mut buf);
                 self.pending
                     .put(Cf::Meta, META_MODEL_HISTOGRAM.to_vec(), buf);
+                if let Some(s) = &self.fit_share {
+                    *s.lock().unwrap() = Some(m);
+                }
                 Some(m)
             }
             // Not enough repeat customers yet: no fit, nothing to say.

@@ -511,6 +511,8 @@ fn ready(
     let model_stats = stats.clone();
     part.proc.set_peers(Box::new(move || peers_of(&stats, p)));
     part.proc
+        .set_fit_share(job.peers.lock().unwrap().fit.clone());
+    part.proc
         .set_model_peers(Box::new(move || model_peers_of(&model_stats, p)));
     if !orphans.is_empty() {
         tracing::info!(

@@ -541,6 +541,9 @@ pub fn local_markers(store: &RocksStore) -> Result<(Option<Marker>, Option<Marke
 pub struct Peers {
     pub populations: BTreeMap<i32, Population>,
     pub models: BTreeMap<i32, Histogram>,
+    /// The latest model fit of this instance's partitions (see
+    /// [`crate::processor::FitShare`]).
+    pub fit: crate::processor::FitShare,
 }
 
 pub type PeerStats = Arc<Mutex<Peers>>;

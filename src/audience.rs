@@ -23,11 +23,11 @@ use serde_json::{json, Value};
 
 use crate::config::Settings;
 use crate::day::{format_day, Day};
-use crate::dump::{record, DumpRecord};
+use crate::dump::{load_customer, record, scan_states, DumpRecord};
 use crate::output::money;
 use crate::policy::{Lifecycle, Rule, Segment, Thresholds, ValueTier};
 use crate::population::{decode_thresholds, Population};
-use crate::store::codec::decode_customer;
+use crate::processor::{META_POPULATION, META_THRESHOLDS};
 use crate::store::{Cf, Store, StoreError};
 
 /// The dimensions a summary counts and a filter selects on.
@@ -248,14 +248,14 @@ pub fn in_force<S: Store>(store: &S) -> Result<Option<(Day, Thresholds)>, StoreE
         key: key.into(),
         source: e,
     };
-    let Some(b) = store.get(Cf::Meta, b"population")? else {
+    let Some(b) = store.get(Cf::Meta, META_POPULATION)? else {
         return Ok(None);
     };
     let pop = Population::decode(&b).map_err(|e| corrupt("meta/population", e))?;
     let Some(clock) = pop.clock else {
         return Ok(None);
     };
-    let t = match store.get(Cf::Meta, b"thresholds")? {
+    let t = match store.get(Cf::Meta, META_THRESHOLDS)? {
         Some(b) => {
             decode_thresholds(&b)
                 .map_err(|e| corrupt("meta/thresholds", e))?
@@ -272,13 +272,9 @@ pub fn get_in_force<S: Store>(
     s: &Settings,
     id: &str,
 ) -> Result<Option<DumpRecord>, StoreError> {
-    let Some(b) = store.get(Cf::Customers, id.as_bytes())? else {
+    let Some(c) = load_customer(store, id)? else {
         return Ok(None);
     };
-    let c = decode_customer(&b).map_err(|e| StoreError::Corrupt {
-        key: id.to_string(),
-        source: e,
-    })?;
     let Some((clock, t)) = in_force(store)? else {
         return Ok(None);
     };
@@ -296,16 +292,8 @@ fn scan_in_force<S: Store>(
     let Some((clock, t)) = in_force(store)? else {
         return Ok(None);
     };
-    store.scan(Cf::Customers, after.unwrap_or(&[]), None, &mut |k, v| {
-        if after == Some(k) {
-            return Ok(true);
-        }
-        let id = String::from_utf8_lossy(k);
-        let c = decode_customer(v).map_err(|e| StoreError::Corrupt {
-            key: id.to_string(),
-            source: e,
-        })?;
-        Ok(f(record(&id, &c.figures(clock, s), &t, s)))
+    scan_states(store, after.unwrap_or(&[]), &mut |id, c| {
+        after == Some(id.as_bytes()) || f(record(id, &c.figures(clock, s), &t, s))
     })?;
     Ok(Some(clock))
 }

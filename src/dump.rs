@@ -108,7 +108,8 @@ pub fn latest_clock<S: Store>(stores: &[S]) -> Result<Option<Day>, StoreError> {
     Ok(latest)
 }
 
-fn scan_states<S: Store>(
+/// Every stored customer from `from` (inclusive), decoded, until `f` returns false.
+pub(crate) fn scan_states<S: Store>(
     store: &S,
     from: &[u8],
     f: &mut dyn FnMut(&str, CustomerState) -> bool,
@@ -187,11 +188,22 @@ pub fn dump<S: Store>(
     emit: &mut dyn FnMut(DumpRecord) -> std::io::Result<()>,
 ) -> Result<u64, DumpError> {
     let t = exact_thresholds(store, s, as_of)?;
+    dump_with(store, s, as_of, &t, emit)
+}
+
+/// [`dump`] with the exact thresholds already computed (`exact_thresholds`).
+pub fn dump_with<S: Store>(
+    store: &S,
+    s: &Settings,
+    as_of: Day,
+    t: &Thresholds,
+    emit: &mut dyn FnMut(DumpRecord) -> std::io::Result<()>,
+) -> Result<u64, DumpError> {
     let mut n = 0;
     let mut io_err = None;
     scan_states(store, &[], &mut |id, c| {
         n += 1;
-        match emit(record(id, &c.figures(as_of, s), &t, s)) {
+        match emit(record(id, &c.figures(as_of, s), t, s)) {
             Ok(()) => true,
             Err(e) => {
                 io_err = Some(e);
@@ -213,15 +225,27 @@ pub fn get<S: Store>(
     id: &str,
     as_of: Day,
 ) -> Result<Option<DumpRecord>, StoreError> {
+    let Some(c) = load_customer(store, id)? else {
+        return Ok(None);
+    };
+    let t = exact_thresholds(store, s, as_of)?;
+    Ok(Some(record(id, &c.figures(as_of, s), &t, s)))
+}
+
+/// One stored customer, decoded (`None`: unknown).
+pub(crate) fn load_customer<S: Store>(
+    store: &S,
+    id: &str,
+) -> Result<Option<CustomerState>, StoreError> {
     let Some(b) = store.get(Cf::Customers, id.as_bytes())? else {
         return Ok(None);
     };
-    let c = decode_customer(&b).map_err(|e| StoreError::Corrupt {
-        key: id.to_string(),
-        source: e,
-    })?;
-    let t = exact_thresholds(store, s, as_of)?;
-    Ok(Some(record(id, &c.figures(as_of, s), &t, s)))
+    decode_customer(&b)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            key: id.to_string(),
+            source: e,
+        })
 }
 
 #[derive(Debug, thiserror::Error)]

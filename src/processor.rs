@@ -45,8 +45,8 @@ use crate::store::codec::{
 };
 use crate::store::{Batch, Cf, Store, StoreError};
 
-const META_POPULATION: &[u8] = b"population";
-const META_THRESHOLDS: &[u8] = b"thresholds";
+pub const META_POPULATION: &[u8] = b"population";
+pub const META_THRESHOLDS: &[u8] = b"thresholds";
 /// The partition's model histogram as of its last refit, put in the batch of that
 /// refit for the Kafka shell to publish on the stats topic (it is not read back:
 /// `open` rebuilds the histogram from the customer records).

@@ -55,7 +55,7 @@ pub fn collect<S: Store>(store: &S, s: &Settings, as_of: Day) -> Result<ReportDa
     for k in ["r", "f", "m"] {
         d.scores.insert(k, [0; 5]);
     }
-    dump::dump(store, s, as_of, &mut |r| {
+    dump::dump_with(store, s, as_of, &t, &mut |r| {
         d.tally.add(&r);
         let micros = (r.monetary * 1e6).round() as u64;
         if r.recency_days.is_some() && micros > 0 {
@@ -494,10 +494,9 @@ pub fn render(d: &ReportData, s: &Settings) -> String {
             );
         }
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
-        r#"</table><p class="sub">strata {} · the exact dump at {} (every customer evaluated against population thresholds computed at that day).</p></body></html>
-"#,
+        r#"</table><p class="sub">strata {} · the exact dump at {} (every customer evaluated against population thresholds computed at that day).</p></body></html>"#,
         env!("CARGO_PKG_VERSION"),
         format_day(d.as_of)
     );

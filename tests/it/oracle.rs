@@ -691,20 +691,7 @@ fn short_window_matches_the_oracle() {
 #[test]
 fn high_ticket_lifecycle_matches_the_oracle() {
     let tmp = tempdir();
-    let gen = gen_file(
-        tmp.path(),
-        "gen.jsonl",
-        &[
-            "--customers",
-            "1500",
-            "--days",
-            "200",
-            "--seed",
-            "21",
-            "--start",
-            "2025-04-01",
-        ],
-    );
+    let gen = generate(tmp.path(), "gen.jsonl", 1500, 200, 21, "2025-04-01");
     let mut lines: Vec<Value> = read_json_lines(&gen);
     let first = lines.iter().map(|v| day_of(&v["ts"], 0)).min().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(3);

@@ -118,6 +118,11 @@ pub struct EngineConfig {
     /// later event into a late one. A year and a day lets a stream resume after a
     /// year's pause.
     pub max_event_clock_jump_days: u32,
+    /// Partitions of a replay's state (one RocksDB each under
+    /// `<state_dir>/partitions/<p>`, customers placed by Kafka's murmur2 partitioner,
+    /// as `run` lays its state out), applied side by side on every core. The
+    /// customer cache, block cache and memtables are shared out among them.
+    pub partitions: u32,
 }
 
 impl Default for EngineConfig {
@@ -135,6 +140,7 @@ impl Default for EngineConfig {
             write_buffer_mb: 32,
             batch_events: 50_000,
             max_event_clock_jump_days: 366,
+            partitions: 8,
         }
     }
 }
@@ -304,7 +310,10 @@ pub struct KafkaConfig {
     /// per partition). Larger batches amortise the write and the producer flush;
     /// smaller ones lower output latency.
     pub max_batch_events: usize,
-    /// How long a batch waits for more messages before it is processed, ms.
+    /// How long a batch waits for more messages before it is processed, ms, while
+    /// they keep coming: a batch that holds any is processed as soon as nothing
+    /// more is fetched and the broker has nothing more (not behind), so this
+    /// bounds a round when catching up and idles the loop when there is nothing.
     pub batch_wait_ms: u64,
     /// How long a partition waits for an input topic that has more to fetch before
     /// applying the other inputs' events without it (Kafka Streams'
@@ -651,6 +660,12 @@ impl Settings {
             "engine.max_event_clock_jump_days",
             e.max_event_clock_jump_days,
         )?;
+        if !(1..=1024).contains(&e.partitions) {
+            return Err(key_err(
+                "engine.partitions",
+                format!("must be between 1 and 1024, got {}", e.partitions),
+            ));
+        }
         let v = &raw.value_tiers;
         let share = |key: &'static str, x: f64| {
             if !(x > 0.0 && x <= 1.0) {

@@ -13,8 +13,8 @@ use crate::config::Settings;
 use crate::dump;
 use crate::gen::{generate, GenArgs};
 use crate::http::AppState;
-use crate::processor::Processor;
-use crate::replay::{open_store, run_with_metrics, ReplayError, Source, Summary};
+use crate::partitions::Partitions;
+use crate::replay::{open_store, run, ReplayError, Source, Summary};
 use crate::telemetry::Metrics;
 
 pub struct DemoArgs {
@@ -99,8 +99,10 @@ pub fn demo(
             st.stores.insert(0, store.clone());
         }
         let http = start_http(&settings, metrics.clone(), status.clone());
-        let mut proc =
-            Processor::open(settings.clone(), store.clone()).map_err(ReplayError::from)?;
+        // One partition: the demo's HTTP server answers from the one store.
+        let mut parts =
+            Partitions::open(settings.clone(), vec![store.clone()], metrics.clone(), out)
+                .map_err(ReplayError::from)?;
         let len = data.len() as u64;
         let source = Source {
             name: "demo".into(),
@@ -108,14 +110,14 @@ pub fn demo(
             len: Some(len),
         };
         let mut dead = io::sink();
-        let summary = run_with_metrics(&mut proc, vec![source], out, &mut dead, &metrics)?;
+        let summary = run(&mut parts, vec![source], out, &mut dead)?;
         summary.print_human(&mut io::stderr())?;
-        if let Some(as_of) = proc.clock() {
+        if let Some(as_of) = parts.clock() {
             let mut seg: BTreeMap<&str, u64> = BTreeMap::new();
             let mut val: BTreeMap<&str, u64> = BTreeMap::new();
             let mut life: BTreeMap<&str, u64> = BTreeMap::new();
             let mut at_risk = 0u64;
-            dump::dump(proc.store(), &settings, as_of, &mut |r| {
+            dump::dump(store.as_ref(), &settings, as_of, &mut |r| {
                 *seg.entry(r.rfm_segment.as_str()).or_default() += 1;
                 *val.entry(r.value_tier.as_str()).or_default() += 1;
                 *life.entry(r.lifecycle.as_str()).or_default() += 1;
@@ -128,7 +130,7 @@ pub fn demo(
             eprintln!("  lifecycle:   {life:?}");
             eprintln!("  at churn risk: {at_risk}");
             if let Some(path) = &args.report {
-                crate::report::write(proc.store(), &settings, as_of, path)?;
+                crate::report::write(store.as_ref(), &settings, as_of, path)?;
                 eprintln!("demo: wrote the report {}", path.display());
             }
         }

@@ -24,6 +24,7 @@ pub mod gen;
 pub mod http;
 pub mod kafka;
 pub mod output;
+pub mod partitions;
 pub mod policy;
 pub mod population;
 pub mod predict;

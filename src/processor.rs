@@ -83,6 +83,27 @@ pub struct Counters {
     pub p_alive_deciles: [u64; 10],
 }
 
+impl Counters {
+    /// Add another partition's counters (of the same process, recalibrating
+    /// together: a recalibration counts once, as in one store).
+    pub fn add_partition(&mut self, o: &Counters) {
+        self.applied += o.applied;
+        self.duplicates += o.duplicates;
+        self.late += o.late;
+        for (t, n) in &o.outputs {
+            *self.outputs.entry(*t).or_default() += n;
+        }
+        self.timers_fired += o.timers_fired;
+        self.recalibrations = self.recalibrations.max(o.recalibrations);
+        self.recalibration_visits += o.recalibration_visits;
+        self.model_fits += o.model_fits;
+        self.last_fit_seconds = self.last_fit_seconds.max(o.last_fit_seconds);
+        for (a, b) in self.p_alive_deciles.iter_mut().zip(&o.p_alive_deciles) {
+            *a += b;
+        }
+    }
+}
+
 /// What [`Processor::audit`] found; both must be zero.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Audit {
@@ -228,6 +249,10 @@ pub struct Processor<S: Store> {
     /// at the write), and the day transitions were last pruned to.
     transitions: BTreeMap<Day, BTreeMap<String, u64>>,
     transitions_pruned: Option<Day>,
+    /// The population sums of a process's other partitions, before the first
+    /// recalibration (a partitioned replay sets them before each event of the
+    /// first day, so live means cover every partition).
+    live_peers: Option<Thresholds>,
 }
 
 /// The other partitions' merged population summary, as of now.
@@ -299,6 +324,71 @@ pub fn check_meta(store: &dyn Store) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Exact Pareto cut-offs over several partitions' purchasers: the walk of
+/// [`Processor`]'s own (a single store), with the bucket holding a cut-off read
+/// from every partition (`values_in(lo, hi)`: their figures in the bucket).
+pub(crate) fn exact_pareto_cutoffs(
+    s: &Settings,
+    merged: &Population,
+    values_in: &mut dyn FnMut(u64, u64) -> Result<Vec<u64>, StoreError>,
+) -> Result<(Option<u64>, Option<u64>), StoreError> {
+    let vt = &s.raw.value_tiers;
+    let hist = &merged.monetary_hist;
+    let total: u128 = hist.values().map(|(_, sum)| *sum).sum();
+    if vt.method != ValueMethod::Pareto || total == 0 {
+        return Ok((None, None));
+    }
+    let mut walk = |target: f64| -> Result<Option<u64>, StoreError> {
+        let mut above: u128 = 0;
+        for (&b, &(_, sum)) in hist.iter().rev() {
+            if ((above + sum) as f64) < target {
+                above += sum;
+                continue;
+            }
+            let (lo, hi) = bucket_range(b);
+            if lo == 0 {
+                break;
+            }
+            let mut values = values_in(lo, hi)?;
+            values.sort_unstable_by(|a, b| b.cmp(a));
+            let mut running = above;
+            for m in values {
+                running += m as u128;
+                if running as f64 >= target {
+                    return Ok(Some(m));
+                }
+            }
+            return Ok(None);
+        }
+        Ok(None)
+    };
+    Ok((
+        walk(vt.high_share * total as f64)?,
+        walk(vt.medium_share * total as f64)?,
+    ))
+}
+
+/// Fit the models on a population histogram as of `day` (warm-started from
+/// `previous`), with the seconds it took; `None` when the population is too small
+/// yet or the fit fails (logged: the parameters in force stay).
+pub(crate) fn fit_population(
+    h: &Histogram,
+    day: Day,
+    s: &Settings,
+    previous: Option<&model::Model>,
+) -> Option<(model::Model, f64)> {
+    let started = std::time::Instant::now();
+    match model::refit(h, day, s.raw.predict.min_repeat_customers, previous) {
+        Ok(m) => Some((m, started.elapsed().as_secs_f64())),
+        // Not enough repeat customers yet: no fit, nothing to say.
+        Err(crate::predict::FitError::TooFew { .. }) => None,
+        Err(e) => {
+            tracing::warn!(day = %crate::day::format_day(day), error = %e, "The model fit failed; the parameters in force stay.");
+            None
+        }
+    }
+}
+
 fn corrupt(key: &[u8], e: crate::store::codec::CodecError) -> StoreError {
     StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
@@ -307,8 +397,10 @@ fn corrupt(key: &[u8], e: crate::store::codec::CodecError) -> StoreError {
 }
 
 impl<S: Store> Processor<S> {
-    /// Open over a store, resuming its clock, population and thresholds.
-    pub fn open(settings: Arc<Settings>, store: S) -> Result<Self, StoreError> {
+    /// Open one partition of a process that recalibrates its partitions together
+    /// ([`crate::partitions`]): as [`open`](Self::open), but a pending recalibration
+    /// is left to the caller ([`recalibration_pending`](Self::recalibration_pending)).
+    pub fn open_partition(settings: Arc<Settings>, store: S) -> Result<Self, StoreError> {
         let pop = match store.get(Cf::Meta, META_POPULATION)? {
             Some(b) => Population::decode(&b).map_err(|e| corrupt(META_POPULATION, e))?,
             None => Population::default(),
@@ -344,18 +436,29 @@ impl<S: Store> Processor<S> {
             fit_share: None,
             transitions: BTreeMap::new(),
             transitions_pruned: None,
+            live_peers: None,
         };
         p.hist = scan_histogram(&p.store)?;
         p.persisted = p.current_day.map(|d| (d, p.current.clone()));
+        Ok(p)
+    }
+
+    /// Open over a store, resuming its clock, population and thresholds.
+    pub fn open(settings: Arc<Settings>, store: S) -> Result<Self, StoreError> {
+        let mut p = Self::open_partition(settings, store)?;
         // A recalibration is due but was not completed (a crash mid-pass, after part
         // of it was written): run it again. Re-evaluating customers it already did
         // publishes nothing new.
-        if let (Some(clock), Some(day)) = (p.pop.clock, p.current_day) {
-            if clock - day >= p.settings.raw.engine.recalibrate_every_days as Day {
-                p.recalibrate(clock)?;
-            }
+        if let Some(clock) = p.recalibration_pending() {
+            p.recalibrate(clock)?;
         }
         Ok(p)
+    }
+
+    /// The clock, when a recalibration is due at it but was not completed.
+    pub fn recalibration_pending(&self) -> Option<Day> {
+        let (clock, day) = (self.pop.clock?, self.current_day?);
+        (clock - day >= self.settings.raw.engine.recalibrate_every_days as Day).then_some(clock)
     }
 
     pub fn settings(&self) -> &Settings {
@@ -380,8 +483,36 @@ impl<S: Store> Processor<S> {
     pub fn thresholds(&self) -> Thresholds {
         match self.current_day {
             Some(_) => self.current.clone(),
-            None => self.pop.thresholds(None, None),
+            None => self.live_thresholds(),
         }
+    }
+
+    /// The live means (before the first recalibration), with the other partitions'
+    /// sums when a partitioned replay gave them.
+    fn live_thresholds(&self) -> Thresholds {
+        let mut t = self.pop.thresholds(None, None);
+        if let Some(o) = &self.live_peers {
+            t.purchasers += o.purchasers;
+            t.sum_last_day += o.sum_last_day;
+            t.sum_frequency += o.sum_frequency;
+            t.sum_micros += o.sum_micros;
+        }
+        t
+    }
+
+    /// See [`live_thresholds`](Self::live_thresholds).
+    pub(crate) fn set_live_peers(&mut self, peers: Option<Thresholds>) {
+        self.live_peers = peers;
+    }
+
+    /// The day of the last recalibration.
+    pub fn thresholds_day(&self) -> Option<Day> {
+        self.current_day
+    }
+
+    /// Whether a recalibration has happened (thresholds are no longer live).
+    pub fn recalibrated(&self) -> bool {
+        self.current_day.is_some()
     }
 
     /// The models in force (`None` before the first fit).
@@ -553,7 +684,7 @@ impl<S: Store> Processor<S> {
         };
         let thresholds = match self.current_day {
             Some(_) => None,
-            None => Some(self.pop.thresholds(None, None)),
+            None => Some(self.live_thresholds()),
         };
         let slot = &mut self.cache.slots[i as usize];
         let inputs_before = match ev.kind {
@@ -615,24 +746,44 @@ impl<S: Store> Processor<S> {
     /// Move the stream (or wall) clock forward to `day`: fire timers of every day on
     /// the way, then recalibrate if due.
     pub fn advance_to(&mut self, day: Day) -> Result<(), StoreError> {
+        if !self.advance_days(day)? {
+            return Ok(());
+        }
+        if self.recalibration_due(day) {
+            self.recalibrate(day)?;
+        }
+        self.end_advance()
+    }
+
+    /// The first part of [`advance_to`](Self::advance_to): move the clock day by day,
+    /// firing each day's timers. False when nothing more is to be done (the clock
+    /// was already there, or it starts here).
+    pub(crate) fn advance_days(&mut self, day: Day) -> Result<bool, StoreError> {
         let Some(start) = self.pop.clock else {
             let h = self.horizon(day);
             self.pop.advance(day, self.settings.window_days, h);
             self.meta_dirty = true;
-            return Ok(());
+            return Ok(false);
         };
         if day <= start {
-            return Ok(());
+            return Ok(false);
         }
         for d in start + 1..=day {
             let h = self.horizon(d);
             self.pop.advance(d, self.settings.window_days, h);
             self.fire_timers(d)?;
         }
+        Ok(true)
+    }
+
+    /// Whether the clock moving to `day` recalibrates.
+    pub(crate) fn recalibration_due(&self, day: Day) -> bool {
         let every = self.settings.raw.engine.recalibrate_every_days as Day;
-        if self.current_day.is_none_or(|c| day - c >= every) {
-            self.recalibrate(day)?;
-        }
+        self.current_day.is_none_or(|c| day - c >= every)
+    }
+
+    /// The last part of [`advance_to`](Self::advance_to).
+    pub(crate) fn end_advance(&mut self) -> Result<(), StoreError> {
         self.meta_dirty = true;
         self.flush_if_full()
     }
@@ -822,6 +973,20 @@ impl<S: Store> Processor<S> {
         ))
     }
 
+    /// The window monetary figures of this partition's purchasers in `lo..=hi`,
+    /// largest first (a Pareto walk's bucket, see [`exact_pareto_cutoffs`]).
+    pub(crate) fn monetary_in(&self, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
+        let from = (u64::MAX - hi).to_be_bytes();
+        let to = (u64::MAX - lo + 1).to_be_bytes();
+        let mut out = Vec::new();
+        self.scan_index(Cf::ByMonetary, &from, Some(&to), &mut |k| {
+            let (m, _) = decode_index_key(Cf::ByMonetary, k).map_err(|e| corrupt(k, e))?;
+            out.push(m as u64);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
     /// Customers whose index figure lies in `lo..=hi` (figures as stored in the key).
     fn index_range(
         &self,
@@ -863,16 +1028,36 @@ impl<S: Store> Processor<S> {
         // customer evaluated again, since CLV moves with the calendar.
         let by_clv = self.settings.raw.value_tiers.method == ValueMethod::Clv;
         if by_clv && new.model.is_some() {
-            self.flush()?;
-            let s = self.settings.clone();
-            let mut values = Vec::new();
-            self.store.scan(Cf::Customers, &[], None, &mut |k, v| {
-                let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
-                values.extend(policy::clv_micros(&c.figures(day, &s), &new, &s));
-                Ok(true)
-            })?;
-            (new.pareto_high, new.pareto_medium) = policy::pareto_cutoffs(values, &s);
+            let values = self.clv_values(day, &new)?;
+            (new.pareto_high, new.pareto_medium) = policy::pareto_cutoffs(values, &self.settings);
         }
+        self.recalibrate_to(day, new, refit)
+    }
+
+    /// Every customer's predicted CLV as of `day` under `t` (for `value_tiers.method
+    /// = "clv"` cut-offs); writes first, so the store holds every customer.
+    pub(crate) fn clv_values(&mut self, day: Day, t: &Thresholds) -> Result<Vec<u64>, StoreError> {
+        self.flush()?;
+        let s = self.settings.clone();
+        let mut values = Vec::new();
+        self.store.scan(Cf::Customers, &[], None, &mut |k, v| {
+            let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
+            values.extend(policy::clv_micros(&c.figures(day, &s), t, &s));
+            Ok(true)
+        })?;
+        Ok(values)
+    }
+
+    /// The second half of a recalibration: put `new` in force as of `day` (`refit`:
+    /// the model fitted for it, if one was) and re-evaluate every customer it can
+    /// move.
+    pub(crate) fn recalibrate_to(
+        &mut self,
+        day: Day,
+        new: Thresholds,
+        refit: Option<model::Model>,
+    ) -> Result<(), StoreError> {
+        let by_clv = self.settings.raw.value_tiers.method == ValueMethod::Clv;
         let old = std::mem::replace(&mut self.current, new.clone());
         let prev_day = self.current_day;
         // A refit moves every purchaser's P(alive): all are evaluated again.
@@ -992,12 +1177,7 @@ impl<S: Store> Processor<S> {
     /// A new fit of the models if one is due on `day` (none yet, or
     /// `predict.refit_every_days` since the last) and the population allows it.
     fn refit(&mut self, day: Day) -> Option<model::Model> {
-        let pr = &self.settings.raw.predict;
-        if self
-            .current
-            .model
-            .is_some_and(|m| day - m.fitted_on < pr.refit_every_days as Day)
-        {
+        if !self.refit_due(day) {
             return None;
         }
         let shared = self
@@ -1009,38 +1189,46 @@ impl<S: Store> Processor<S> {
             // Another partition here fitted the cluster's population today: the
             // same data but for the latest few events; this partition's histogram
             // still goes out for the other instances' refits.
-            let mut buf = Vec::new();
-            self.hist.encode(&mut buf);
-            self.pending
-                .put(Cf::Meta, META_MODEL_HISTOGRAM.to_vec(), buf);
+            self.keep_refit(None);
             return Some(m);
         }
         let mut h = self.hist.clone();
         if let Some(p) = self.model_peers.as_ref().and_then(|source| source()) {
             h.merge(&p);
         }
-        let started = std::time::Instant::now();
-        let previous = self.current.model;
-        match model::refit(&h, day, pr.min_repeat_customers, previous.as_ref()) {
-            Ok(m) => {
-                self.counters.last_fit_seconds = started.elapsed().as_secs_f64();
-                self.counters.model_fits += 1;
-                let mut buf = Vec::new();
-                self.hist.encode(&mut buf);
-                self.pending
-                    .put(Cf::Meta, META_MODEL_HISTOGRAM.to_vec(), buf);
-                if let Some(s) = &self.fit_share {
-                    *s.lock().unwrap() = Some(m);
-                }
-                Some(m)
-            }
-            // Not enough repeat customers yet: no fit, nothing to say.
-            Err(crate::predict::FitError::TooFew { .. }) => None,
-            Err(e) => {
-                tracing::warn!(day = %crate::day::format_day(day), error = %e, "The model fit failed; the parameters in force stay.");
-                None
-            }
+        let m = fit_population(&h, day, &self.settings, self.current.model.as_ref())?;
+        if let Some(s) = &self.fit_share {
+            *s.lock().unwrap() = Some(m.0);
         }
+        self.keep_refit(Some(m.1));
+        Some(m.0)
+    }
+
+    /// Whether a refit is due on `day` (none yet, or `predict.refit_every_days`
+    /// since the last).
+    pub(crate) fn refit_due(&self, day: Day) -> bool {
+        let every = self.settings.raw.predict.refit_every_days as Day;
+        self.current
+            .model
+            .is_none_or(|m| day - m.fitted_on >= every)
+    }
+
+    /// Record a refit this partition takes part in: its histogram is stored (the
+    /// other instances' refits read it), and `seconds` counts a fit made here.
+    pub(crate) fn keep_refit(&mut self, seconds: Option<f64>) {
+        if let Some(secs) = seconds {
+            self.counters.last_fit_seconds = secs;
+            self.counters.model_fits += 1;
+        }
+        let mut buf = Vec::new();
+        self.hist.encode(&mut buf);
+        self.pending
+            .put(Cf::Meta, META_MODEL_HISTOGRAM.to_vec(), buf);
+    }
+
+    /// The models in force (what a refit warm-starts from).
+    pub(crate) fn current_model(&self) -> Option<&model::Model> {
+        self.current.model.as_ref()
     }
 
     /// Flush (which also trims the cache) when the cache is over its cap or the batch

@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::config::{Clock, Settings};
 use crate::event::{check_clock_jump, parse_event, Event, ParseContext};
 use crate::output::{Output, OutputType};
-use crate::processor::Processor;
+use crate::partitions::Partitions;
 use crate::store::rocks::RocksStore;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
@@ -32,6 +32,8 @@ pub enum ReplayError {
     Input { path: String, source: io::Error },
     #[error("cannot write {what}: {source}")]
     Output { what: String, source: io::Error },
+    #[error("{0}")]
+    Layout(String),
 }
 
 /// One dead-letter record.
@@ -134,37 +136,31 @@ fn progress(total: Option<u64>) -> ProgressBar {
     pb
 }
 
+/// Events read and parsed at a time, per partition.
 const CHUNK: usize = 4096;
 
-/// Run sources through a processor; write outputs and dead letters.
-pub fn run<S: Store>(
-    proc: &mut Processor<S>,
+/// Run sources through a process's partitions; write outputs and dead letters.
+pub fn run<S: Store + Send>(
+    parts: &mut Partitions<S>,
     sources: Vec<Source>,
     out: &mut dyn Write,
     dead: &mut dyn Write,
 ) -> Result<Summary, ReplayError> {
-    run_with_metrics(proc, sources, out, dead, &Metrics::new())
-}
-
-/// [`run`], counting into `metrics` as the Kafka service does (an output counts as
-/// published when it is written).
-pub fn run_with_metrics<S: Store>(
-    proc: &mut Processor<S>,
-    sources: Vec<Source>,
-    out: &mut dyn Write,
-    dead: &mut dyn Write,
-    metrics: &Metrics,
-) -> Result<Summary, ReplayError> {
-    metrics.add_population(proc.store(), 1)?;
-    let counters_before = proc.counters.clone();
+    let metrics = parts.metrics().clone();
+    for p in parts.parts() {
+        metrics.add_population(p.store(), 1)?;
+    }
+    let counters_before = parts.counters();
     let started = Instant::now();
-    let mut ctx = ParseContext::for_files(proc.settings());
-    let wall = proc.settings().clock == Clock::Wall;
+    let settings = parts.settings().clone();
+    let mut ctx = ParseContext::for_files(&settings);
+    let wall = settings.clock == Clock::Wall;
     // The stream clock as it will be when the next parsed event is processed (the
     // largest event day so far): an event too far after it is bad
     // (`engine.max_event_clock_jump_days`).
-    let mut clock = proc.clock();
-    let max_jump = proc.settings().raw.engine.max_event_clock_jump_days;
+    let mut clock = parts.clock();
+    let max_jump = settings.raw.engine.max_event_clock_jump_days;
+    let chunk = (CHUNK * parts.len()).min(1 << 16);
     let total = sources.iter().map(|s| s.len).sum::<Option<u64>>();
     let pb = progress(total);
     let mut sum = Summary::default();
@@ -180,21 +176,16 @@ pub fn run_with_metrics<S: Store>(
             // With the wall clock the as-of day is today, and events from the future
             // (beyond the allowed skew) are bad.
             if wall {
-                let s = proc.settings();
                 ctx.set_now(
                     chrono::Utc::now().timestamp_millis(),
-                    s.raw.engine.max_future_skew_seconds,
+                    settings.raw.engine.max_future_skew_seconds,
                 );
-                let today = crate::day::today(s.tz);
-                proc.advance_to(today)?;
-                let outputs = proc.take_outputs();
-                metrics.observe_written(outputs.iter());
-                write_outputs(out, outputs).map_err(out_err("the output"))?;
+                parts.advance_to(crate::day::today(settings.tz), out)?;
             }
             // Read and parse one chunk.
-            let mut events: Vec<Event> = Vec::with_capacity(CHUNK);
+            let mut events: Vec<Event> = Vec::with_capacity(chunk);
             let mut buf = Vec::with_capacity(256);
-            while events.len() < CHUNK {
+            while events.len() < chunk {
                 buf.clear();
                 let n =
                     reader
@@ -248,19 +239,13 @@ pub fn run_with_metrics<S: Store>(
                     }
                 }
             }
-            proc.prefetch(events.iter().map(|e| e.customer_id.as_str()))?;
-            for ev in &events {
-                proc.process(ev)?;
-                let outputs = proc.take_outputs();
-                metrics.observe_written(outputs.iter());
-                write_outputs(out, outputs).map_err(out_err("the output"))?;
-            }
+            parts.process(&events, out)?;
         }
     }
-    proc.flush()?;
-    metrics.record_counters(&counters_before, &proc.counters, proc.model().as_ref());
+    parts.flush(out)?;
+    let c = parts.counters();
+    metrics.record_counters(&counters_before, &c, parts.model().as_ref());
     pb.finish_and_clear();
-    let c = &proc.counters;
     sum.applied = c.applied;
     sum.duplicates = c.duplicates;
     sum.late = c.late;
@@ -271,7 +256,7 @@ pub fn run_with_metrics<S: Store>(
         sum.outputs
             .insert(t.as_str(), *c.outputs.get(&t).unwrap_or(&0));
     }
-    sum.customers = proc.population().customers;
+    sum.customers = parts.population().customers;
     sum.seconds = started.elapsed().as_secs_f64();
     sum.events_per_second = sum.events_read as f64 / sum.seconds.max(1e-9);
     out.flush().map_err(out_err("the output"))?;
@@ -320,27 +305,67 @@ pub fn open_store(settings: &Settings, dir: &Path) -> Result<RocksStore, StoreEr
     )
 }
 
+/// The stores of a replay's state dir: one per partition under `partitions/<p>`
+/// (`engine.partitions`), the block cache and memtables shared out among them. A
+/// state dir an earlier strata wrote as one store at its top goes on as one
+/// partition.
+pub fn open_stores(settings: &Settings, dir: &Path) -> Result<Vec<RocksStore>, ReplayError> {
+    if dir.join("CURRENT").exists() {
+        tracing::info!(state_dir = %dir.display(), "The state dir holds one store (an earlier layout): replaying into it as one partition.");
+        return Ok(vec![open_store(settings, dir)?]);
+    }
+    let n = settings.raw.engine.partitions as usize;
+    let parts = dir.join("partitions");
+    let existing = std::fs::read_dir(&parts)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().join("CURRENT").exists())
+                .count()
+        })
+        .unwrap_or(0);
+    if existing != 0 && existing != n {
+        return Err(ReplayError::Layout(format!(
+            "{} holds {existing} partitions but engine.partitions is {n}: set engine.partitions = {existing} (or STRATA_ENGINE__PARTITIONS={existing}) to go on with it, or replay into a new state dir",
+            dir.display()
+        )));
+    }
+    let e = &settings.raw.engine;
+    (0..n)
+        .map(|p| {
+            RocksStore::open(
+                &crate::cluster::partition_dir(dir, p as i32),
+                (e.block_cache_mb / n).max(8),
+                (e.write_buffer_mb / n).max(4),
+            )
+            .map_err(ReplayError::from)
+        })
+        .collect()
+}
+
 pub fn replay(settings: Arc<Settings>, args: ReplayArgs) -> Result<Summary, ReplayError> {
     let sources = args
         .inputs
         .iter()
         .map(|p| Source::open(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let store = open_store(&settings, &args.state_dir)?;
-    let mut proc = Processor::open(settings, store)?;
+    let stores = open_stores(&settings, &args.state_dir)?;
     let mut out = create(args.out.as_deref().unwrap_or(Path::new("-")), false)?;
+    let mut parts = Partitions::open(settings, stores, Arc::new(Metrics::new()), &mut out)?;
     let dl_path = args
         .dead_letter
         .clone()
         .unwrap_or_else(|| args.state_dir.join("dead_letter.jsonl"));
     let mut dead = create(&dl_path, args.dead_letter.is_none())?;
-    let summary = run(&mut proc, sources, &mut out, &mut dead)?;
-    let (memtables, block_cache, table_readers) = proc.store().memory();
-    tracing::debug!(
-        memtables,
-        block_cache,
-        table_readers,
-        "RocksDB memory at the end of the replay."
-    );
+    let summary = run(&mut parts, sources, &mut out, &mut dead)?;
+    for p in parts.parts() {
+        let (memtables, block_cache, table_readers) = p.store().memory();
+        tracing::debug!(
+            memtables,
+            block_cache,
+            table_readers,
+            "RocksDB memory of a partition at the end of the replay."
+        );
+    }
     Ok(summary)
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 use strata::audience::{self, Cursor, Filter};
 use strata::config::{Clock, Config, Settings};
 use strata::store::rocks::RocksStore;
+use strata::store::Union;
 
 use crate::util::*;
 
@@ -145,9 +146,14 @@ fn summary_and_where_are_the_dump_added_up_and_filtered() {
     );
 }
 
-fn open(state: &Path) -> (Arc<Settings>, RocksStore) {
+/// A replay's state dir: one store per partition, read as one.
+fn open(state: &Path) -> (Arc<Settings>, Union<RocksStore>) {
     let s = Arc::new(Settings::new(Config::load(None).unwrap(), Clock::Event).unwrap());
-    (s, RocksStore::open(state, 16, 8).unwrap())
+    let n = s.raw.engine.partitions as i32;
+    let stores = (0..n)
+        .map(|p| RocksStore::open(&strata::cluster::partition_dir(state, p), 16, 8).unwrap())
+        .collect();
+    (s, Union(stores))
 }
 
 /// With population thresholds (means, Pareto), recalibrated daily: every

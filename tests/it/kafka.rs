@@ -276,10 +276,19 @@ stats = "{name}-stats"
             lines.sort_by_key(|l| (l.0, l.1, l.2));
             let file = self.dir.path().join(format!("oracle-{p}.jsonl"));
             write_lines(&file, &lines.into_iter().map(|l| l.3).collect::<Vec<_>>());
-            let state = root.join("partitions").join(p.to_string());
-            std::fs::create_dir_all(&state).unwrap();
-            let (outs, dead, _) = replay(&state, &[&file], FIXED);
+            // Each partition replayed on its own clock, as `run` applies it, into a
+            // one-partition state dir whose store becomes the oracle's partition p.
+            let own = self.dir.path().join(format!("oracle-state-{p}"));
+            let mut env = FIXED.to_vec();
+            env.push(("STRATA_ENGINE__PARTITIONS", "1"));
+            let (outs, dead, _) = replay(&own, &[&file], &env);
             assert!(dead.is_empty(), "the oracle's input has no bad lines");
+            std::fs::create_dir_all(root.join("partitions")).unwrap();
+            std::fs::rename(
+                own.join("partitions").join("0"),
+                root.join("partitions").join(p.to_string()),
+            )
+            .unwrap();
             for o in outs {
                 let t = if o["type"] == "tier_changed" {
                     self.tier_changes.clone()

@@ -28,6 +28,9 @@ mod ops;
 /// Replays of a generated stream and of real CDNOW transactions, compared customer by
 /// customer with figures recomputed here from the raw events.
 mod oracle;
+/// Partitioned replay: the same outputs per customer, dump and summary as one
+/// store; a deterministic output file; the layout `run` keeps.
+mod partitions;
 /// Predictions: the CDNOW sample fitted end to end, holdout, the `p_alive` rule
 /// from the timer, merged partitions fit as one.
 mod predict;

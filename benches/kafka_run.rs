@@ -264,7 +264,9 @@ fn main() {
         .unwrap();
     let topics: Vec<NewTopic> = INPUTS
         .iter()
-        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+        // An explicit retention: the peer (Quix Streams) reads it from the topics'
+        // configs to derive its changelogs', and tansu lists only configs it was given.
+        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)).set("retention.ms", "-1"))
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(admin.create_topics(&topics, &AdminOptions::new()))
@@ -381,19 +383,18 @@ fn main() {
     );
     // CPU per event: steadier than the rate on a shared machine (and the rate's
     // ceiling when the cores are busy).
+    let mut cpu_seconds_per_million = f64::NAN;
     if let (Some(cpu), Some(b0), Some(b1)) = (
         cpu_seconds(a.0.id()),
         broker_before,
         cpu_seconds(tansu.0.id()),
     ) {
+        cpu_seconds_per_million = cpu * 1e6 / n as f64;
         println!(
             "strata run CPU: {cpu:.1} s user+system = {:.1} µs per event (the broker meanwhile: {:.1} s)",
             cpu * 1e6 / n as f64,
             b1 - b0
         );
-    }
-    if std::env::var_os("STRATA_BENCH_ONLY_RUN").is_some() {
-        return;
     }
     // Leave the group cleanly (SIGTERM), so the next instance is assigned at once.
     unsafe {
@@ -401,6 +402,20 @@ fn main() {
     }
     let mut a = a;
     a.0.wait().ok();
+    if let Some(python) = peer_python() {
+        peer(
+            &python,
+            dir.path(),
+            &brokers,
+            &ends,
+            n,
+            rate,
+            cpu_seconds_per_million,
+        );
+    }
+    if std::env::var_os("STRATA_BENCH_ONLY_RUN").is_some() {
+        return;
+    }
 
     // Restore: a fresh instance takes all partitions over from the changelog.
     let (cfg, _) = config(dir.path(), &brokers, "b");
@@ -436,6 +451,70 @@ fn main() {
     let b = Killed(b);
     latency(&brokers);
     drop(b);
+}
+
+/// The peer's interpreter: `STRATA_BENCH_PEER_PYTHON`, else benches/peer/.venv
+/// when `benches/peer/setup` made it; `None` skips the peer.
+fn peer_python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("STRATA_BENCH_PEER_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer/.venv/bin/python");
+    venv.exists().then_some(venv)
+}
+
+/// Phase 3b: the peer (benches/peer/app.py, Quix Streams) over the same topics,
+/// from its own group's start until its committed offsets reach the ends; events/s
+/// and CPU per million events side by side with strata's.
+fn peer(
+    python: &Path,
+    dir: &Path,
+    brokers: &str,
+    ends: &BTreeMap<(String, i32), i64>,
+    n: u64,
+    strata_rate: f64,
+    strata_cpu_per_million: f64,
+) {
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer/app.py");
+    let t0 = Instant::now();
+    let p = Killed(
+        Command::new(python)
+            .arg(&app)
+            .args([
+                brokers,
+                "peer",
+                &dir.join("peer-state").display().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("peer.log")).unwrap())
+            .spawn()
+            .expect("the peer's python"),
+    );
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "peer")
+        .create()
+        .unwrap();
+    let mut cpu = 0.0;
+    while !committed_done(&group, ends) {
+        cpu = cpu_seconds(p.0.id()).unwrap_or(cpu);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    cpu = cpu_seconds(p.0.id()).unwrap_or(cpu);
+    drop(p);
+    let rate = n as f64 / secs;
+    let per_million = cpu * 1e6 / n as f64;
+    println!(
+        "peer (Quix Streams, benches/peer/app.py): {n} events in {secs:.1}s = {rate:.0} events/s from process start; CPU {cpu:.1} s = {per_million:.1} s per million events"
+    );
+    println!(
+        "strata / peer: {:.1}x the events/s; events per CPU second: strata {:.0}, peer {:.0} ({:.1}x)",
+        strata_rate / rate,
+        1e6 / strata_cpu_per_million,
+        1e6 / per_million,
+        per_million / strata_cpu_per_million,
+    );
 }
 
 /// Phase 5: steady-rate event-to-output latency (see the module docs).

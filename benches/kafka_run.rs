@@ -23,7 +23,11 @@
 //!    handed to the producer (p50/p99/max).
 //!
 //! `cargo bench --bench kafka_run` (tansu must be installed: `scripts/setup --test`).
-//! `STRATA_BENCH_ONLY_RUN=1` stops after (3), for quicker experiments;
+//! 3b. the peer (benches/peer/app.py, Quix Streams, when `benches/peer/setup` made
+//!    its venv): the same topics from the start, until its group's committed
+//!    offsets reach the ends: events/s and CPU per million events beside strata's;
+//!
+//! `STRATA_BENCH_ONLY_RUN=1` stops after (3b), for quicker experiments;
 //! `STRATA_BENCH_BIN` runs another `strata` binary (A/B comparisons of two builds).
 //! Under `cargo test` it does nothing.
 
@@ -454,8 +458,12 @@ fn main() {
 }
 
 /// The peer's interpreter: `STRATA_BENCH_PEER_PYTHON`, else benches/peer/.venv
-/// when `benches/peer/setup` made it; `None` skips the peer.
+/// when `benches/peer/setup` made it; `None` (or `STRATA_BENCH_NO_PEER`) skips the
+/// peer.
 fn peer_python() -> Option<PathBuf> {
+    if std::env::var_os("STRATA_BENCH_NO_PEER").is_some() {
+        return None;
+    }
     if let Some(p) = std::env::var_os("STRATA_BENCH_PEER_PYTHON") {
         return Some(PathBuf::from(p));
     }

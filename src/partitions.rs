@@ -211,7 +211,16 @@ impl<S: Store + Send> Partitions<S> {
         })?;
         let mut new = merged.thresholds(high, medium);
         let mut refit = None;
-        if self.parts.iter().any(|p| p.refit_due(day)) {
+        // Counted before merging: until there are enough repeat customers, the
+        // merge (a few hundred thousand rows) would be made every day for nothing.
+        let repeat: u64 = self
+            .parts
+            .iter()
+            .map(|p| p.histogram().repeat_customers(day))
+            .sum();
+        if self.parts.iter().any(|p| p.refit_due(day))
+            && repeat >= s.raw.predict.min_repeat_customers
+        {
             let mut h = Histogram::default();
             for p in &self.parts {
                 h.merge(p.histogram());

@@ -262,8 +262,11 @@ pub type PeerSource = Box<dyn Fn() -> Option<Population> + Send>;
 pub type ModelPeerSource = Box<dyn Fn() -> Option<Histogram> + Send>;
 
 /// The latest fit made by any partition of this process (a cluster instance): a
-/// partition whose refit falls on the same day takes it instead of fitting the
-/// same cluster-wide population again.
+/// partition whose refit is due takes it, instead of fitting the same
+/// cluster-wide population again, when it was fitted less than
+/// `predict.refit_every_days` before its day or after it (catching up, the
+/// partitions' clocks are weeks apart: a fit per partition per period made a
+/// year's backlog 8 × 52 fits).
 pub type FitShare = std::sync::Arc<std::sync::Mutex<Option<model::Model>>>;
 
 /// The model histogram of every stored customer.
@@ -1184,11 +1187,13 @@ impl<S: Store> Processor<S> {
             .fit_share
             .as_ref()
             .and_then(|s| *s.lock().unwrap())
-            .filter(|m| m.fitted_on == day);
+            .filter(|m| day - m.fitted_on < self.settings.raw.predict.refit_every_days as Day);
         if let Some(m) = shared {
-            // Another partition here fitted the cluster's population today: the
-            // same data but for the latest few events; this partition's histogram
-            // still goes out for the other instances' refits.
+            // Another partition here fitted the cluster's population less than a
+            // refit period before today, or on a later day (partitions' clocks
+            // differ by what each has consumed; the one furthest on fits, those
+            // behind take its parameters, which move little in a period). This
+            // partition's histogram still goes out for the other instances' refits.
             self.keep_refit(None);
             return Some(m);
         }

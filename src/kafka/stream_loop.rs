@@ -125,7 +125,8 @@ impl StreamLoop {
         Ok(())
     }
 
-    /// Take up to `max_batch_events` messages, waiting at most `batch_wait_ms`.
+    /// Take up to `max_batch_events` messages, waiting at most `batch_wait_ms` — or
+    /// until nothing more is there, once something was taken.
     fn poll(&mut self) -> Result<usize, KafkaError> {
         let full = self.full();
         while self.tasks.staged.values().map(Vec::len).sum::<usize>() >= full
@@ -150,7 +151,10 @@ impl StreamLoop {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(polled) = self.inputs.poll(left)? else {
-                if left.is_zero() {
+                // Caught up (nothing more fetched, nothing more on the broker):
+                // what was polled goes now rather than at the deadline — small
+                // rounds when not behind (latency), full ones when catching up.
+                if left.is_zero() || (n > 0 && !self.inputs.behind()) {
                     break;
                 }
                 // Nothing fetched yet: keep the workers fed meanwhile.

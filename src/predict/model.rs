@@ -198,7 +198,10 @@ pub fn refit(
     }
     let histories: Vec<History> =
         h.bg.iter()
-            .filter(|((_, first, _), _)| *first <= as_of)
+            // A customer whose last purchase is after the day (a cluster peer's
+            // histogram from further on in event time) has t_x > T, outside the
+            // model: its row is left out rather than fitted as nonsense.
+            .filter(|((_, first, t_x), _)| first + t_x <= as_of)
             .map(|(&(x, first, t_x), &n)| History {
                 x: x as f64,
                 t_x: t_x as f64,

@@ -304,7 +304,7 @@ impl<S: Store + Send> Partitions<S> {
         for ev in events {
             let k = self.partition(&ev.customer_id);
             let mut others = Thresholds::default();
-            for (_, t) in sums.iter().enumerate().filter(|(i, _)| *i != k) {
+            for (_, t) in sums.iter().enumerate().filter(|&(i, _)| i != k) {
                 others.purchasers += t.purchasers;
                 others.sum_last_day += t.sum_last_day;
                 others.sum_frequency += t.sum_frequency;

@@ -327,13 +327,14 @@ pub fn check_meta(store: &dyn Store) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Exact Pareto cut-offs over several partitions' purchasers: the walk of
-/// [`Processor`]'s own (a single store), with the bucket holding a cut-off read
-/// from every partition (`values_in(lo, hi)`: their figures in the bucket).
-pub(crate) fn exact_pareto_cutoffs(
+/// The Pareto walk: purchasers by window monetary, biggest first; the monetary of
+/// the first customer at which the running total reaches each share. The monetary
+/// histogram says which bucket holds a cut-off and the total above it;
+/// `in_bucket(lo, hi, above, target)` finds the cut-off inside that bucket.
+fn pareto_walk(
     s: &Settings,
     merged: &Population,
-    values_in: &mut dyn FnMut(u64, u64) -> Result<Vec<u64>, StoreError>,
+    in_bucket: &mut dyn FnMut(u64, u64, u128, f64) -> Result<Option<u64>, StoreError>,
 ) -> Result<(Option<u64>, Option<u64>), StoreError> {
     let vt = &s.raw.value_tiers;
     let hist = &merged.monetary_hist;
@@ -350,18 +351,9 @@ pub(crate) fn exact_pareto_cutoffs(
             }
             let (lo, hi) = bucket_range(b);
             if lo == 0 {
-                break;
+                break; // zero spend never holds a cut-off
             }
-            let mut values = values_in(lo, hi)?;
-            values.sort_unstable_by(|a, b| b.cmp(a));
-            let mut running = above;
-            for m in values {
-                running += m as u128;
-                if running as f64 >= target {
-                    return Ok(Some(m));
-                }
-            }
-            return Ok(None);
+            return in_bucket(lo, hi, above, target);
         }
         Ok(None)
     };
@@ -369,6 +361,27 @@ pub(crate) fn exact_pareto_cutoffs(
         walk(vt.high_share * total as f64)?,
         walk(vt.medium_share * total as f64)?,
     ))
+}
+
+/// Exact Pareto cut-offs over several partitions' purchasers: [`pareto_walk`] with
+/// the bucket holding a cut-off read from every partition (`values_in(lo, hi)`).
+pub(crate) fn exact_pareto_cutoffs(
+    s: &Settings,
+    merged: &Population,
+    values_in: &mut dyn FnMut(u64, u64) -> Result<Vec<u64>, StoreError>,
+) -> Result<(Option<u64>, Option<u64>), StoreError> {
+    pareto_walk(s, merged, &mut |lo, hi, above, target| {
+        let mut values = values_in(lo, hi)?;
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        let mut running = above;
+        for m in values {
+            running += m as u128;
+            if running as f64 >= target {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    })
 }
 
 /// Fit the models on a population histogram as of `day` (warm-started from
@@ -932,48 +945,26 @@ impl<S: Store> Processor<S> {
         merged: &Population,
         peers: Option<&Population>,
     ) -> Result<(Option<u64>, Option<u64>), StoreError> {
-        let vt = &self.settings.raw.value_tiers;
-        let hist = &merged.monetary_hist;
         let approximate = peers.is_some_and(|p| p.purchasers > 0);
-        let total: u128 = hist.values().map(|(_, sum)| *sum).sum();
-        if vt.method != ValueMethod::Pareto || total == 0 {
-            return Ok((None, None));
-        }
-        let walk = |target: f64| -> Result<Option<u64>, StoreError> {
-            let mut above: u128 = 0;
-            for (&b, &(_, sum)) in hist.iter().rev() {
-                if ((above + sum) as f64) < target {
-                    above += sum;
-                    continue;
-                }
-                let (lo, hi) = bucket_range(b);
-                if lo == 0 {
-                    break; // zero spend never holds a cut-off
-                }
-                if approximate {
-                    return Ok(Some(lo));
-                }
-                let from = (u64::MAX - hi).to_be_bytes();
-                let to = (u64::MAX - lo + 1).to_be_bytes();
-                let mut running = above;
-                let mut found = None;
-                self.scan_index(Cf::ByMonetary, &from, Some(&to), &mut |k| {
-                    let (m, _) = decode_index_key(Cf::ByMonetary, k).map_err(|e| corrupt(k, e))?;
-                    running += m as u128;
-                    if running as f64 >= target {
-                        found = Some(m as u64);
-                        return Ok(false);
-                    }
-                    Ok(true)
-                })?;
-                return Ok(found);
+        pareto_walk(&self.settings, merged, &mut |lo, hi, above, target| {
+            if approximate {
+                return Ok(Some(lo));
             }
-            Ok(None)
-        };
-        Ok((
-            walk(vt.high_share * total as f64)?,
-            walk(vt.medium_share * total as f64)?,
-        ))
+            let from = (u64::MAX - hi).to_be_bytes();
+            let to = (u64::MAX - lo + 1).to_be_bytes();
+            let mut running = above;
+            let mut found = None;
+            self.scan_index(Cf::ByMonetary, &from, Some(&to), &mut |k| {
+                let (m, _) = decode_index_key(Cf::ByMonetary, k).map_err(|e| corrupt(k, e))?;
+                running += m as u128;
+                if running as f64 >= target {
+                    found = Some(m as u64);
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
+            Ok(found)
+        })
     }
 
     /// The window monetary figures of this partition's purchasers in `lo..=hi`,

@@ -55,7 +55,8 @@ pub struct PredictConfig {
     pub horizon_days: u32,
     /// `clv` is the expected spend over this many days ahead.
     pub clv_horizon_days: u32,
-    /// Refit at the first recalibration this many days after the last fit.
+    /// Refit at the first recalibration of each period of this many days (a fixed
+    /// calendar from Monday 1970-01-05: with 7, at the week's first recalibration).
     pub refit_every_days: u32,
     /// No fit before this many customers have a repeat purchase day.
     pub min_repeat_customers: u64,

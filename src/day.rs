@@ -5,9 +5,7 @@
 //! day arithmetic (recency, window bounds, timers) is plain integer arithmetic and the
 //! zone is consulted only when an instant is turned into a day or back.
 
-use std::fmt::Write;
-
-use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
 use chrono_tz::Tz;
 
 pub type Day = i32;
@@ -27,8 +25,6 @@ pub fn date_of(day: Day) -> NaiveDate {
     epoch() + chrono::Duration::days(day as i64)
 }
 
-/// `YYYY-MM-DD`. (Written directly: every output carries one or two, and chrono's
-/// `format` parses its pattern on every call.)
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
@@ -36,19 +32,55 @@ pub fn now_millis() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// `YYYY-MM-DD`. (Written directly: every output carries one or two, and
+/// `core::fmt` costs more than the rest of an output's fields together.)
 pub fn format_day(day: Day) -> String {
-    let mut s = String::with_capacity(10);
-    push_date(&mut s, date_of(day));
-    s
+    match civil(day as i64) {
+        Some(ymd) => {
+            let mut b = [0u8; 10];
+            put_ymd(&mut b, ymd);
+            ascii(&b)
+        }
+        None => date_of(day).format("%Y-%m-%d").to_string(),
+    }
 }
 
-fn push_date(s: &mut String, d: NaiveDate) {
-    if (0..=9999).contains(&d.year()) {
-        write!(s, "{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
-    } else {
-        write!(s, "{}", d.format("%Y-%m-%d"))
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`), for years 0–9999 (the rest go through chrono).
+fn civil(days: i64) -> Option<(u32, u32, u32)> {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    (0..=9999)
+        .contains(&y)
+        .then_some((y as u32, m as u32, d as u32))
+}
+
+/// `v` in decimal, zero-padded to fill `out`.
+fn put_padded(out: &mut [u8], mut v: u32) {
+    for b in out.iter_mut().rev() {
+        *b = b'0' + (v % 10) as u8;
+        v /= 10;
     }
-    .expect("writing to a String never fails");
+}
+
+/// `YYYY-MM-DD` into the first 10 bytes.
+fn put_ymd(b: &mut [u8], (y, m, d): (u32, u32, u32)) {
+    put_padded(&mut b[0..4], y);
+    b[4] = b'-';
+    put_padded(&mut b[5..7], m);
+    b[7] = b'-';
+    put_padded(&mut b[8..10], d);
+}
+
+fn ascii(b: &[u8]) -> String {
+    String::from_utf8(b.to_vec()).expect("dates are ASCII")
 }
 
 pub fn parse_day(s: &str) -> Option<Day> {
@@ -73,29 +105,31 @@ pub fn day_start_millis(day: Day, tz: Tz) -> i64 {
 
 /// RFC 3339 in UTC, with fractional seconds only when present.
 pub fn rfc3339_utc(ms: i64) -> String {
-    let Some(t) = DateTime::<Utc>::from_timestamp_millis(ms) else {
-        return String::new();
+    let Some(ymd) = civil(ms.div_euclid(86_400_000)) else {
+        return DateTime::<Utc>::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+            .unwrap_or_default();
     };
-    if !(0..=9999).contains(&t.year()) {
-        return t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
-    }
-    let secs = ms.div_euclid(1000).rem_euclid(86_400);
-    let mut s = String::with_capacity(24);
-    push_date(&mut s, t.date_naive());
-    write!(
-        s,
-        "T{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-    .expect("writing to a String never fails");
-    match ms.rem_euclid(1000) {
-        0 => {}
-        frac => write!(s, ".{frac:03}").expect("writing to a String never fails"),
-    }
-    s.push('Z');
-    s
+    let secs = ms.div_euclid(1000).rem_euclid(86_400) as u32;
+    // YYYY-MM-DDThh:mm:ss[.fff]Z
+    let mut b = [0u8; 24];
+    put_ymd(&mut b, ymd);
+    b[10] = b'T';
+    put_padded(&mut b[11..13], secs / 3600);
+    b[13] = b':';
+    put_padded(&mut b[14..16], secs / 60 % 60);
+    b[16] = b':';
+    put_padded(&mut b[17..19], secs % 60);
+    let len = match ms.rem_euclid(1000) {
+        0 => 19,
+        frac => {
+            b[19] = b'.';
+            put_padded(&mut b[20..23], frac as u32);
+            23
+        }
+    };
+    b[len] = b'Z';
+    ascii(&b[..=len])
 }
 
 /// Today in `tz` by the wall clock.

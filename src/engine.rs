@@ -180,19 +180,10 @@ impl<'a> Engine<'a> {
             }
         }
 
-        let mut next = state.next_change(&f, s);
-        // P(alive) falls day by day without a purchase: the day it crosses the
-        // threshold (unless the rule already holds, which only a purchase ends).
-        if let (true, false, Some(m), Some(i)) = (
-            s.raw.churn.p_alive,
-            rules.contains(Rule::PAlive),
-            thresholds.model.as_ref(),
-            f.model_inputs,
-        ) {
-            if let Some(d) = m.p_alive_below_from(&i, s.raw.churn.p_alive_below, as_of + 1) {
-                next = Some(next.map_or(d, |n| n.min(d)));
-            }
-        }
+        // (The day P(alive) crosses the `p_alive` threshold is not in the timer:
+        // it is a function of the model group alone, kept by the processor's
+        // watch, `crate::predict::watch`.)
+        let next = state.next_change(&f, s);
         if next != state.timer {
             fx.timer_moved = Some((state.timer, next));
             state.timer = next;

@@ -39,6 +39,7 @@ use crate::output::{Cause, CustomerTiers, Output, OutputType};
 use crate::policy::{self, Thresholds, ThresholdsBuilder};
 use crate::population::{bucket_range, decode_thresholds, encode_thresholds, Population};
 use crate::predict::model::{self, Histogram, Inputs};
+use crate::predict::watch::{self, Watch};
 use crate::store::codec::{
     decode_customer, decode_index_key, decode_timer_key, dedupe_key, encode_customer, index_figure,
     index_key, last_day_prefix, timer_key,
@@ -48,8 +49,9 @@ use crate::store::{Batch, Cf, Store, StoreError};
 pub const META_POPULATION: &[u8] = b"population";
 pub const META_THRESHOLDS: &[u8] = b"thresholds";
 /// The partition's model histogram as of its last refit, put in the batch of that
-/// refit for the Kafka shell to publish on the stats topic (it is not read back:
-/// `open` rebuilds the histogram from the customer records).
+/// refit for the flush hook (the Kafka shell publishes it on the stats topic; a
+/// shell without a hook, replay, never gets it). It is not read back: `open`
+/// rebuilds the histogram from the customer records.
 pub const META_MODEL_HISTOGRAM: &[u8] = b"model_histogram";
 /// Tier transitions of one as-of day: `transitions/<YYYY-MM-DD>` → JSON
 /// `{"<dimension>/<from>><to>": count}` (every `tier_changed` with a `from`, per
@@ -115,6 +117,10 @@ pub struct Audit {
     /// Timer and index entries missing from, or extra in, the derived column
     /// families ([`DERIVED`]) against what the customer records say.
     pub derived_mismatches: u64,
+    /// Model groups whose members or crossing day differ from the records and
+    /// the model in force, and customers below the `p_alive` threshold whose
+    /// episode does not hold the rule (see [`watch`]).
+    pub watch_mismatches: u64,
 }
 
 /// Called by [`Processor::flush`] with the batch about to be written and the outputs
@@ -239,6 +245,12 @@ pub struct Processor<S: Store> {
     /// The model histogram of this partition's customers (every purchaser, lifetime
     /// figures), kept with every purchase.
     hist: Histogram,
+    /// A refit happened since the last write: the next write hands the hook the
+    /// histogram ([`META_MODEL_HISTOGRAM`]).
+    histogram_due: bool,
+    /// The repeat customers by model group and the days the groups' P(alive)
+    /// crosses the `p_alive` threshold (see [`watch`]); kept with `hist`.
+    watch: Watch,
     /// The other partitions' merged model histograms (a cluster), asked at a refit.
     model_peers: Option<ModelPeerSource>,
     /// `customer_tiers` records since the last write (`None`: not kept).
@@ -247,7 +259,9 @@ pub struct Processor<S: Store> {
     fit_share: Option<FitShare>,
     /// Tier transitions per day since the last write (added to the stored counts
     /// at the write), and the day transitions were last pruned to.
-    transitions: BTreeMap<Day, BTreeMap<String, u64>>,
+    /// Keyed (dimension, from, to), named as the stored `"<dimension>/<from>><to>"`.
+    transitions:
+        BTreeMap<Day, rustc_hash::FxHashMap<(&'static str, &'static str, &'static str), u64>>,
     transitions_pruned: Option<Day>,
     /// The population sums of a process's other partitions, before the first
     /// recalibration (a partitioned replay sets them before each event of the
@@ -263,23 +277,43 @@ pub type ModelPeerSource = Box<dyn Fn() -> Option<Histogram> + Send>;
 
 /// The latest fit made by any partition of this process (a cluster instance): a
 /// partition whose refit is due takes it, instead of fitting the same
-/// cluster-wide population again, when it was fitted less than
-/// `predict.refit_every_days` before its day or after it (catching up, the
-/// partitions' clocks are weeks apart: a fit per partition per period made a
-/// year's backlog 8 × 52 fits).
+/// cluster-wide population again, when it was fitted in the same refit period
+/// as its day or a later one (catching up, the partitions' clocks are weeks
+/// apart: a fit per partition per period made a year's backlog 8 × 52 fits).
+/// Periods are a fixed calendar ([`model::refit_period`]), so an instance fits at
+/// most once per period whatever order its partitions reach it in.
 pub type FitShare = std::sync::Arc<std::sync::Mutex<Option<model::Model>>>;
 
-/// The model histogram of every stored customer.
-pub fn scan_histogram(store: &dyn Store) -> Result<Histogram, StoreError> {
+/// The model histogram of every stored customer, and each repeat customer's
+/// model group (id by group, ids in key order).
+pub fn scan_model(
+    store: &dyn Store,
+) -> Result<(Histogram, BTreeMap<watch::Group, Vec<String>>), StoreError> {
     let mut h = Histogram::default();
+    let mut groups: BTreeMap<watch::Group, Vec<String>> = BTreeMap::new();
     store.scan(Cf::Customers, &[], None, &mut |k, v| {
         let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
         if let Some(i) = Inputs::of(&c, None) {
             h.count(&i, true);
+            if let Some(g) = watch::group_of(&i) {
+                groups
+                    .entry(g)
+                    .or_default()
+                    .push(String::from_utf8_lossy(k).into_owned());
+            }
         }
         Ok(true)
     })?;
-    Ok(h)
+    Ok((h, groups))
+}
+
+/// What the watch schedules with: the model in force, while the `p_alive` rule
+/// is on.
+fn watch_rule<'a>(s: &Settings, model: Option<&'a model::Model>) -> watch::Rule<'a> {
+    watch::Rule {
+        model: model.filter(|_| s.raw.churn.p_alive),
+        threshold: s.raw.churn.p_alive_below,
+    }
 }
 
 /// The column families derived from the customer records alone: a customer's
@@ -447,6 +481,8 @@ impl<S: Store> Processor<S> {
             hook: None,
             peers: None,
             hist: Histogram::default(),
+            histogram_due: false,
+            watch: Watch::default(),
             model_peers: None,
             customer_tiers: None,
             fit_share: None,
@@ -454,7 +490,16 @@ impl<S: Store> Processor<S> {
             transitions_pruned: None,
             live_peers: None,
         };
-        p.hist = scan_histogram(&p.store)?;
+        let (hist, groups) = scan_model(&p.store)?;
+        p.hist = hist;
+        if let Some(today) = p.pop.clock {
+            let rule = watch_rule(&p.settings, p.current.model.as_ref());
+            for (g, ids) in groups {
+                for id in ids {
+                    p.watch.insert(&id, g, rule, today);
+                }
+            }
+        }
         p.persisted = p.current_day.map(|d| (d, p.current.clone()));
         Ok(p)
     }
@@ -649,7 +694,7 @@ impl<S: Store> Processor<S> {
                         "value_tier" => (from.value_tier.as_str(), to.value_tier.as_str()),
                         _ => (from.lifecycle.as_str(), to.lifecycle.as_str()),
                     };
-                    *counts.entry(format!("{dim}/{a}>{b}")).or_default() += 1;
+                    *counts.entry((dim, a, b)).or_default() += 1;
                 }
             }
         }
@@ -734,11 +779,18 @@ impl<S: Store> Processor<S> {
                 if let Some(before) = inputs_before {
                     let after = Inputs::of(&self.cache.slots[i as usize].state, None);
                     if before != after {
+                        let rule = watch_rule(&settings, self.current.model.as_ref());
                         if let Some(b) = before {
                             self.hist.count(&b, false);
+                            if let Some(g) = watch::group_of(&b) {
+                                self.watch.remove(&ev.customer_id, g);
+                            }
                         }
                         if let Some(a) = after {
                             self.hist.count(&a, true);
+                            if let Some(g) = watch::group_of(&a) {
+                                self.watch.insert(&ev.customer_id, g, rule, clock);
+                            }
                         }
                     }
                 }
@@ -829,6 +881,8 @@ impl<S: Store> Processor<S> {
                 due.push(s.id.to_string());
             }
         }
+        // Customers whose P(alive) crosses the `p_alive` threshold today.
+        self.watch.due(day, &mut due);
         if due.is_empty() {
             return Ok(());
         }
@@ -1054,15 +1108,25 @@ impl<S: Store> Processor<S> {
         let by_clv = self.settings.raw.value_tiers.method == ValueMethod::Clv;
         let old = std::mem::replace(&mut self.current, new.clone());
         let prev_day = self.current_day;
-        // A refit moves every purchaser's P(alive): all are evaluated again.
-        let first = self.current_day.is_none()
-            || old.purchasers == 0
-            || refit.is_some()
-            || (by_clv && new.model.is_some());
+        // Value tiers by CLV move with every customer's prediction: all are
+        // evaluated again. (A refit alone moves P(alive): the watch knows whom it
+        // puts below the `p_alive` threshold today.)
+        let first =
+            self.current_day.is_none() || old.purchasers == 0 || (by_clv && new.model.is_some());
         self.current_day = Some(day);
         self.counters.recalibrations += 1;
 
         let mut visit: HashSet<String> = HashSet::new();
+        if let Some(m) = &refit {
+            let mut newly = Vec::new();
+            let rule = watch_rule(&self.settings, Some(m));
+            self.watch.reschedule(rule, day, &mut newly);
+            visit.extend(newly);
+            let deciles = self.watch.p_alive_deciles(m, day);
+            for (a, b) in self.counters.p_alive_deciles.iter_mut().zip(deciles) {
+                *a += b;
+            }
+        }
         if first {
             self.store.scan(Cf::Customers, &[], None, &mut |k, _| {
                 visit.insert(String::from_utf8_lossy(k).into_owned());
@@ -1138,15 +1202,6 @@ impl<S: Store> Processor<S> {
             self.prefetch(chunk.iter().map(|s| s.as_str()))?;
             for id in chunk {
                 let Some(i) = self.load(id)? else { continue };
-                if let (Some(m), Some(inp)) = (
-                    refit.as_ref(),
-                    Inputs::of(&self.cache.slots[i as usize].state, Some(day)),
-                ) {
-                    if inp.x >= 1 {
-                        let p = m.p_alive(&inp, day);
-                        self.counters.p_alive_deciles[((p * 10.0) as usize).min(9)] += 1;
-                    }
-                }
                 let mut fx = Effects::default();
                 engine.evaluate(
                     &mut self.cache.slots[i as usize].state,
@@ -1168,23 +1223,24 @@ impl<S: Store> Processor<S> {
         self.flush_if_full()
     }
 
-    /// A new fit of the models if one is due on `day` (none yet, or
-    /// `predict.refit_every_days` since the last) and the population allows it.
+    /// A new fit of the models if one is due on `day` (none yet, or the last is
+    /// from an earlier refit period) and the population allows it.
     fn refit(&mut self, day: Day) -> Option<model::Model> {
         if !self.refit_due(day) {
             return None;
         }
+        let every = self.settings.raw.predict.refit_every_days;
         let shared = self
             .fit_share
             .as_ref()
             .and_then(|s| *s.lock().unwrap())
-            .filter(|m| day - m.fitted_on < self.settings.raw.predict.refit_every_days as Day);
+            .filter(|m| model::refit_period(m.fitted_on, every) >= model::refit_period(day, every));
         if let Some(m) = shared {
-            // Another partition here fitted the cluster's population less than a
-            // refit period before today, or on a later day (partitions' clocks
-            // differ by what each has consumed; the one furthest on fits, those
-            // behind take its parameters, which move little in a period). This
-            // partition's histogram still goes out for the other instances' refits.
+            // Another partition here fitted the cluster's population in this
+            // refit period, or a later one (partitions' clocks differ by what each
+            // has consumed; the one furthest on fits, those behind take its
+            // parameters, which move little in a period). This partition's
+            // histogram still goes out for the other instances' refits.
             self.keep_refit(None);
             return Some(m);
         }
@@ -1194,19 +1250,22 @@ impl<S: Store> Processor<S> {
         }
         let m = fit_population(&h, day, &self.settings, self.current.model.as_ref())?;
         if let Some(s) = &self.fit_share {
-            *s.lock().unwrap() = Some(m.0);
+            let mut latest = s.lock().unwrap();
+            if latest.is_none_or(|l| l.fitted_on < m.0.fitted_on) {
+                *latest = Some(m.0);
+            }
         }
         self.keep_refit(Some(m.1));
         Some(m.0)
     }
 
-    /// Whether a refit is due on `day` (none yet, or `predict.refit_every_days`
-    /// since the last).
+    /// Whether a refit is due on `day`: no fit yet, or the last one was made in
+    /// an earlier refit period ([`model::refit_period`]).
     pub(crate) fn refit_due(&self, day: Day) -> bool {
-        let every = self.settings.raw.predict.refit_every_days as Day;
-        self.current
-            .model
-            .is_none_or(|m| day - m.fitted_on >= every)
+        let every = self.settings.raw.predict.refit_every_days;
+        self.current.model.is_none_or(|m| {
+            model::refit_period(day, every) > model::refit_period(m.fitted_on, every)
+        })
     }
 
     /// Record a refit this partition takes part in: its histogram is stored (the
@@ -1216,10 +1275,7 @@ impl<S: Store> Processor<S> {
             self.counters.last_fit_seconds = secs;
             self.counters.model_fits += 1;
         }
-        let mut buf = Vec::new();
-        self.hist.encode(&mut buf);
-        self.pending
-            .put(Cf::Meta, META_MODEL_HISTOGRAM.to_vec(), buf);
+        self.histogram_due = true;
     }
 
     /// The models in force (what a refit warm-starts from).
@@ -1255,6 +1311,8 @@ impl<S: Store> Processor<S> {
         let frozen = self.current_day.is_some();
         let mut b = ThresholdsBuilder::default();
         let mut hist = Histogram::default();
+        let mut groups: BTreeMap<watch::Group, Vec<String>> = BTreeMap::new();
+        let rule = watch_rule(s, t.model.as_ref());
         // The derived entries each record implies, per column family.
         let mut derived: HashMap<Cf, HashSet<Vec<u8>>> = HashMap::new();
         self.store.scan(Cf::Customers, &[], None, &mut |k, v| {
@@ -1276,8 +1334,19 @@ impl<S: Store> Processor<S> {
             }
             if let Some(i) = Inputs::of(&c, None) {
                 hist.count(&i, true);
+                if let Some(g) = watch::group_of(&i) {
+                    groups.entry(g).or_default().push(id.to_string());
+                }
             }
             let f = c.figures(clock, s);
+            if let (Some(m), Some(i)) = (rule.model, f.model_inputs) {
+                let flagged = c
+                    .episode
+                    .is_some_and(|e| e.reasons.contains(policy::Rule::PAlive));
+                if i.x >= 1 && m.p_alive(&i, clock) < rule.threshold && !flagged {
+                    audit.watch_mismatches += 1;
+                }
+            }
             b.add(f.recency_days, f.frequency, f.monetary_micros);
             if frozen && c.published != Some(policy::tiers(&f, &t, s)) {
                 audit.tier_mismatches += 1;
@@ -1297,6 +1366,7 @@ impl<S: Store> Processor<S> {
             })?;
             audit.derived_mismatches += want.len() as u64 - seen;
         }
+        audit.watch_mismatches += self.watch.audit(&groups, rule, clock);
         let exact = b.build(s, clock);
         let live = self.pop.thresholds(None, None);
         let hist_total: u128 = self.pop.monetary_hist.values().map(|(_, m)| *m).sum();
@@ -1338,8 +1408,8 @@ impl<S: Store> Processor<S> {
                 })?,
                 None => BTreeMap::new(),
             };
-            for (k, n) in new {
-                *counts.entry(k).or_default() += n;
+            for ((dim, a, b), n) in new {
+                *counts.entry(format!("{dim}/{a}>{b}")).or_default() += n;
             }
             batch.put(
                 Cf::Meta,
@@ -1420,6 +1490,11 @@ impl<S: Store> Processor<S> {
             batch.put(Cf::Meta, META_THRESHOLDS.to_vec(), t);
         }
         if let Some(hook) = &mut self.hook {
+            if std::mem::take(&mut self.histogram_due) {
+                let mut buf = Vec::new();
+                self.hist.encode(&mut buf);
+                batch.put(Cf::Meta, META_MODEL_HISTOGRAM.to_vec(), buf);
+            }
             let mut none = Vec::new();
             let tiers = self.customer_tiers.as_mut().unwrap_or(&mut none);
             hook(&mut batch, &mut self.outputs, tiers);

@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::special::{hyp2f1, ln_gamma, log_sum_exp};
-use super::{max_likelihood, FitError, History};
+use super::special::{digamma_ratio, hyp2f1, ln_gamma, ln_gamma_ratio, log_sum_exp, trigamma};
+use super::{max_likelihood, FitError, History, Local};
 
 /// The four population parameters (α in the unit of t_x and T).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -90,6 +90,15 @@ pub struct Fit {
     pub customers: f64,
 }
 
+/// The part of a history's log-likelihood that depends on x alone:
+/// ln Γ(r+x)/Γ(r) + r·ln α + ln Γ(b+x)/Γ(b) − ln Γ(a+b+x)/Γ(a+b), each ratio
+/// without the cancellation of two large log-gammas ([`ln_gamma_ratio`]: a fit
+/// walking out to b → ∞ has them ~1e11 apart from a difference ~10).
+fn c1(m: &BgNbd, x: f64) -> f64 {
+    let BgNbd { r, alpha, a, b } = *m;
+    ln_gamma_ratio(r, x) + r * alpha.ln() + ln_gamma_ratio(b, x) - ln_gamma_ratio(a + b, x)
+}
+
 /// Histories with their values tabulated once: the distinct x, T and t_x values,
 /// and each history as indexes into them. A log-likelihood then costs the
 /// log-gammas once per distinct x and the logarithms once per distinct T and t_x
@@ -146,12 +155,11 @@ impl Grouped {
     /// Σ weight · [`BgNbd::log_likelihood_one`], tabulated.
     pub fn log_likelihood(&self, m: &BgNbd) -> f64 {
         let BgNbd { r, alpha, a, b } = *m;
-        let base = -ln_gamma(r) + r * alpha.ln() + ln_gamma(a + b) - ln_gamma(b);
         let per_x: Vec<(f64, f64, f64)> = self
             .xs
             .iter()
             .map(|&x| {
-                let c1 = base + ln_gamma(r + x) + ln_gamma(b + x) - ln_gamma(a + b + x);
+                let c1 = c1(m, x);
                 let c4 = if x > 0.0 {
                     a.ln() - (b + x - 1.0).ln()
                 } else {
@@ -177,8 +185,130 @@ impl Grouped {
     }
 }
 
-/// Maximum-likelihood parameters over `data` (Nelder-Mead over the parameters'
-/// logarithms, restarted from its best point until it no longer improves).
+impl Grouped {
+    /// [`log_likelihood`](Self::log_likelihood) with its gradient and Hessian in
+    /// (r, α, a, b), in one pass. Each row is c₁(x) + ln(e^A₃ + e^A₄) with
+    /// A₃ = −(r+x)·ln(α+T) and, for x > 0, A₄ = ln a − ln(b+x−1) − (r+x)·ln(α+t_x):
+    /// the log-sum-exp's gradient is the weights w₃, w₄ (a softmax) over ∇A₃, ∇A₄,
+    /// its Hessian w₃H₃ + w₄H₄ + w₃w₄(∇A₃−∇A₄)(∇A₃−∇A₄)ᵀ. c₁'s derivatives are
+    /// digammas and trigammas, once per distinct x.
+    pub fn local(&self, m: &BgNbd) -> Local {
+        let BgNbd { r, alpha, a, b } = *m;
+        let (ab, ln_alpha) = (a + b, alpha.ln());
+        let (tr0, tab0, tb0) = (trigamma(r), trigamma(ab), trigamma(b));
+        let mut out = Local::zero(4);
+        // Per x: the weight of its rows, then c₁ and its derivatives times it.
+        let mut wx = vec![0.0; self.xs.len()];
+        for &(xi, _, _, w) in &self.rows {
+            wx[xi as usize] += w;
+        }
+        for (&x, &w) in self.xs.iter().zip(&wx) {
+            let d_ab = digamma_ratio(ab, x);
+            let g = [
+                ln_alpha + digamma_ratio(r, x),
+                r / alpha,
+                -d_ab,
+                digamma_ratio(b, x) - d_ab,
+            ];
+            let (t_r, t_abx) = (trigamma(r + x) - tr0, tab0 - trigamma(ab + x));
+            let h = [
+                [t_r, 1.0 / alpha, 0.0, 0.0],
+                [1.0 / alpha, -r / (alpha * alpha), 0.0, 0.0],
+                [0.0, 0.0, t_abx, t_abx],
+                [0.0, 0.0, t_abx, t_abx - tb0 + trigamma(b + x)],
+            ];
+            out.value += w * c1(m, x);
+            for i in 0..4 {
+                out.grad[i] += w * g[i];
+                for j in 0..4 {
+                    out.hess[i][j] += w * h[i][j];
+                }
+            }
+        }
+        let lt: Vec<(f64, f64)> = self
+            .ts
+            .iter()
+            .map(|&t| ((alpha + t).ln(), 1.0 / (alpha + t)))
+            .collect();
+        let ltx: Vec<(f64, f64)> = self
+            .txs
+            .iter()
+            .map(|&t| ((alpha + t).ln(), 1.0 / (alpha + t)))
+            .collect();
+        let per_x: Vec<(f64, f64, f64)> = self
+            .xs
+            .iter()
+            .map(|&x| (r + x, a.ln() - (b + x - 1.0).ln(), 1.0 / (b + x - 1.0)))
+            .collect();
+        // Sums of the rows' terms: value; gradient in r, α, a, b; Hessian entries
+        // rr, rα, αα, aa, ab, bb, ra, rb, αa, αb (the others are symmetric).
+        let (mut v, mut g, mut h) = (0.0, [0.0f64; 4], [0.0f64; 10]);
+        for &(xi, ti, txi, w) in &self.rows {
+            let (rx, c4, inv_b) = per_x[xi as usize];
+            let (l3, i3) = lt[ti as usize];
+            let a3 = -rx * l3;
+            let g3 = [-l3, -rx * i3];
+            if self.xs[xi as usize] == 0.0 {
+                v += w * a3;
+                g[0] += w * g3[0];
+                g[1] += w * g3[1];
+                h[1] += w * -i3;
+                h[2] += w * rx * i3 * i3;
+                continue;
+            }
+            let (l4, i4) = ltx[txi as usize];
+            let a4 = c4 - rx * l4;
+            let g4 = [-l4, -rx * i4, 1.0 / a, -inv_b];
+            // w₄ = e^A₄ / (e^A₃ + e^A₄), computed from the smaller exponent.
+            let (hi, lo) = if a3 > a4 { (a3, a4) } else { (a4, a3) };
+            let e = (lo - hi).exp();
+            let w_lo = e / (1.0 + e);
+            let w4 = if a4 > a3 { 1.0 - w_lo } else { w_lo };
+            let w3 = 1.0 - w4;
+            v += w * (hi + e.ln_1p());
+            let d = [g3[0] - g4[0], g3[1] - g4[1], -g4[2], -g4[3]];
+            let c = w3 * w4;
+            g[0] += w * (w3 * g3[0] + w4 * g4[0]);
+            g[1] += w * (w3 * g3[1] + w4 * g4[1]);
+            g[2] += w * (w4 * g4[2]);
+            g[3] += w * (w4 * g4[3]);
+            // Second derivatives of A₃ (rα, αα) and A₄ (rα, αα, aa, bb).
+            h[0] += w * c * d[0] * d[0];
+            h[1] += w * (w3 * -i3 + w4 * -i4 + c * d[0] * d[1]);
+            h[2] += w * (w3 * rx * i3 * i3 + w4 * rx * i4 * i4 + c * d[1] * d[1]);
+            h[3] += w * (w4 * -(1.0 / (a * a)) + c * d[2] * d[2]);
+            h[4] += w * c * d[2] * d[3];
+            h[5] += w * (w4 * inv_b * inv_b + c * d[3] * d[3]);
+            h[6] += w * c * d[0] * d[2];
+            h[7] += w * c * d[0] * d[3];
+            h[8] += w * c * d[1] * d[2];
+            h[9] += w * c * d[1] * d[3];
+        }
+        out.value += v;
+        for i in 0..4 {
+            out.grad[i] += g[i];
+        }
+        let idx = [
+            (0, 0, 0),
+            (0, 1, 1),
+            (1, 1, 2),
+            (2, 2, 3),
+            (2, 3, 4),
+            (3, 3, 5),
+        ];
+        let off = [(0, 2, 6), (0, 3, 7), (1, 2, 8), (1, 3, 9)];
+        for &(i, j, k) in idx.iter().chain(&off) {
+            out.hess[i][j] += h[k];
+            if i != j {
+                out.hess[j][i] += h[k];
+            }
+        }
+        out
+    }
+}
+
+/// Maximum-likelihood parameters over `data` (Newton's method over the
+/// parameters' logarithms, see [`max_likelihood`]).
 pub fn fit(data: &[History]) -> Result<Fit, FitError> {
     fit_grouped(&Grouped::new(data), None)
 }
@@ -201,7 +331,7 @@ pub fn fit_grouped(g: &Grouped, start: Option<&BgNbd>) -> Result<Fit, FitError> 
         Some(m) => [m.r, m.alpha, m.a, m.b],
         None => [1.0, g.mean_t.max(1e-3), 1.0, 1.0],
     };
-    let best = max_likelihood(&|p| g.log_likelihood(&model(p)), g.customers, &from)?;
+    let best = max_likelihood(&|p| g.local(&model(p)), g.customers, &from)?;
     let params = model(&best);
     Ok(Fit {
         log_likelihood: g.log_likelihood(&params),

@@ -6,8 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::special::ln_gamma;
-use super::{max_likelihood, FitError};
+use super::special::{digamma, digamma_ratio, ln_gamma, ln_gamma_ratio, trigamma};
+use super::{max_likelihood, FitError, Local};
 
 /// A customer's (or a group's) repeat transactions: how many, their mean spend, and
 /// how many customers share them.
@@ -62,10 +62,15 @@ pub struct Fit {
 /// Spends with their logarithms and the distinct x values tabulated once: a
 /// log-likelihood then costs the log-gammas once per distinct x and one logarithm
 /// per row.
+///
+/// A row's term is arranged for a fit walking out along the ridge p → ∞, γ → 0
+/// (spend with no spread within customers): (px − 1)·ln m + px·ln x − (px + q)·ln(xm + γ)
+/// = −px·ln(1 + γ/(xm)) − ln m − q·ln(xm + γ), and the log-gammas' difference
+/// comes from [`ln_gamma_ratio`]: written directly, terms of ~1e11 cancel to ~1.
 struct Grouped {
     xs: Vec<f64>,
-    /// (index into `xs`, mean, ln mean, weight).
-    rows: Vec<(usize, f64, f64, f64)>,
+    /// (index into `xs`, x·m, ln m, ln(x·m), weight).
+    rows: Vec<(usize, f64, f64, f64, f64)>,
 }
 
 impl Grouped {
@@ -76,10 +81,12 @@ impl Grouped {
         let rows = data
             .iter()
             .map(|s| {
+                let xm = s.x * s.mean;
                 (
                     xs.partition_point(|&x| x < s.x),
-                    s.mean,
+                    xm,
                     s.mean.ln(),
+                    xm.ln(),
                     s.weight,
                 )
             })
@@ -88,26 +95,76 @@ impl Grouped {
     }
 
     fn log_likelihood(&self, m: &GammaGamma) -> f64 {
-        let GammaGamma { p, q, gamma } = *m;
-        let base = -ln_gamma(q) + q * gamma.ln();
-        let per_x: Vec<f64> = self
-            .xs
-            .iter()
-            .map(|&x| base + ln_gamma(p * x + q) - ln_gamma(p * x) + p * x * x.ln())
-            .collect();
-        let mut sum = 0.0;
-        for &(xi, mean, ln_mean, w) in &self.rows {
-            let x = self.xs[xi];
-            sum +=
-                w * (per_x[xi] + (p * x - 1.0) * ln_mean - (p * x + q) * (x * mean + gamma).ln());
-        }
-        sum
+        self.local(m).value
     }
+
+    /// The log-likelihood with its gradient and Hessian in (p, q, γ), in one
+    /// pass: per distinct x the log-gamma terms (digammas and trigammas of
+    /// px + q, px, q), per row one logarithm, ln(1 + γ/(xm)).
+    fn local(&self, m: &GammaGamma) -> Local {
+        let GammaGamma { p, q, gamma } = *m;
+        let ln_g = gamma.ln();
+        let base = -ln_gamma(q) + q * ln_g;
+        let (dq, tq) = (digamma(q), trigamma(q));
+        let mut out = Local::zero(3);
+        let mut wx = vec![0.0; self.xs.len()];
+        for &(xi, _, _, _, w) in &self.rows {
+            wx[xi] += w;
+        }
+        for (&x, &w) in self.xs.iter().zip(&wx) {
+            let px = p * x;
+            let v = base + ln_gamma_ratio(px, q);
+            let d1 = digamma(px + q);
+            let (t1, t0) = (trigamma(px + q), trigamma(px));
+            let g = [x * digamma_ratio(px, q), d1 - dq + ln_g, q / gamma];
+            let h = [
+                [x * x * (t1 - t0), x * t1, 0.0],
+                [x * t1, t1 - tq, 1.0 / gamma],
+                [0.0, 1.0 / gamma, -q / (gamma * gamma)],
+            ];
+            out.value += w * v;
+            for i in 0..3 {
+                out.grad[i] += w * g[i];
+                for j in 0..3 {
+                    out.hess[i][j] += w * h[i][j];
+                }
+            }
+        }
+        for &(xi, xm, ln_m, ln_xm, w) in &self.rows {
+            let x = self.xs[xi];
+            let px = p * x;
+            let l1 = (gamma / xm).ln_1p();
+            let ln_den = ln_xm + l1;
+            let inv = 1.0 / (xm + gamma);
+            out.value += w * (-px * l1 - ln_m - q * ln_den);
+            out.grad[0] -= w * x * l1;
+            out.grad[1] -= w * ln_den;
+            out.grad[2] -= w * (px + q) * inv;
+            out.hess[0][2] -= w * x * inv;
+            out.hess[1][2] -= w * inv;
+            out.hess[2][2] += w * (px + q) * inv * inv;
+        }
+        out.hess[2][0] = out.hess[0][2];
+        out.hess[2][1] = out.hess[1][2];
+        out
+    }
+}
+
+/// The tabulated log-likelihood with its gradient and Hessian (tests).
+#[cfg(test)]
+pub(crate) fn local_grouped(data: &[Spend], m: &GammaGamma) -> Local {
+    Grouped::new(data).local(m)
 }
 
 /// Maximum-likelihood parameters over the customers with x ≥ 1 and a positive mean
 /// (the others carry no information about spend variation).
 pub fn fit(data: &[Spend]) -> Result<Fit, FitError> {
+    fit_from(data, None)
+}
+
+/// [`fit`] from `start` (e.g. the previous fit's parameters), else from p = 1,
+/// q = 1, γ = the mean spend.
+pub fn fit_from(data: &[Spend], start: Option<&GammaGamma>) -> Result<Fit, FitError> {
     let data: Vec<Spend> = data
         .iter()
         .copied()
@@ -124,11 +181,14 @@ pub fn fit(data: &[Spend]) -> Result<Fit, FitError> {
         gamma: v[2],
     };
     let mean = data.iter().map(|s| s.weight * s.mean).sum::<f64>() / customers;
-    let start = [1.0, 1.0, mean.max(1e-6)];
-    let best = max_likelihood(&|v| g.log_likelihood(&model(v)), customers, &start)?;
+    let start = match start {
+        Some(g) => [g.p, g.q, g.gamma],
+        None => [1.0, 1.0, mean.max(1e-6)],
+    };
+    let best = max_likelihood(&|v| g.local(&model(v)), customers, &start)?;
     let params = model(&best);
     Ok(Fit {
-        log_likelihood: params.log_likelihood(&data),
+        log_likelihood: g.log_likelihood(&params),
         params,
         customers,
     })

@@ -1,8 +1,9 @@
 //! Predictive models of the customer base, fitted on the population:
 //! [`bgnbd`] — BG/NBD, P(alive) and expected purchases — and [`gamma_gamma`] —
 //! expected spend per purchase day. Pure functions of the population's
-//! histories; the likelihoods are written here, the optimizer is argmin's
-//! Nelder-Mead, log-gamma is libm's, 2F1 a power series ([`special`]).
+//! histories; the likelihoods — with their gradients and Hessians — are written
+//! here, maximised by Newton's method ([`newton`]) with argmin's Nelder-Mead as
+//! the fallback; log-gamma is libm's, 2F1 a power series ([`special`]).
 //! [`model`] connects them to customer state: the population histogram a fit
 //! reads, the parameters in force, each customer's figures and the day its
 //! P(alive) crosses the churn threshold.
@@ -11,6 +12,7 @@ pub mod bgnbd;
 pub mod gamma_gamma;
 pub mod model;
 pub mod special;
+pub mod watch;
 
 use argmin::core::{CostFunction, Executor, State};
 use argmin::solver::neldermead::NelderMead;
@@ -46,32 +48,247 @@ impl CostFunction for Objective<'_> {
     }
 }
 
-/// The maximum-likelihood parameters: `ll` is the log-likelihood of a parameter
-/// vector over `customers` customers; the search runs over the parameters'
-/// logarithms (they are all positive) from `start`, on the mean negative
-/// log-likelihood (infinite where `ll` is not finite).
+/// A function's value with its gradient and Hessian at one point (the
+/// likelihoods compute all three in one pass over their rows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Local {
+    pub value: f64,
+    pub grad: Vec<f64>,
+    pub hess: Vec<Vec<f64>>,
+}
+
+impl Local {
+    pub fn zero(n: usize) -> Local {
+        Local {
+            value: 0.0,
+            grad: vec![0.0; n],
+            hess: vec![vec![0.0; n]; n],
+        }
+    }
+
+    fn is_finite(&self) -> bool {
+        self.value.is_finite()
+            && self.grad.iter().all(|v| v.is_finite())
+            && self.hess.iter().flatten().all(|v| v.is_finite())
+    }
+}
+
+/// Parameters are searched within e^±`BOUND`: a population whose likelihood rises
+/// without bound along some direction (no dropout seen yet: a → 0; spend with no
+/// variation within customers: p → ∞) stops there instead of walking the
+/// optimizer out to overflow.
+const BOUND: f64 = 25.0;
+
+/// The maximum-likelihood parameters: `ll` gives the log-likelihood of a
+/// parameter vector over `customers` customers, with its gradient and Hessian in
+/// the parameters. The search runs over the parameters' logarithms (they are all
+/// positive) from `start`, on the mean negative log-likelihood: Newton's method
+/// ([`newton`]), and Nelder-Mead ([`minimize`]) from its result should it fail.
 pub fn max_likelihood(
-    ll: &dyn Fn(&[f64]) -> f64,
+    ll: &dyn Fn(&[f64]) -> Local,
     customers: f64,
     start: &[f64],
 ) -> Result<Vec<f64>, FitError> {
-    let nll = |logs: &[f64]| {
-        // Parameters within e^±25: a population whose likelihood rises without
-        // bound along some direction (no dropout seen yet: a → 0) stops there
-        // instead of walking the optimizer out to overflow.
-        if logs.iter().any(|v| v.abs() > 25.0) {
-            return f64::INFINITY;
+    let n = start.len();
+    let cost = |logs: &[f64]| -> Option<Local> {
+        if logs.iter().any(|v| v.abs() > BOUND + 1e-9) {
+            return None;
         }
-        let params: Vec<f64> = logs.iter().map(|v| v.exp()).collect();
-        let v = ll(&params);
-        if v.is_finite() {
-            -v / customers
-        } else {
-            f64::INFINITY
+        let p: Vec<f64> = logs.iter().map(|v| v.exp()).collect();
+        let l = ll(&p);
+        // d/dθᵢ = pᵢ ∂/∂pᵢ; d²/dθᵢdθⱼ = pᵢpⱼ ∂²/∂pᵢ∂pⱼ + δᵢⱼ pᵢ ∂/∂pᵢ; negated, per customer.
+        let mut c = Local::zero(n);
+        c.value = -l.value / customers;
+        for i in 0..n {
+            c.grad[i] = -p[i] * l.grad[i] / customers;
+            for j in 0..n {
+                c.hess[i][j] = -p[i] * p[j] * l.hess[i][j] / customers;
+            }
+            c.hess[i][i] += c.grad[i];
+        }
+        c.is_finite().then_some(c)
+    };
+    let start: Vec<f64> = start.iter().map(|v| v.ln().clamp(-BOUND, BOUND)).collect();
+    let best = match newton(&cost, &start) {
+        Some(best) => best,
+        None => {
+            tracing::debug!("Newton's method did not settle; Nelder-Mead takes over.");
+            let value = |logs: &[f64]| cost(logs).map_or(f64::INFINITY, |c| c.value);
+            minimize(&value, start)?
         }
     };
-    let start = start.iter().map(|v| v.ln()).collect();
-    Ok(minimize(&nll, start)?.iter().map(|v| v.exp()).collect())
+    Ok(best.iter().map(|v| v.exp()).collect())
+}
+
+/// Minimize a smooth function within [−`BOUND`, `BOUND`]ⁿ from `start` by Newton's
+/// method with Levenberg–Marquardt damping: each step solves (H + λI)·δ = −g on
+/// the coordinates not held at a bound (a coordinate at a bound whose gradient
+/// points outward stays there), is clipped to the box, and is taken only if it
+/// lowers `f`; λ shrinks after a success and grows after a failure, so steps are
+/// Newton's near the minimum (quadratic convergence: a refit from last week's
+/// parameters settles in a few passes over the data) and gradient-like far from
+/// it. A degenerate population's likelihood keeps rising along a ridge out to a
+/// bound (no dropout yet: a → 0; no spread of spend within customers: p → ∞),
+/// where each Newton step moves the same distance the same way: after two such
+/// steps the step is doubled while `f` goes on falling, so the search reaches the
+/// bound in a few passes instead of one unit of log-parameter per pass.
+/// Stops when the free gradient's largest component is under 1e-10 (`f` is a
+/// mean per customer: far below any parameter's sampling error), or when no step
+/// lowers `f` any more (the floor of floating point). `None` when `f` is not
+/// finite at the start or the search does not settle in 200 steps.
+///
+/// Written here rather than taken from argmin: its trust-region solver has no
+/// gradient-based stopping rule (it runs to its iteration cap), and `f` gives the
+/// value, gradient and Hessian together from one pass over the rows.
+pub fn newton(f: &dyn Fn(&[f64]) -> Option<Local>, start: &[f64]) -> Option<Vec<f64>> {
+    let n = start.len();
+    let mut x = start.to_vec();
+    let mut here = f(&x)?;
+    let mut lambda = 0.0f64;
+    let mut last_step: Option<Vec<f64>> = None;
+    let clip = |v: f64| v.clamp(-BOUND, BOUND);
+    for _ in 0..200 {
+        let free: Vec<usize> = (0..n)
+            .filter(|&i| {
+                let g = here.grad[i];
+                !((x[i] >= BOUND && g < 0.0) || (x[i] <= -BOUND && g > 0.0))
+            })
+            .collect();
+        let worst = free.iter().map(|&i| here.grad[i].abs()).fold(0.0, f64::max);
+        if worst < 1e-10 {
+            return Some(x);
+        }
+        let mut moved = None;
+        while lambda < 1e12 {
+            let h = free
+                .iter()
+                .map(|&i| free.iter().map(|&j| here.hess[i][j]).collect::<Vec<f64>>())
+                .collect::<Vec<_>>();
+            let g: Vec<f64> = free.iter().map(|&i| -here.grad[i]).collect();
+            if let Some(d) = solve_damped(h.clone(), g.clone(), lambda) {
+                // What the quadratic model says the step gains: below what f's
+                // rounding can show, there is nothing left to find.
+                let gain: f64 = (0..d.len())
+                    .map(|k| {
+                        d[k] * g[k] - 0.5 * d[k] * (0..d.len()).map(|l| h[k][l] * d[l]).sum::<f64>()
+                    })
+                    .sum();
+                if gain < 1e-12 * here.value.abs().max(1.0) {
+                    return Some(x);
+                }
+                let mut next = x.clone();
+                for (k, &i) in free.iter().enumerate() {
+                    next[i] = clip(x[i] + d[k]);
+                }
+                if let Some(there) = f(&next).filter(|t| t.value < here.value) {
+                    moved = Some((next, there));
+                    lambda /= 4.0;
+                    if lambda < 1e-9 {
+                        lambda = 0.0;
+                    }
+                    break;
+                }
+            }
+            // Not a descent (or H + λI not positive definite): lean towards the
+            // gradient.
+            let scale = free
+                .iter()
+                .map(|&i| here.hess[i][i].abs())
+                .fold(0.0, f64::max);
+            lambda = (lambda * 10.0).max(1e-4 * scale.max(1e-12));
+        }
+        let Some((mut next, mut there)) = moved else {
+            // No step lowers f: as close as floating point gets.
+            return Some(x);
+        };
+        // A run of steps of about the same length in about the same direction is
+        // a ridge out to a bound (f ≈ c + A·e^(−u) along it: Newton's step is 1 in
+        // u, forever): double the step while f goes on falling.
+        let step: Vec<f64> = next.iter().zip(&x).map(|(a, b)| a - b).collect();
+        if last_step.as_ref().is_some_and(|p| straight_on(p, &step)) {
+            // As far as the box allows along the step (not clipped coordinate by
+            // coordinate, which would leave the ridge).
+            let room = next
+                .iter()
+                .zip(&step)
+                .filter(|(_, d)| d.abs() > 0.0)
+                .map(|(v, d)| {
+                    if *d > 0.0 {
+                        (BOUND - v) / d
+                    } else {
+                        (-BOUND - v) / d
+                    }
+                })
+                .fold(f64::INFINITY, f64::min);
+            let base = next.clone();
+            let mut k = 1.0;
+            while k < room {
+                k = (k * 2.0f64).min(room);
+                let far: Vec<f64> = base
+                    .iter()
+                    .zip(&step)
+                    .map(|(v, d)| clip(v + k * d))
+                    .collect();
+                match f(&far).filter(|t| t.value < there.value) {
+                    Some(t) => (next, there) = (far, t),
+                    None => break,
+                }
+            }
+        }
+        last_step = Some(next.iter().zip(&x).map(|(a, b)| a - b).collect());
+        (x, here) = (next, there);
+    }
+    None
+}
+
+/// Whether `step` goes on from `last` (cosine over 0.99, at least half as long).
+fn straight_on(last: &[f64], step: &[f64]) -> bool {
+    let dot: f64 = last.iter().zip(step).map(|(a, b)| a * b).sum();
+    let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+    let (a, b) = (norm(last), norm(step));
+    a > 0.0 && b > 0.0 && dot / (a * b) > 0.99 && b > 0.5 * a
+}
+
+/// Solve (A + λI)·x = b for a symmetric A by Cholesky; `None` unless A + λI is
+/// positive definite.
+fn solve_damped(mut a: Vec<Vec<f64>>, b: Vec<f64>, lambda: f64) -> Option<Vec<f64>> {
+    let n = b.len();
+    for (i, row) in a.iter_mut().enumerate() {
+        row[i] += lambda;
+    }
+    // A = L·Lᵀ in place (lower triangle).
+    for j in 0..n {
+        let mut d = a[j][j];
+        for k in 0..j {
+            d -= a[j][k] * a[j][k];
+        }
+        if !(d > 0.0) || !d.is_finite() {
+            return None;
+        }
+        let d = d.sqrt();
+        a[j][j] = d;
+        for i in j + 1..n {
+            let mut s = a[i][j];
+            for k in 0..j {
+                s -= a[i][k] * a[j][k];
+            }
+            a[i][j] = s / d;
+        }
+    }
+    let mut y = b;
+    for i in 0..n {
+        for k in 0..i {
+            y[i] -= a[i][k] * y[k];
+        }
+        y[i] /= a[i][i];
+    }
+    for i in (0..n).rev() {
+        for k in i + 1..n {
+            y[i] -= a[k][i] * y[k];
+        }
+        y[i] /= a[i][i];
+    }
+    Some(y)
 }
 
 /// Minimize `f` from `start`: Nelder-Mead (a simplex of steps of 0.5 around the
@@ -210,6 +427,106 @@ mod tests {
         let one = p.expected_spend(1.0, 100.0).unwrap();
         let many = p.expected_spend(20.0, 100.0).unwrap();
         assert!(population < one && one < many && many < 100.0);
+    }
+
+    /// The tabulated likelihoods (rearranged against cancellation) equal the
+    /// plain per-customer sums, and their gradients and Hessians (what Newton's
+    /// method steps on) equal central differences of those, on the CDNOW sample
+    /// around points near and far from the fit.
+    #[test]
+    fn gradients_and_hessians_match_differences() {
+        fn check(
+            name: &str,
+            value: &dyn Fn(&[f64]) -> f64,
+            local: &dyn Fn(&[f64]) -> super::Local,
+            at: &[f64],
+        ) {
+            let l = local(at);
+            assert!(
+                ((l.value - value(at)) / l.value).abs() < 1e-12,
+                "{name} value"
+            );
+            let n = at.len();
+            // Central differences with Richardson's extrapolation (error O(h⁴)):
+            // (4·D(h/2) − D(h)) / 3.
+            let diff = |f: &dyn Fn(&[f64]) -> Vec<f64>, i: usize| -> Vec<f64> {
+                let d = |h: f64| {
+                    let (mut up, mut down) = (at.to_vec(), at.to_vec());
+                    up[i] += h;
+                    down[i] -= h;
+                    let (u, v) = (f(&up), f(&down));
+                    u.iter()
+                        .zip(v)
+                        .map(|(a, b)| (a - b) / (2.0 * h))
+                        .collect::<Vec<f64>>()
+                };
+                let h = 1e-3 * at[i];
+                let (big, small) = (d(h), d(h / 2.0));
+                big.iter()
+                    .zip(small)
+                    .map(|(b, s)| (4.0 * s - b) / 3.0)
+                    .collect()
+            };
+            for i in 0..n {
+                let d = diff(&|p| vec![value(p)], i)[0];
+                let scale = l.grad[i].abs().max(1.0);
+                assert!(
+                    (d - l.grad[i]).abs() < 1e-6 * scale,
+                    "{name} ∂{i}: {d} vs {}",
+                    l.grad[i]
+                );
+                let row = diff(&|p| local(p).grad, i);
+                for j in 0..n {
+                    let scale = l.hess[i][j].abs().max(1.0);
+                    assert!(
+                        (row[j] - l.hess[i][j]).abs() < 1e-6 * scale,
+                        "{name} ∂{i}∂{j}: {} vs {}",
+                        row[j],
+                        l.hess[i][j]
+                    );
+                    assert_eq!(l.hess[i][j], l.hess[j][i], "{name} symmetric");
+                }
+            }
+        }
+        let rows = cdnow();
+        let histories: Vec<History> = rows.iter().map(|(h, _)| *h).collect();
+        let g = bgnbd::Grouped::new(&histories);
+        let bg = |p: &[f64]| BgNbd {
+            r: p[0],
+            alpha: p[1],
+            a: p[2],
+            b: p[3],
+        };
+        for at in [[0.243, 4.414, 0.793, 2.426], [1.5, 20.0, 0.05, 9.0]] {
+            check(
+                "bgnbd",
+                &|p| bg(p).log_likelihood(&histories),
+                &|p| g.local(&bg(p)),
+                &at,
+            );
+        }
+        let spends: Vec<Spend> = rows
+            .iter()
+            .filter(|(h, _)| h.x > 0.0)
+            .map(|(h, zbar)| Spend {
+                x: h.x,
+                mean: *zbar,
+                weight: 1.0,
+            })
+            .collect();
+        let gg = |p: &[f64]| GammaGamma {
+            p: p[0],
+            q: p[1],
+            gamma: p[2],
+        };
+        for at in [[6.25, 3.74, 15.44], [0.8, 12.0, 300.0]] {
+            check(
+                "gamma_gamma",
+                &|p| gg(p).log_likelihood(&spends),
+                &|p| gamma_gamma::local_grouped(&spends, &gg(p)),
+                &at,
+            );
+        }
     }
 
     /// Weights count customers: a group of k identical histories is the same as k

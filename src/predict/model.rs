@@ -9,7 +9,7 @@
 //!   day) / x, for x ≥ 1 (the Gamma-Gamma input; `lifetimes` uses the same
 //!   convention, a day's purchases summed as one transaction).
 
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
 
 use serde::Serialize;
 
@@ -74,20 +74,52 @@ fn spend_of_bucket(b: i32) -> f64 {
 
 /// What a fit needs of a population, mergeable across partitions by adding
 /// counts: customers by (x, first purchase day, t_x) — T follows from the as-of
-/// day — and repeat customers by (x, spend bucket).
+/// day — and repeat customers by (x, spend bucket). Hash maps (kept with every
+/// purchase); whatever reads them in order sorts the keys first, so a fit and
+/// an encoding do not depend on the order counts were made in.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Histogram {
-    pub bg: BTreeMap<(u32, Day, i32), u64>,
-    pub gg: BTreeMap<(u32, i32), u64>,
+    pub bg: FxHashMap<(u32, Day, i32), u64>,
+    pub gg: FxHashMap<(u32, i32), u64>,
+}
+
+/// A histogram key as one integer in the same order (sorting integers is a
+/// fraction of sorting tuples: a refit sorts every row).
+trait Packed: Copy {
+    fn packed(self) -> u128;
+}
+
+/// An `i32` as a `u32` in the same order.
+fn ordered(v: i32) -> u128 {
+    (v as u32 ^ 0x8000_0000) as u128
+}
+
+impl Packed for (u32, Day, i32) {
+    fn packed(self) -> u128 {
+        (self.0 as u128) << 64 | ordered(self.1) << 32 | ordered(self.2)
+    }
+}
+
+impl Packed for (u32, i32) {
+    fn packed(self) -> u128 {
+        (self.0 as u128) << 32 | ordered(self.1)
+    }
+}
+
+/// A map's entries in key order.
+fn sorted<K: Packed, V: Copy>(m: &FxHashMap<K, V>) -> Vec<(K, V)> {
+    let mut v: Vec<(u128, K, V)> = m.iter().map(|(k, v)| (k.packed(), *k, *v)).collect();
+    v.sort_unstable_by_key(|e| e.0);
+    v.into_iter().map(|(_, k, v)| (k, v)).collect()
 }
 
 impl Histogram {
     /// Count a customer in (`add`) or out of the histogram.
     pub fn count(&mut self, i: &Inputs, add: bool) {
-        fn bump<K: Ord>(m: &mut BTreeMap<K, u64>, k: K, add: bool) {
+        fn bump<K: std::hash::Hash + Eq>(m: &mut FxHashMap<K, u64>, k: K, add: bool) {
             if add {
                 *m.entry(k).or_default() += 1;
-            } else if let std::collections::btree_map::Entry::Occupied(mut e) = m.entry(k) {
+            } else if let std::collections::hash_map::Entry::Occupied(mut e) = m.entry(k) {
                 *e.get_mut() -= 1;
                 if *e.get() == 0 {
                     e.remove();
@@ -121,14 +153,14 @@ impl Histogram {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.push(1);
         put_uvarint(out, self.bg.len() as u64);
-        for (&(x, first, t_x), &n) in &self.bg {
+        for ((x, first, t_x), n) in sorted(&self.bg) {
             put_uvarint(out, x as u64);
             put_ivarint(out, first as i64);
             put_uvarint(out, t_x as u64);
             put_uvarint(out, n);
         }
         put_uvarint(out, self.gg.len() as u64);
-        for (&(x, b), &n) in &self.gg {
+        for ((x, b), n) in sorted(&self.gg) {
             put_uvarint(out, x as u64);
             put_ivarint(out, b as i64);
             put_uvarint(out, n);
@@ -176,13 +208,34 @@ pub struct Model {
     pub gamma_gamma: Option<SpendModel>,
 }
 
+/// The refit period a day falls in: `predict.refit_every_days`-day periods on a
+/// fixed calendar, counted from Monday 1970-01-05 (day 4), so with the default 7
+/// a period is a Monday-to-Sunday week. The model is refitted at the first
+/// recalibration of a period (and at the first with enough repeat customers):
+/// every partition and every instance of a cluster refits in the same periods,
+/// whatever day its clock reached first.
+pub fn refit_period(day: Day, every_days: u32) -> i64 {
+    (day as i64 - 4).div_euclid(every_days.max(1) as i64)
+}
+
 /// Fit both models to the population of `h` as of `as_of`.
 pub fn fit(h: &Histogram, as_of: Day, min_repeat_customers: u64) -> Result<Model, FitError> {
     refit(h, as_of, min_repeat_customers, None)
 }
 
-/// [`fit`] with BG/NBD starting from the parameters of `previous` (the engine's
-/// weekly refit: the population moved little, the optimizer settles sooner).
+/// A warm start's log-parameters are brought within ±this (see [`refit`]).
+const WARM_START_WITHIN: f64 = 8.0;
+
+/// [`fit`] starting from the parameters of `previous` (the engine's weekly
+/// refit: the population moved little, the optimizer settles in a few steps).
+///
+/// A degenerate previous fit (no dropout seen yet: a → 0; spend with no spread
+/// within customers: p → ∞, γ → 0) lies on a plateau where the likelihood's
+/// slope is below what floating point shows, and Newton's method started there
+/// would stay there even when the new data has a maximum inside. So the start
+/// is brought back within e^±8 first (for Gamma-Gamma along its ridge, p·γ
+/// kept), where the slope is plain: the search walks back out if the
+/// population is still degenerate, or on to the maximum inside.
 pub fn refit(
     h: &Histogram,
     as_of: Day,
@@ -196,32 +249,52 @@ pub fn refit(
             need: min_repeat_customers,
         });
     }
-    let histories: Vec<History> =
-        h.bg.iter()
-            // A customer whose last purchase is after the day (a cluster peer's
-            // histogram from further on in event time) has t_x > T, outside the
-            // model: its row is left out rather than fitted as nonsense.
-            .filter(|((_, first, t_x), _)| first + t_x <= as_of)
-            .map(|(&(x, first, t_x), &n)| History {
-                x: x as f64,
-                t_x: t_x as f64,
-                t: (as_of - first) as f64,
-                weight: n as f64,
-            })
-            .collect();
-    let bg = bgnbd::fit_grouped(&bgnbd::Grouped::new(&histories), previous.map(|m| &m.bgnbd))?;
-    let spends: Vec<Spend> =
-        h.gg.iter()
-            .map(|(&(x, b), &n)| Spend {
-                x: x as f64,
-                mean: spend_of_bucket(b),
-                weight: n as f64,
-            })
-            .collect();
-    let gamma_gamma = gamma_gamma::fit(&spends).ok().map(|f| SpendModel {
-        params: f.params,
-        customers: f.customers as u64,
+    let histories: Vec<History> = sorted(&h.bg)
+        .into_iter()
+        // A customer whose last purchase is after the day (a cluster peer's
+        // histogram from further on in event time) has t_x > T, outside the
+        // model: its row is left out rather than fitted as nonsense.
+        .filter(|((_, first, t_x), _)| first + t_x <= as_of)
+        .map(|((x, first, t_x), n)| History {
+            x: x as f64,
+            t_x: t_x as f64,
+            t: (as_of - first) as f64,
+            weight: n as f64,
+        })
+        .collect();
+    let grouped = bgnbd::Grouped::new(&histories);
+    let within = |v: f64| v.clamp((-WARM_START_WITHIN).exp(), WARM_START_WITHIN.exp());
+    let start = previous.map(|m| BgNbd {
+        r: within(m.bgnbd.r),
+        alpha: within(m.bgnbd.alpha),
+        a: within(m.bgnbd.a),
+        b: within(m.bgnbd.b),
     });
+    let bg = bgnbd::fit_grouped(&grouped, start.as_ref())?;
+    let spends: Vec<Spend> = sorted(&h.gg)
+        .into_iter()
+        .map(|((x, b), n)| Spend {
+            x: x as f64,
+            mean: spend_of_bucket(b),
+            weight: n as f64,
+        })
+        .collect();
+    let spend_start = previous.and_then(|m| m.gamma_gamma).map(|g| {
+        let GammaGamma { p, q, gamma } = g.params;
+        // Down the ridge p → ∞, γ → 0 with p·γ (the spend scale) kept.
+        let p_in = within(p);
+        GammaGamma {
+            p: p_in,
+            q: within(q),
+            gamma: within(gamma * p / p_in),
+        }
+    });
+    let gamma_gamma = gamma_gamma::fit_from(&spends, spend_start.as_ref())
+        .ok()
+        .map(|f| SpendModel {
+            params: f.params,
+            customers: f.customers as u64,
+        });
     Ok(Model {
         fitted_on: as_of,
         customers: bg.customers as u64,
@@ -294,16 +367,18 @@ impl Model {
         let BgNbd { r, alpha, a, b } = self.bgnbd;
         let (x, t_x) = (i.x as f64, i.t_x as f64);
         let below = |day: Day| self.p_alive(i, day) < threshold;
-        if below(from) {
-            return Some(from);
-        }
         let k = ((1.0 - threshold) / threshold).ln() - (a / (b + x - 1.0)).ln();
         let t = (alpha + t_x) * (k / (r + x)).exp() - alpha;
         if !t.is_finite() || t > 1e7 {
-            return None;
+            return below(from).then_some(from);
         }
-        let mut day = (i.first + t.floor() as Day - 1).max(from);
-        while below(day - 1) && day > from {
+        // Below from the first whole T past t; checked with the rule's own
+        // function (rounding can put t a hair either side of the day).
+        let mut day = (i.first + t.floor() as Day + 1).max(from);
+        if below(day) && (day == from || !below(day - 1)) {
+            return Some(day);
+        }
+        while day > from && below(day - 1) {
             day -= 1;
         }
         while !below(day) {
@@ -466,6 +541,28 @@ mod tests {
         h.count(&i, false);
         assert_eq!(h.bg.len(), 1);
         assert!(h.gg.is_empty());
+    }
+
+    /// Packed keys sort as the tuples do (signs and widths included).
+    #[test]
+    fn packed_keys_keep_the_order() {
+        let mut keys: Vec<(u32, Day, i32)> = Vec::new();
+        for x in [0u32, 1, 7, u32::MAX] {
+            for first in [i32::MIN, -5, 0, 3, i32::MAX] {
+                for t_x in [0, 1, 400, i32::MAX] {
+                    keys.push((x, first, t_x));
+                }
+            }
+        }
+        let mut by_tuple = keys.clone();
+        by_tuple.sort();
+        keys.sort_by_key(|k| k.packed());
+        assert_eq!(keys, by_tuple);
+        let mut pairs: Vec<(u32, i32)> = vec![(2, -1), (1, 5), (2, i32::MIN), (1, -7), (0, 0)];
+        let mut by_tuple = pairs.clone();
+        by_tuple.sort();
+        pairs.sort_by_key(|k| k.packed());
+        assert_eq!(pairs, by_tuple);
     }
 
     #[test]

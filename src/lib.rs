@@ -17,6 +17,7 @@ pub mod config;
 pub mod customer;
 pub mod day;
 pub mod demo;
+pub mod derived;
 pub mod dump;
 pub mod engine;
 pub mod event;

@@ -211,16 +211,18 @@ impl<S: Store + Send> Partitions<S> {
         })?;
         let mut new = merged.thresholds(high, medium);
         let mut refit = None;
-        // Counted before merging: until there are enough repeat customers, the
-        // merge (a few hundred thousand rows) would be made every day for nothing.
-        let repeat: u64 = self
-            .parts
-            .iter()
-            .map(|p| p.histogram().repeat_customers(day))
-            .sum();
-        if self.parts.iter().any(|p| p.refit_due(day))
-            && repeat >= s.raw.predict.min_repeat_customers
-        {
+        // Counted before merging (and only when a refit is due): until there are
+        // enough repeat customers, the merge (a few hundred thousand rows) would be
+        // made every period for nothing.
+        let enough = || {
+            let repeat: u64 = self
+                .parts
+                .iter()
+                .map(|p| p.histogram().repeat_customers(day))
+                .sum();
+            repeat >= s.raw.predict.min_repeat_customers
+        };
+        if self.parts.iter().any(|p| p.refit_due(day)) && enough() {
             let mut h = Histogram::default();
             for p in &self.parts {
                 h.merge(p.histogram());

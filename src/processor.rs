@@ -33,6 +33,7 @@ use crate::config::Settings;
 use crate::config::{ThresholdMode, ValueMethod};
 use crate::customer::{CustomerState, Indexed};
 use crate::day::Day;
+use crate::derived::{Derived, Index};
 use crate::engine::{event_hash, Applied, Effects, Engine};
 use crate::event::Event;
 use crate::output::{Cause, CustomerTiers, Output, OutputType};
@@ -40,10 +41,7 @@ use crate::policy::{self, Thresholds, ThresholdsBuilder};
 use crate::population::{bucket_range, decode_thresholds, encode_thresholds, Population};
 use crate::predict::model::{self, Histogram, Inputs};
 use crate::predict::watch::{self, Watch};
-use crate::store::codec::{
-    decode_customer, decode_index_key, decode_timer_key, dedupe_key, encode_customer, index_figure,
-    index_key, last_day_prefix, timer_key,
-};
+use crate::store::codec::{decode_customer, dedupe_key, encode_customer};
 use crate::store::{Batch, Cf, Store, StoreError};
 
 pub const META_POPULATION: &[u8] = b"population";
@@ -134,43 +132,26 @@ pub type FlushHook = Box<dyn FnMut(&mut Batch, &mut Vec<Output>, &mut Vec<Custom
 /// One cached customer.
 struct Slot {
     id: Box<str>,
+    /// The customer's handle in the partition's derived state.
+    handle: u32,
     state: CustomerState,
     dirty: bool,
-    /// The timer and index entries the store holds for this customer: those of its
-    /// record as last written or loaded. They differ from `state.timer` and
-    /// `state.indexed` only while the customer is dirty and its entries moved;
-    /// the next write moves them in the store (a delete and a put per entry,
-    /// however often they moved in between).
-    stored_timer: Option<Day>,
-    stored_indexed: Option<Indexed>,
 }
 
 impl Slot {
-    /// A customer as read from the store (`stored`), or new.
-    fn new(id: &str, state: CustomerState, stored: bool) -> Slot {
-        let (stored_timer, stored_indexed) = if stored {
-            (state.timer, state.indexed)
-        } else {
-            (None, None)
-        };
+    fn new(id: &str, handle: u32, state: CustomerState) -> Slot {
         Slot {
             id: id.into(),
+            handle,
             state,
             dirty: false,
-            stored_timer,
-            stored_indexed,
         }
-    }
-
-    /// Whether the store's index entries of this customer are not its current ones.
-    fn index_moved(&self) -> bool {
-        self.state.indexed != self.stored_indexed
     }
 }
 
 /// The write-back cache: slots in a `Vec`, found by id through a map, so the
-/// dirty customers are a list of slot numbers that the timer and index scans walk
-/// directly. Slots stay put until a write: numbers are valid until then.
+/// dirty customers are a list of slot numbers. Slots stay put until a write:
+/// numbers are valid until then.
 #[derive(Default)]
 struct Cache {
     index: HashMap<Box<str>, u32>,
@@ -214,15 +195,22 @@ impl Cache {
     }
 }
 
+impl<S: Store> Drop for Processor<S> {
+    fn drop(&mut self) {
+        if let Some((gauge, reported)) = &self.timers_gauge {
+            gauge.sub(*reported);
+        }
+    }
+}
+
 pub struct Processor<S: Store> {
     settings: Arc<Settings>,
     store: S,
     cache: Cache,
     /// Dirty slots, each once, in the order they became dirty.
     dirty: Vec<u32>,
-    /// Slots whose timer moved to a day since the last write (the day's timer scan
-    /// checks each against its current timer: a slot may have moved on since).
-    timer_moves: HashMap<Day, Vec<u32>>,
+    /// The timer calendar and recalibration indexes, in memory ([`Derived`]).
+    derived: Derived,
     pending: Batch,
     pending_archive: HashSet<Vec<u8>>,
     pop: Population,
@@ -255,6 +243,9 @@ pub struct Processor<S: Store> {
     model_peers: Option<ModelPeerSource>,
     /// `customer_tiers` records since the last write (`None`: not kept).
     customer_tiers: Option<Vec<CustomerTiers>>,
+    /// A gauge the pending timers are added to at every write, with the count
+    /// last added (see [`report_timers_to`](Self::report_timers_to)).
+    timers_gauge: Option<(prometheus::IntGauge, i64)>,
     /// Fits shared with this process's other partitions (a cluster instance).
     fit_share: Option<FitShare>,
     /// Tier transitions per day since the last write (added to the stored counts
@@ -284,15 +275,26 @@ pub type ModelPeerSource = Box<dyn Fn() -> Option<Histogram> + Send>;
 /// most once per period whatever order its partitions reach it in.
 pub type FitShare = std::sync::Arc<std::sync::Mutex<Option<model::Model>>>;
 
-/// The model histogram of every stored customer, and each repeat customer's
-/// model group (id by group, ids in key order).
+/// What `open` rebuilds from every stored customer: the model histogram, each
+/// repeat customer's model group (ids by group, in key order), and the derived
+/// state (timers and indexes).
 pub fn scan_model(
     store: &dyn Store,
+    derived: &mut Derived,
 ) -> Result<(Histogram, BTreeMap<watch::Group, Vec<String>>), StoreError> {
     let mut h = Histogram::default();
     let mut groups: BTreeMap<watch::Group, Vec<String>> = BTreeMap::new();
     store.scan(Cf::Customers, &[], None, &mut |k, v| {
         let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
+        let id = std::str::from_utf8(k).map_err(|_| {
+            corrupt(
+                k,
+                crate::store::codec::CodecError("customer key is not UTF-8"),
+            )
+        })?;
+        let handle = derived.ids.intern(id);
+        derived.move_timer(handle, None, c.timer);
+        derived.move_index(handle, None, c.indexed);
         if let Some(i) = Inputs::of(&c, None) {
             h.count(&i, true);
             if let Some(g) = watch::group_of(&i) {
@@ -316,37 +318,30 @@ fn watch_rule<'a>(s: &Settings, model: Option<&'a model::Model>) -> watch::Rule<
     }
 }
 
-/// The column families derived from the customer records alone: a customer's
-/// timer and its three index entries mirror `CustomerState::timer` and
-/// `::indexed`. The changelog leaves them out; a restore rebuilds them.
+/// The column families strata wrote before it kept a customer's timer and index
+/// entries in memory ([`crate::derived`]); still opened (RocksDB opens every
+/// column family a store has), never written, emptied at open, left out of the
+/// changelog.
 pub const DERIVED: [Cf; 4] = [Cf::Timers, Cf::ByLastDay, Cf::ByFrequency, Cf::ByMonetary];
 
-/// Write the derived column families (`DERIVED`, empty beforehand) from every
-/// stored customer.
-pub fn rebuild_derived(store: &dyn Store) -> Result<(), StoreError> {
-    let mut b = Batch::default();
-    store.scan(Cf::Customers, &[], None, &mut |k, v| {
-        let id = std::str::from_utf8(k).map_err(|_| {
-            corrupt(
-                k,
-                crate::store::codec::CodecError("customer key is not UTF-8"),
-            )
+/// Delete what an earlier strata wrote to the [`DERIVED`] column families (once:
+/// an empty store costs four seeks).
+fn clear_derived(store: &dyn Store) -> Result<(), StoreError> {
+    for cf in DERIVED {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        store.scan(cf, &[], None, &mut |k, _| {
+            keys.push(k.to_vec());
+            Ok(true)
         })?;
-        let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
-        if let Some(d) = c.timer {
-            b.put(Cf::Timers, timer_key(d, id), Vec::new());
-        }
-        if let Some(i) = c.indexed {
-            for cf in Cf::INDEXES {
-                b.put(cf, index_key(cf, &i, id), Vec::new());
+        for chunk in keys.chunks(20_000) {
+            let mut b = Batch::default();
+            for k in chunk {
+                b.delete(cf, k.clone());
             }
+            store.write(b)?;
         }
-        if b.len() >= 20_000 {
-            store.write(std::mem::take(&mut b))?;
-        }
-        Ok(true)
-    })?;
-    store.write(b)
+    }
+    Ok(())
 }
 
 /// Decode the meta records [`Processor::open`] reads (population summary,
@@ -467,7 +462,7 @@ impl<S: Store> Processor<S> {
             store,
             cache: Cache::default(),
             dirty: Vec::new(),
-            timer_moves: HashMap::new(),
+            derived: Derived::default(),
             pending: Batch::default(),
             pending_archive: HashSet::new(),
             pop,
@@ -485,12 +480,14 @@ impl<S: Store> Processor<S> {
             watch: Watch::default(),
             model_peers: None,
             customer_tiers: None,
+            timers_gauge: None,
             fit_share: None,
             transitions: BTreeMap::new(),
             transitions_pruned: None,
             live_peers: None,
         };
-        let (hist, groups) = scan_model(&p.store)?;
+        clear_derived(&p.store)?;
+        let (hist, groups) = scan_model(&p.store, &mut p.derived)?;
         p.hist = hist;
         if let Some(today) = p.pop.clock {
             let rule = watch_rule(&p.settings, p.current.model.as_ref());
@@ -587,6 +584,15 @@ impl<S: Store> Processor<S> {
         self.customer_tiers.get_or_insert_with(Vec::new);
     }
 
+    /// Add this processor's pending timers to `gauge` (shared by the partitions of
+    /// an instance: each adds the change at every write and takes its count back
+    /// when dropped).
+    pub fn report_timers_to(&mut self, gauge: prometheus::IntGauge) {
+        let n = self.derived.timers_len() as i64;
+        gauge.add(n);
+        self.timers_gauge = Some((gauge, n));
+    }
+
     /// See [`FlushHook`].
     pub fn set_flush_hook(&mut self, hook: FlushHook) {
         self.hook = Some(hook);
@@ -632,7 +638,8 @@ impl<S: Store> Processor<S> {
         Ok(match self.store.get(Cf::Customers, id.as_bytes())? {
             Some(b) => {
                 let state = decode_customer(&b).map_err(|e| corrupt(id.as_bytes(), e))?;
-                Some(self.cache.insert(Slot::new(id, state, true)))
+                let handle = self.derived.ids.intern(id);
+                Some(self.cache.insert(Slot::new(id, handle, state)))
             }
             None => None,
         })
@@ -656,7 +663,8 @@ impl<S: Store> Processor<S> {
         for (id, v) in want.iter().zip(self.store.multi_get(Cf::Customers, &keys)?) {
             if let Some(b) = v {
                 let state = decode_customer(&b).map_err(|e| corrupt(id.as_bytes(), e))?;
-                self.cache.insert(Slot::new(id, state, true));
+                let handle = self.derived.ids.intern(id);
+                self.cache.insert(Slot::new(id, handle, state));
             }
         }
         Ok(())
@@ -707,9 +715,10 @@ impl<S: Store> Processor<S> {
         if let Some((old, new)) = fx.index_moved {
             self.pop
                 .on_index_move(old.map(|i| i.micros), new.map(|i| i.micros));
+            self.derived.move_index(slot.handle, old, new);
         }
-        if let Some((_, Some(day))) = fx.timer_moved {
-            self.timer_moves.entry(day).or_default().push(i);
+        if let Some((old, new)) = fx.timer_moved {
+            self.derived.move_timer(slot.handle, old, new);
         }
         if !slot.dirty {
             slot.dirty = true;
@@ -739,7 +748,8 @@ impl<S: Store> Processor<S> {
         let (i, is_new) = match self.load(&ev.customer_id)? {
             Some(i) => (i, false),
             None => {
-                let slot = Slot::new(&ev.customer_id, CustomerState::default(), false);
+                let handle = self.derived.ids.intern(&ev.customer_id);
+                let slot = Slot::new(&ev.customer_id, handle, CustomerState::default());
                 (self.cache.insert(slot), true)
             }
         };
@@ -857,30 +867,9 @@ impl<S: Store> Processor<S> {
     }
 
     fn fire_timers(&mut self, day: Day) -> Result<(), StoreError> {
-        // Timers of earlier days were consumed when the clock passed them; seeking
-        // straight to this day's keys also skips their tombstones. A stored key is
-        // due unless its customer's timer moved since the last write; timers that
-        // moved to this day since then are listed in `timer_moves`.
+        // Timers of earlier days were consumed when the clock passed them.
         let mut due: Vec<String> = Vec::new();
-        let (from, to) = (last_day_prefix(day), last_day_prefix(day + 1));
-        let cache = &self.cache;
-        self.store.scan(Cf::Timers, &from, Some(&to), &mut |k, _| {
-            let (d, id) = decode_timer_key(k).map_err(|e| corrupt(k, e))?;
-            if d > day {
-                return Ok(false);
-            }
-            match cache.find(&id) {
-                Some(i) if cache.slots[i as usize].state.timer != Some(day) => {}
-                _ => due.push(id),
-            }
-            Ok(true)
-        })?;
-        for &i in self.timer_moves.get(&day).into_iter().flatten() {
-            let s = &self.cache.slots[i as usize];
-            if s.state.timer == Some(day) && s.stored_timer != Some(day) {
-                due.push(s.id.to_string());
-            }
-        }
+        self.derived.due(day, &mut due);
         // Customers whose P(alive) crosses the `p_alive` threshold today.
         self.watch.due(day, &mut due);
         if due.is_empty() {
@@ -893,20 +882,37 @@ impl<S: Store> Processor<S> {
         let engine = Engine::new(&settings);
         let thresholds = self.thresholds();
         let horizon = engine.horizon(day);
-        for id in due {
+        for chunk in due.chunks(4096) {
+            self.prefetch(chunk.iter().map(|s| s.as_str()))?;
+            for id in chunk {
+                self.fire(id, day, horizon, &engine, &thresholds)?;
+            }
+            self.flush_if_full()?;
+        }
+        Ok(())
+    }
+
+    /// One customer's timer (or watch) is due on `day`: evaluate it there.
+    fn fire(
+        &mut self,
+        id: &str,
+        day: Day,
+        horizon: Day,
+        engine: &Engine,
+        thresholds: &Thresholds,
+    ) -> Result<(), StoreError> {
+        {
             self.counters.timers_fired += 1;
-            let Some(i) = self.load(&id)? else {
-                // A timer without its customer: drop it.
-                self.pending.delete(Cf::Timers, timer_key(day, &id));
-                continue;
+            let Some(i) = self.load(id)? else {
+                return Ok(()); // an id without a record (cannot be: entries follow records)
             };
             let slot = &mut self.cache.slots[i as usize];
             let mut fx = Effects::default();
             fx.archive.extend(slot.state.prune(horizon));
-            // The fired timer is consumed (the next write deletes its key);
-            // evaluate schedules the next one.
+            // The fired timer is consumed; evaluate schedules the next one.
             if slot.state.timer == Some(day) {
                 slot.state.timer = None;
+                self.derived.move_timer(slot.handle, Some(day), None);
             }
             engine.evaluate(
                 &mut slot.state,
@@ -918,70 +924,6 @@ impl<S: Store> Processor<S> {
                 &mut fx,
             );
             self.record(i, fx);
-        }
-        self.flush_if_full()
-    }
-
-    /// [`Store::scan`] of an index column family (keys only) as it will be after
-    /// the next write: the store's entries in `from..to` but those of customers
-    /// whose entries moved since the last write, merged in key order with those
-    /// customers' current entries. `from` and `to` are figures (no customer id).
-    fn scan_index(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8]) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError> {
-        // Key = figure ++ id: from ≤ key < to ⇔ from ≤ figure < to, compared as
-        // numbers (`index_figure`) while walking the dirty customers.
-        let number = |b: &[u8]| b.iter().fold(0u64, |n, &x| n << 8 | x as u64);
-        let (lo, hi) = (number(from), to.map(number));
-        let cache = &self.cache;
-        let mut moved: Vec<Vec<u8>> = Vec::new();
-        // Whether any customer's stored entries are stale (only dirty ones can be):
-        // if none, the store's entries need no lookup in the cache.
-        let mut any_moved = false;
-        for &i in &self.dirty {
-            let s = &cache.slots[i as usize];
-            any_moved |= s.index_moved();
-            let Some(ix) = s.state.indexed.filter(|_| s.index_moved()) else {
-                continue;
-            };
-            let x = index_figure(cf, &ix);
-            if x >= lo && hi.is_none_or(|h| x < h) {
-                moved.push(index_key(cf, &ix, &s.id));
-            }
-        }
-        moved.sort_unstable();
-        let mut moved = moved.into_iter().peekable();
-        let mut stopped = false;
-        self.store.scan(cf, from, to, &mut |k, _| {
-            if any_moved {
-                let (_, id) = decode_index_key(cf, k).map_err(|e| corrupt(k, e))?;
-                if cache
-                    .find(id)
-                    .is_some_and(|i| cache.slots[i as usize].index_moved())
-                {
-                    return Ok(true); // stale: its current entry, if in range, is in `moved`
-                }
-            }
-            while let Some(m) = moved.next_if(|m| m.as_slice() < k) {
-                if !f(&m)? {
-                    stopped = true;
-                    return Ok(false);
-                }
-            }
-            let go = f(k)?;
-            stopped = !go;
-            Ok(go)
-        })?;
-        if !stopped {
-            for m in moved {
-                if !f(&m)? {
-                    break;
-                }
-            }
         }
         Ok(())
     }
@@ -1004,60 +946,21 @@ impl<S: Store> Processor<S> {
             if approximate {
                 return Ok(Some(lo));
             }
-            let from = (u64::MAX - hi).to_be_bytes();
-            let to = (u64::MAX - lo + 1).to_be_bytes();
             let mut running = above;
-            let mut found = None;
-            self.scan_index(Cf::ByMonetary, &from, Some(&to), &mut |k| {
-                let (m, _) = decode_index_key(Cf::ByMonetary, k).map_err(|e| corrupt(k, e))?;
+            for m in self.derived.monetary_desc(lo, hi) {
                 running += m as u128;
                 if running as f64 >= target {
-                    found = Some(m as u64);
-                    return Ok(false);
+                    return Ok(Some(m));
                 }
-                Ok(true)
-            })?;
-            Ok(found)
+            }
+            Ok(None)
         })
     }
 
     /// The window monetary figures of this partition's purchasers in `lo..=hi`,
     /// largest first (a Pareto walk's bucket, see [`exact_pareto_cutoffs`]).
     pub(crate) fn monetary_in(&self, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
-        let from = (u64::MAX - hi).to_be_bytes();
-        let to = (u64::MAX - lo + 1).to_be_bytes();
-        let mut out = Vec::new();
-        self.scan_index(Cf::ByMonetary, &from, Some(&to), &mut |k| {
-            let (m, _) = decode_index_key(Cf::ByMonetary, k).map_err(|e| corrupt(k, e))?;
-            out.push(m as u64);
-            Ok(true)
-        })?;
-        Ok(out)
-    }
-
-    /// Customers whose index figure lies in `lo..=hi` (figures as stored in the key).
-    fn index_range(
-        &self,
-        cf: Cf,
-        lo: i64,
-        hi: i64,
-        into: &mut HashSet<String>,
-    ) -> Result<(), StoreError> {
-        let day =
-            |v: i64| last_day_prefix(v.clamp(i32::MIN as i64, i32::MAX as i64) as i32).to_vec();
-        let count = |v: i64| (v.clamp(0, u32::MAX as i64) as u32).to_be_bytes().to_vec();
-        let money = |v: i64| (u64::MAX - v.max(0) as u64).to_be_bytes().to_vec();
-        let (from, to) = match cf {
-            Cf::ByLastDay => (day(lo), (hi < i32::MAX as i64).then(|| day(hi + 1))),
-            Cf::ByFrequency => (count(lo), (hi < u32::MAX as i64).then(|| count(hi + 1))),
-            // Descending keys: from the largest figure down to the smallest.
-            _ => (money(hi), (lo > 0).then(|| money(lo - 1))),
-        };
-        self.scan_index(cf, &from, to.as_deref(), &mut |k| {
-            let (_, id) = decode_index_key(cf, k).map_err(|e| corrupt(k, e))?;
-            into.insert(id.to_string());
-            Ok(true)
-        })
+        Ok(self.derived.monetary_desc(lo, hi).collect())
     }
 
     /// New thresholds as of `day`; re-evaluate every customer they can move.
@@ -1139,30 +1042,34 @@ impl<S: Store> Processor<S> {
             // A figure x is "high" iff x·n ≥ Σ ⇔ x ≥ ⌈Σ/n⌉ (x an integer). Its side can
             // only change for min(t_old, t_new) ≤ x < max(t_old, t_new).
             let ceil = |sum: i128, n: u64| -((-sum).div_euclid(n as i128));
-            let flips =
-                |cf: Cf, a: i128, b: i128, visit: &mut HashSet<String>| -> Result<(), StoreError> {
-                    if a != b {
-                        let clamp = |v: i128| v.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
-                        self.index_range(cf, clamp(a.min(b)), clamp(a.max(b) - 1), visit)?;
-                    }
-                    Ok(())
-                };
+            let flips = |index: Index,
+                         a: i128,
+                         b: i128,
+                         visit: &mut HashSet<String>|
+             -> Result<(), StoreError> {
+                if a != b {
+                    let clamp = |v: i128| v.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+                    self.derived
+                        .customers_in(index, clamp(a.min(b)), clamp(a.max(b) - 1), visit);
+                }
+                Ok(())
+            };
             if self.settings.raw.segments.thresholds == ThresholdMode::Mean {
                 let (n0, n1) = (old.purchasers, new.purchasers);
                 flips(
-                    Cf::ByLastDay,
+                    Index::LastDay,
                     ceil(old.sum_last_day as i128, n0),
                     ceil(new.sum_last_day as i128, n1),
                     &mut visit,
                 )?;
                 flips(
-                    Cf::ByFrequency,
+                    Index::Frequency,
                     ceil(old.sum_frequency as i128, n0),
                     ceil(new.sum_frequency as i128, n1),
                     &mut visit,
                 )?;
                 flips(
-                    Cf::ByMonetary,
+                    Index::Monetary,
                     ceil(old.sum_micros as i128, n0),
                     ceil(new.sum_micros as i128, n1),
                     &mut visit,
@@ -1174,19 +1081,24 @@ impl<S: Store> Processor<S> {
             if self.settings.raw.segments.thresholds == ThresholdMode::Fixed {
                 if let Some(prev) = prev_day {
                     let r = self.settings.raw.segments.recency_days as i128;
-                    flips(Cf::ByLastDay, prev as i128 - r, day as i128 - r, &mut visit)?;
+                    flips(
+                        Index::LastDay,
+                        prev as i128 - r,
+                        day as i128 - r,
+                        &mut visit,
+                    )?;
                 }
             }
             // A missing cut-off means "nobody": as if it were above every figure.
             let cut = |c: Option<u64>| c.map_or(i64::MAX as i128, |v| v as i128);
             flips(
-                Cf::ByMonetary,
+                Index::Monetary,
                 cut(old.pareto_high),
                 cut(new.pareto_high),
                 &mut visit,
             )?;
             flips(
-                Cf::ByMonetary,
+                Index::Monetary,
                 cut(old.pareto_medium),
                 cut(new.pareto_medium),
                 &mut visit,
@@ -1313,24 +1225,18 @@ impl<S: Store> Processor<S> {
         let mut hist = Histogram::default();
         let mut groups: BTreeMap<watch::Group, Vec<String>> = BTreeMap::new();
         let rule = watch_rule(s, t.model.as_ref());
-        // The derived entries each record implies, per column family.
-        let mut derived: HashMap<Cf, HashSet<Vec<u8>>> = HashMap::new();
+        // The derived entries each record implies: (handle, timer, indexed).
+        let mut derived: Vec<(u32, Option<Day>, Option<Indexed>)> = Vec::new();
+        let ids = &self.derived.ids;
         self.store.scan(Cf::Customers, &[], None, &mut |k, v| {
             let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
             let id = String::from_utf8_lossy(k);
-            if let Some(d) = c.timer {
-                derived
-                    .entry(Cf::Timers)
-                    .or_default()
-                    .insert(timer_key(d, &id));
-            }
-            if let Some(i) = c.indexed {
-                for cf in Cf::INDEXES {
-                    derived
-                        .entry(cf)
-                        .or_default()
-                        .insert(index_key(cf, &i, &id));
+            match ids.get(&id) {
+                Some(h) => derived.push((h, c.timer, c.indexed)),
+                None if c.timer.is_some() || c.indexed.is_some() => {
+                    audit.derived_mismatches += 1;
                 }
+                None => {}
             }
             if let Some(i) = Inputs::of(&c, None) {
                 hist.count(&i, true);
@@ -1353,19 +1259,7 @@ impl<S: Store> Processor<S> {
             }
             Ok(true)
         })?;
-        for cf in DERIVED {
-            let want = derived.remove(&cf).unwrap_or_default();
-            let mut seen = 0u64;
-            self.store.scan(cf, &[], None, &mut |k, _| {
-                if want.contains(k) {
-                    seen += 1;
-                } else {
-                    audit.derived_mismatches += 1;
-                }
-                Ok(true)
-            })?;
-            audit.derived_mismatches += want.len() as u64 - seen;
-        }
+        audit.derived_mismatches += self.derived.audit(derived.into_iter());
         audit.watch_mismatches += self.watch.audit(&groups, rule, clock);
         let exact = b.build(s, clock);
         let live = self.pop.thresholds(None, None);
@@ -1447,35 +1341,7 @@ impl<S: Store> Processor<S> {
             encode_customer(&slot.state, &mut buf);
             batch.put(Cf::Customers, slot.id.as_bytes().to_vec(), buf.clone());
             slot.dirty = false;
-            // Its timer and index entries, moved in the store once however often
-            // they moved since the last write.
-            let id = &slot.id;
-            if slot.state.timer != slot.stored_timer {
-                if let Some(d) = slot.stored_timer {
-                    batch.delete(Cf::Timers, timer_key(d, id));
-                }
-                if let Some(d) = slot.state.timer {
-                    batch.put(Cf::Timers, timer_key(d, id), Vec::new());
-                }
-                slot.stored_timer = slot.state.timer;
-            }
-            if slot.index_moved() {
-                for cf in Cf::INDEXES {
-                    let old = slot.stored_indexed.map(|x| index_key(cf, &x, id));
-                    let new = slot.state.indexed.map(|x| index_key(cf, &x, id));
-                    if old != new {
-                        if let Some(k) = old {
-                            batch.delete(cf, k);
-                        }
-                        if let Some(k) = new {
-                            batch.put(cf, k, Vec::new());
-                        }
-                    }
-                }
-                slot.stored_indexed = slot.state.indexed;
-            }
         }
-        self.timer_moves.clear();
         if batch.is_empty() && self.since_flush == 0 && !self.meta_dirty && self.outputs.is_empty()
         {
             return Ok(());
@@ -1500,6 +1366,11 @@ impl<S: Store> Processor<S> {
             hook(&mut batch, &mut self.outputs, tiers);
         }
         self.store.write(batch)?;
+        if let Some((gauge, reported)) = &mut self.timers_gauge {
+            let n = self.derived.timers_len() as i64;
+            gauge.add(n - *reported);
+            *reported = n;
+        }
         self.pending_archive.clear();
         self.since_flush = 0;
         self.meta_dirty = false;

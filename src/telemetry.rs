@@ -120,7 +120,7 @@ impl Metrics {
             customers: gauge_vec(&r, "strata_customers", "Customers per published tier, per dimension.", &["dimension", "tier"]),
             churn_warnings: counter_vec(&r, "strata_churn_warnings_total", "Churn warnings published, per reason and severity.", &["reason", "severity"]),
             customers_at_risk: gauge(&r, "strata_customers_at_risk", "Customers in an open churn episode."),
-            timers_pending: gauge(&r, "strata_timers_pending", "Scheduled re-evaluations (estimate)."),
+            timers_pending: gauge(&r, "strata_timers_pending", "Scheduled re-evaluations (each customer's next timer, over the partitions owned here)."),
             timers_fired: counter(&r, "strata_timers_fired_total", "Timers fired as the calendar turned."),
             recalibrations: counter(&r, "strata_recalibrations_total", "Population threshold recalibrations."),
             partitions_assigned: gauge(&r, "strata_partitions_assigned", "State partitions this instance owns and consumes."),

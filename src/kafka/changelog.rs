@@ -358,9 +358,9 @@ pub fn outbox_key(seq: u64) -> Vec<u8> {
 }
 
 /// Whether a column family is replicated to the changelog: the customers, the
-/// dedupe archive and meta. Not the outbox (the changelog's source), nor the timers
-/// and indexes: they mirror fields of each customer record and a restore rebuilds
-/// them ([`crate::processor::rebuild_derived`]): ~77 % fewer records to produce.
+/// dedupe archive and meta. Not the outbox (the changelog's source), nor the
+/// column families where strata kept timers and indexes before it kept them in
+/// memory ([`crate::derived`], rebuilt from the customer records at open).
 pub fn replicated(cf: Cf) -> bool {
     cf != Cf::Outbox && !crate::processor::DERIVED.contains(&cf)
 }
@@ -387,7 +387,8 @@ pub fn changelog_key(cf: Cf, key: &[u8]) -> Option<Vec<u8>> {
 pub fn parse_changelog_key(k: &[u8]) -> Option<(Cf, &[u8])> {
     let (&code, rest) = k.split_first()?;
     let cf = *Cf::ALL.get(code as usize)?;
-    // Older changelogs also carry timers and indexes: a restore rebuilds those.
+    // Older changelogs also carry timers and indexes: the processor's open rebuilds
+    // those from the customer records.
     replicated(cf).then_some((cf, rest))
 }
 

@@ -1,6 +1,7 @@
 //! Opening a state partition (Kafka Streams' changelog reader and state manager):
 //! keep the local state when it is the changelog's latest, else restore it from
-//! the changelog — whole batches only — and rebuild what is derived from it.
+//! the changelog — whole batches only; the processor's open rebuilds what is
+//! derived from it (timers and indexes, in memory).
 //!
 //! This runs on a thread of its own ([`open`], handed to a pool by the task
 //! manager), so the loop goes on polling while a partition restores: the member
@@ -9,8 +10,7 @@
 //! revocation or SIGTERM stops the restore between two records.
 //!
 //! A restore is complete only once its `kafka.restoring` flag (local only) is
-//! deleted, in a write after the last one that rebuilt the timers and indexes: a
-//! partition found with the flag is restored again, however current its marker
+//! deleted, in a write after the last restored batch: a partition found with the flag is restored again, however current its marker
 //! looks. A local store that cannot be opened or read (corruption, a codec version
 //! from a newer release) is moved aside (`partitions/<p>.corrupt-<time>`) and the
 //! partition restored; it never stops the instance.
@@ -483,7 +483,6 @@ fn restore(
     fail::fail_point!("restore.before_rebuild", |_| Err(OpenError::Kafka(
         KafkaError::Broker("failpoint restore.before_rebuild".into())
     )));
-    crate::processor::rebuild_derived(&**store)?;
     let mut done = Batch::default();
     done.delete(Cf::Meta, RESTORING_KEY.to_vec());
     store.write(done)?;

@@ -38,7 +38,7 @@ use super::{broker, stats, topics, KafkaError};
 use crate::cluster::SharedStatus;
 use crate::config::{Clock, Guarantee, Settings};
 use crate::event::{parse_event, EventType, ParseContext};
-use crate::store::{Cf, StoreError};
+use crate::store::StoreError;
 use crate::telemetry::Metrics;
 
 /// How long publishing may go on at a revocation or shutdown before the partition
@@ -426,18 +426,12 @@ impl StreamLoop {
             return;
         }
         self.gauges_at = Instant::now();
-        let mut timers = 0i64;
-        // Over every partition here, busy ones included (their stores are shared).
-        for outbox in self.tasks.outboxes.values() {
-            timers += outbox.store().estimate_keys(Cf::Timers) as i64;
-        }
         for (t, p, lag) in self.inputs.lags() {
             self.metrics
                 .consumer_lag
                 .with_label_values(&[t, &p.to_string()])
                 .set(lag);
         }
-        self.metrics.timers_pending.set(timers);
         let outboxes = &self.tasks.outboxes;
         let sum = |name: &str| -> i64 {
             outboxes

@@ -280,78 +280,6 @@ pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
     Ok(c)
 }
 
-/// Timer keys sort by due day, then customer: `(day as u32 ^ sign bit) BE ++ id`.
-pub fn timer_key(day: Day, customer_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + customer_id.len());
-    k.extend_from_slice(&day_be(day));
-    k.extend_from_slice(customer_id.as_bytes());
-    k
-}
-
-pub fn decode_timer_key(k: &[u8]) -> Result<(Day, String), CodecError> {
-    if k.len() < 4 {
-        return Err(CodecError("short timer key"));
-    }
-    let day = (u32::from_be_bytes(k[..4].try_into().unwrap()) ^ 0x8000_0000) as i32;
-    let id = String::from_utf8(k[4..].to_vec()).map_err(|_| CodecError("timer key not UTF-8"))?;
-    Ok((day, id))
-}
-
-fn day_be(day: Day) -> [u8; 4] {
-    ((day as u32) ^ 0x8000_0000).to_be_bytes()
-}
-
-/// Index keys: the figure, big-endian so keys sort by it, then the customer id.
-/// Monetary is stored as `u64::MAX − micros` so a forward scan walks the biggest
-/// spenders first (the Pareto walk).
-pub fn index_key(kind: crate::store::Cf, idx: &Indexed, customer_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + customer_id.len());
-    match kind {
-        crate::store::Cf::ByLastDay => k.extend_from_slice(&day_be(idx.last_day)),
-        crate::store::Cf::ByFrequency => k.extend_from_slice(&idx.frequency.to_be_bytes()),
-        crate::store::Cf::ByMonetary => k.extend_from_slice(&(u64::MAX - idx.micros).to_be_bytes()),
-        other => panic!("{other:?} is not an index"),
-    }
-    k.extend_from_slice(customer_id.as_bytes());
-    k
-}
-
-/// The figure part of an index key as a number that orders as the key's bytes do
-/// (the big-endian bytes read as an unsigned integer).
-pub fn index_figure(kind: crate::store::Cf, idx: &Indexed) -> u64 {
-    match kind {
-        crate::store::Cf::ByLastDay => u32::from_be_bytes(day_be(idx.last_day)) as u64,
-        crate::store::Cf::ByFrequency => idx.frequency as u64,
-        crate::store::Cf::ByMonetary => u64::MAX - idx.micros,
-        other => panic!("{other:?} is not an index"),
-    }
-}
-
-pub fn last_day_prefix(day: Day) -> [u8; 4] {
-    day_be(day)
-}
-
-/// Split an index key into its figure (as u64, monetary un-inverted) and customer id.
-pub fn decode_index_key(kind: crate::store::Cf, k: &[u8]) -> Result<(i64, &str), CodecError> {
-    let width = if kind == crate::store::Cf::ByMonetary {
-        8
-    } else {
-        4
-    };
-    if k.len() < width {
-        return Err(CodecError("short index key"));
-    }
-    let id = std::str::from_utf8(&k[width..]).map_err(|_| CodecError("index key not UTF-8"))?;
-    let v = match kind {
-        crate::store::Cf::ByLastDay => {
-            ((u32::from_be_bytes(k[..4].try_into().unwrap()) ^ 0x8000_0000) as i32) as i64
-        }
-        crate::store::Cf::ByFrequency => u32::from_be_bytes(k[..4].try_into().unwrap()) as i64,
-        _ => (u64::MAX - u64::from_be_bytes(k[..8].try_into().unwrap())) as i64,
-    };
-    Ok((v, id))
-}
-
 /// Archived event-id hash key: `customer_id ++ 0x00 ++ hash BE`.
 pub fn dedupe_key(customer_id: &str, hash: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(customer_id.len() + 9);
@@ -453,56 +381,6 @@ mod tests {
         assert_eq!(
             decode_customer(&v1(&kept)).unwrap().first_day_micros,
             Some(5)
-        );
-    }
-
-    #[test]
-    fn index_figures_order_as_the_keys() {
-        use crate::store::Cf;
-        let idx = |last_day, frequency, micros| Indexed {
-            last_day,
-            frequency,
-            micros,
-        };
-        let all = [
-            idx(-5, 0, 0),
-            idx(-1, 1, 7),
-            idx(0, 2, 1_000_000),
-            idx(20_000, 300, u64::MAX / 3),
-            idx(i32::MAX, u32::MAX, u64::MAX),
-        ];
-        for cf in Cf::INDEXES {
-            for a in &all {
-                for b in &all {
-                    let (ka, kb) = (index_key(cf, a, "x"), index_key(cf, b, "x"));
-                    assert_eq!(
-                        index_figure(cf, a).cmp(&index_figure(cf, b)),
-                        ka.cmp(&kb),
-                        "{cf:?} {a:?} {b:?}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn timer_keys_sort_by_day_then_id() {
-        let mut keys = [
-            timer_key(5, "b"),
-            timer_key(-1, "z"),
-            timer_key(5, "a"),
-            timer_key(300, "a"),
-        ];
-        keys.sort();
-        let decoded: Vec<_> = keys.iter().map(|k| decode_timer_key(k).unwrap()).collect();
-        assert_eq!(
-            decoded,
-            vec![
-                (-1, "z".into()),
-                (5, "a".into()),
-                (5, "b".into()),
-                (300, "a".into())
-            ]
         );
     }
 }

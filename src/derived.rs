@@ -1,0 +1,290 @@
+//! A partition's derived state, kept in memory: the timer calendar and the three
+//! recalibration indexes, over customer ids interned to 4-byte handles.
+//!
+//! Everything here follows from the customer records alone — a record carries its
+//! customer's timer day ([`CustomerState::timer`](crate::customer::CustomerState))
+//! and the figures it is indexed under (`indexed`) — so it is never written:
+//! [`crate::processor::Processor::open`] rebuilds it with the one scan of the
+//! customers it already makes (the model histogram), as a restore did before,
+//! and the processor moves a customer's entries as soon as its state moves them.
+//! A write is then the customer records (and dedupe archive and meta records)
+//! alone: a purchase used to cost the store a record, three index moves (a delete
+//! and a put each) and a timer move.
+//!
+//! Memory: an id and a handle per customer of the partition (its string, ~8
+//! bytes of hash table) and four ordered-set entries of 8–16 bytes; about
+//! 100 bytes a customer, ~100 MB for a million (README "Memory").
+//!
+//! Invariant ([`crate::processor::Processor::audit`] checks it): the timer and
+//! index entries are exactly those the customers' current states imply —
+//! written or not.
+
+use std::collections::{BTreeSet, HashSet};
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
+
+use crate::customer::Indexed;
+use crate::day::Day;
+
+/// Customer ids interned to handles (0, 1, 2, … in the order first seen).
+#[derive(Debug, Default)]
+pub struct Ids {
+    names: Vec<Box<str>>,
+    table: HashTable<u32>,
+}
+
+fn hash(id: &str) -> u64 {
+    FxBuildHasher.hash_one(id)
+}
+
+impl Ids {
+    pub fn get(&self, id: &str) -> Option<u32> {
+        self.table
+            .find(hash(id), |&h| &*self.names[h as usize] == id)
+            .copied()
+    }
+
+    /// The handle of `id`, given one if it has none.
+    pub fn intern(&mut self, id: &str) -> u32 {
+        if let Some(h) = self.get(id) {
+            return h;
+        }
+        let h = self.names.len() as u32;
+        self.names.push(id.into());
+        let names = &self.names;
+        self.table
+            .insert_unique(hash(id), h, |&x| hash(&names[x as usize]));
+        h
+    }
+
+    pub fn name(&self, h: u32) -> &str {
+        &self.names[h as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// The figures a recalibration looks customers up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Index {
+    /// Last purchase day (recency).
+    LastDay,
+    /// Window purchase count.
+    Frequency,
+    /// Window monetary, micro-units.
+    Monetary,
+}
+
+#[derive(Debug, Default)]
+pub struct Derived {
+    pub ids: Ids,
+    timers: BTreeSet<(Day, u32)>,
+    by_last_day: BTreeSet<(Day, u32)>,
+    by_frequency: BTreeSet<(u32, u32)>,
+    by_monetary: BTreeSet<(u64, u32)>,
+}
+
+impl Derived {
+    /// Move customer `h`'s timer from `old` to `new`.
+    pub fn move_timer(&mut self, h: u32, old: Option<Day>, new: Option<Day>) {
+        if old == new {
+            return;
+        }
+        if let Some(d) = old {
+            self.timers.remove(&(d, h));
+        }
+        if let Some(d) = new {
+            self.timers.insert((d, h));
+        }
+    }
+
+    /// Move customer `h`'s index entries from `old` to `new`.
+    pub fn move_index(&mut self, h: u32, old: Option<Indexed>, new: Option<Indexed>) {
+        if old == new {
+            return;
+        }
+        if let Some(i) = old {
+            self.by_last_day.remove(&(i.last_day, h));
+            self.by_frequency.remove(&(i.frequency, h));
+            self.by_monetary.remove(&(i.micros, h));
+        }
+        if let Some(i) = new {
+            self.by_last_day.insert((i.last_day, h));
+            self.by_frequency.insert((i.frequency, h));
+            self.by_monetary.insert((i.micros, h));
+        }
+    }
+
+    /// The customers whose timer is due on `day`.
+    pub fn due(&self, day: Day, into: &mut Vec<String>) {
+        into.extend(
+            self.timers
+                .range((day, 0)..=(day, u32::MAX))
+                .map(|&(_, h)| self.ids.name(h).to_string()),
+        );
+    }
+
+    /// The customers whose `index` figure lies in `lo..=hi`.
+    pub fn customers_in(&self, index: Index, lo: i64, hi: i64, into: &mut HashSet<String>) {
+        if lo > hi {
+            return;
+        }
+        let name = |h: u32| self.ids.name(h).to_string();
+        match index {
+            Index::LastDay => {
+                let (lo, hi) = (clamp::<Day>(lo), clamp::<Day>(hi));
+                into.extend(
+                    self.by_last_day
+                        .range((lo, 0)..=(hi, u32::MAX))
+                        .map(|&(_, h)| name(h)),
+                );
+            }
+            Index::Frequency => {
+                let (lo, hi) = (clamp::<u32>(lo), clamp::<u32>(hi));
+                into.extend(
+                    self.by_frequency
+                        .range((lo, 0)..=(hi, u32::MAX))
+                        .map(|&(_, h)| name(h)),
+                );
+            }
+            Index::Monetary => {
+                let (lo, hi) = (clamp::<u64>(lo), clamp::<u64>(hi));
+                into.extend(
+                    self.by_monetary
+                        .range((lo, 0)..=(hi, u32::MAX))
+                        .map(|&(_, h)| name(h)),
+                );
+            }
+        }
+    }
+
+    /// The window monetary figures of purchasers in `lo..=hi`, largest first.
+    pub fn monetary_desc(&self, lo: u64, hi: u64) -> impl Iterator<Item = u64> + '_ {
+        self.by_monetary
+            .range((lo, 0)..=(hi, u32::MAX))
+            .rev()
+            .map(|&(m, _)| m)
+    }
+
+    /// Scheduled re-evaluations.
+    pub fn timers_len(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Compare with the entries the customers' states imply (`want`: handle,
+    /// timer, indexed, for every customer): the number of entries missing or
+    /// extra.
+    pub fn audit(&self, want: impl Iterator<Item = (u32, Option<Day>, Option<Indexed>)>) -> u64 {
+        let mut fresh = Derived::default();
+        for (h, t, i) in want {
+            fresh.move_timer(h, None, t);
+            fresh.move_index(h, None, i);
+        }
+        fn diff<T: Ord>(a: &BTreeSet<T>, b: &BTreeSet<T>) -> u64 {
+            a.symmetric_difference(b).count() as u64
+        }
+        diff(&self.timers, &fresh.timers)
+            + diff(&self.by_last_day, &fresh.by_last_day)
+            + diff(&self.by_frequency, &fresh.by_frequency)
+            + diff(&self.by_monetary, &fresh.by_monetary)
+    }
+}
+
+/// `v` clamped into `T`'s range.
+fn clamp<T: TryFrom<i64> + Bounded>(v: i64) -> T {
+    T::try_from(v).unwrap_or(if v < 0 { T::MIN } else { T::MAX })
+}
+
+trait Bounded {
+    const MIN: Self;
+    const MAX: Self;
+}
+
+impl Bounded for i32 {
+    const MIN: i32 = i32::MIN;
+    const MAX: i32 = i32::MAX;
+}
+
+impl Bounded for u32 {
+    const MIN: u32 = 0;
+    const MAX: u32 = u32::MAX;
+}
+
+impl Bounded for u64 {
+    const MIN: u64 = 0;
+    const MAX: u64 = u64::MAX;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_intern_once() {
+        let mut ids = Ids::default();
+        let a = ids.intern("a");
+        let b = ids.intern("顾客-b");
+        assert_ne!(a, b);
+        assert_eq!(ids.intern("a"), a);
+        assert_eq!(ids.get("顾客-b"), Some(b));
+        assert_eq!(ids.get("c"), None);
+        assert_eq!(ids.name(b), "顾客-b");
+        for i in 0..10_000 {
+            ids.intern(&format!("c{i}"));
+        }
+        assert_eq!(ids.get("c777").map(|h| ids.name(h)), Some("c777"));
+        assert_eq!(ids.len(), 10_002);
+    }
+
+    /// Moves keep one entry per customer; ranges are inclusive and clamp.
+    #[test]
+    fn moves_and_ranges() {
+        let mut d = Derived::default();
+        let (a, b) = (d.ids.intern("a"), d.ids.intern("b"));
+        let ix = |last_day, frequency, micros| Indexed {
+            last_day,
+            frequency,
+            micros,
+        };
+        d.move_index(a, None, Some(ix(10, 2, 500)));
+        d.move_index(b, None, Some(ix(12, 5, 900)));
+        d.move_index(a, Some(ix(10, 2, 500)), Some(ix(11, 3, 700)));
+        d.move_timer(a, None, Some(40));
+        d.move_timer(a, Some(40), Some(41));
+        d.move_timer(b, None, Some(41));
+        let mut due = Vec::new();
+        d.due(41, &mut due);
+        due.sort();
+        assert_eq!(due, ["a", "b"]);
+        d.due(40, &mut due);
+        assert_eq!(due.len(), 2);
+        let mut set = HashSet::new();
+        d.customers_in(Index::LastDay, 11, 11, &mut set);
+        assert_eq!(set, HashSet::from(["a".to_string()]));
+        set.clear();
+        d.customers_in(Index::Frequency, -5, i64::MAX, &mut set);
+        assert_eq!(set.len(), 2);
+        set.clear();
+        d.customers_in(Index::Monetary, 701, 900, &mut set);
+        assert_eq!(set, HashSet::from(["b".to_string()]));
+        assert_eq!(
+            d.monetary_desc(0, u64::MAX).collect::<Vec<_>>(),
+            vec![900, 700]
+        );
+        let want = [
+            (a, Some(41), Some(ix(11, 3, 700))),
+            (b, Some(41), Some(ix(12, 5, 900))),
+        ];
+        assert_eq!(d.audit(want.into_iter()), 0);
+        // b's timer and its three index entries are not wanted.
+        assert_eq!(d.audit(want[..1].iter().copied()), 4);
+    }
+}

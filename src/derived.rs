@@ -13,7 +13,7 @@
 //!
 //! Memory: an id and a handle per customer of the partition (its string, ~8
 //! bytes of hash table) and four ordered-set entries of 8–16 bytes; about
-//! 100 bytes a customer, ~100 MB for a million (README "Memory").
+//! 100 bytes a customer, ~100 MB for a million (README, "Derived state in memory").
 //!
 //! Invariant ([`crate::processor::Processor::audit`] checks it): the timer and
 //! index entries are exactly those the customers' current states imply —

@@ -1,15 +1,19 @@
 //! The file shell: JSON Lines in, JSON Lines out, through the same processor and
 //! engine as the Kafka service.
 //!
-//! Lines are read in chunks; each chunk is parsed, its customers are fetched from the
-//! store with one multi-get, and its events are processed in file order. Bad lines go
-//! to the dead-letter file with their reason, source and line number, and processing
-//! goes on. Blank lines are skipped (not events).
+//! Lines are read and parsed in chunks on a thread of their own, a chunk or two
+//! ahead of the partitions (which are busy on every core meanwhile, or are in a
+//! step only one core can do: a recalibration's merge and fit); each chunk's
+//! customers are fetched from the store with one multi-get, and its events are
+//! processed in file order. Bad lines go to the dead-letter file with their reason,
+//! source and line number, and processing goes on. Blank lines are skipped (not
+//! events).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +21,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::config::{Clock, Settings};
-use crate::event::{check_clock_jump, parse_event, Event, ParseContext};
+use crate::event::{check_clock_jump, parse_event, Event, ParseContext, Rejection};
 use crate::output::{Output, OutputType};
 use crate::partitions::Partitions;
 use crate::store::rocks::RocksStore;
@@ -91,7 +95,7 @@ impl Summary {
 /// Where a replay's events come from: a named reader and its size when known.
 pub struct Source {
     pub name: String,
-    pub reader: Box<dyn Read>,
+    pub reader: Box<dyn Read + Send>,
     pub len: Option<u64>,
 }
 
@@ -139,6 +143,110 @@ fn progress(total: Option<u64>) -> ProgressBar {
 /// Events read and parsed at a time, per partition.
 const CHUNK: usize = 4096;
 
+/// One chunk of parsed lines, in file order: the good events, and the bad lines
+/// with what their dead letters need.
+struct Chunk {
+    source: Arc<str>,
+    events: Vec<Event>,
+    bad: Vec<(u64, Rejection, String)>,
+    /// Non-blank lines read.
+    read: u64,
+}
+
+/// Read and parse `sources` on a thread of its own, `chunk` events at a time, at
+/// most two chunks ahead of the receiver. An error ends the stream.
+fn parse_ahead(
+    sources: Vec<Source>,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    mut clock: Option<crate::day::Day>,
+    chunk: usize,
+    pb: ProgressBar,
+) -> Receiver<Result<Chunk, ReplayError>> {
+    let (tx, rx) = sync_channel(2);
+    std::thread::Builder::new()
+        .name("replay-parse".into())
+        .spawn(move || {
+            let mut ctx = ParseContext::for_files(&settings);
+            let wall = settings.clock == Clock::Wall;
+            let max_jump = settings.raw.engine.max_event_clock_jump_days;
+            for src in sources {
+                let name: Arc<str> = src.name.into();
+                let mut reader = BufReader::with_capacity(1 << 20, src.reader);
+                let mut line_no = 0u64;
+                let mut buf = Vec::with_capacity(256);
+                let mut eof = false;
+                while !eof {
+                    // With the wall clock, events from the future (beyond the
+                    // allowed skew) are bad.
+                    if wall {
+                        ctx.set_now(
+                            chrono::Utc::now().timestamp_millis(),
+                            settings.raw.engine.max_future_skew_seconds,
+                        );
+                    }
+                    let mut c = Chunk {
+                        source: name.clone(),
+                        events: Vec::with_capacity(chunk),
+                        bad: Vec::new(),
+                        read: 0,
+                    };
+                    while c.events.len() < chunk {
+                        buf.clear();
+                        let n = match reader.read_until(b'\n', &mut buf) {
+                            Ok(n) => n,
+                            Err(source) => {
+                                let path = name.to_string();
+                                let _ = tx.send(Err(ReplayError::Input { path, source }));
+                                return;
+                            }
+                        };
+                        if n == 0 {
+                            eof = true;
+                            break;
+                        }
+                        pb.inc(n as u64);
+                        line_no += 1;
+                        let mut line = &buf[..];
+                        while let [rest @ .., b'\n' | b'\r'] = line {
+                            line = rest;
+                        }
+                        if line.iter().all(|b| b.is_ascii_whitespace()) {
+                            continue;
+                        }
+                        c.read += 1;
+                        // The stream clock as it will be when this event is
+                        // processed (the largest event day so far): an event too far
+                        // after it is bad (`engine.max_event_clock_jump_days`).
+                        let parsed = parse_event(line, &ctx).and_then(|ev| {
+                            if !wall {
+                                check_clock_jump(clock, &ev, max_jump)?;
+                                clock = clock.max(Some(ev.day));
+                            }
+                            Ok(ev)
+                        });
+                        match parsed {
+                            Ok(ev) => {
+                                metrics.consumed(ev.kind.event_type(), 1);
+                                c.events.push(ev)
+                            }
+                            Err(rej) => {
+                                metrics.rejected(&rej.reason.to_string());
+                                let raw = String::from_utf8_lossy(line).into_owned();
+                                c.bad.push((line_no, rej, raw));
+                            }
+                        }
+                    }
+                    if tx.send(Ok(c)).is_err() {
+                        return; // the receiver stopped (an error there)
+                    }
+                }
+            }
+        })
+        .expect("spawn the replay parser thread");
+    rx
+}
+
 /// Run sources through a process's partitions; write outputs and dead letters.
 pub fn run<S: Store + Send>(
     parts: &mut Partitions<S>,
@@ -153,13 +261,7 @@ pub fn run<S: Store + Send>(
     let counters_before = parts.counters();
     let started = Instant::now();
     let settings = parts.settings().clone();
-    let mut ctx = ParseContext::for_files(&settings);
     let wall = settings.clock == Clock::Wall;
-    // The stream clock as it will be when the next parsed event is processed (the
-    // largest event day so far): an event too far after it is bad
-    // (`engine.max_event_clock_jump_days`).
-    let mut clock = parts.clock();
-    let max_jump = settings.raw.engine.max_event_clock_jump_days;
     let chunk = (CHUNK * parts.len()).min(1 << 16);
     let total = sources.iter().map(|s| s.len).sum::<Option<u64>>();
     let pb = progress(total);
@@ -168,79 +270,37 @@ pub fn run<S: Store + Send>(
         let what = what.to_string();
         move |source| ReplayError::Output { what, source }
     };
-    for src in sources {
-        let mut reader = BufReader::with_capacity(1 << 20, src.reader);
-        let mut line_no = 0u64;
-        let mut eof = false;
-        while !eof {
-            // With the wall clock the as-of day is today, and events from the future
-            // (beyond the allowed skew) are bad.
-            if wall {
-                ctx.set_now(
-                    chrono::Utc::now().timestamp_millis(),
-                    settings.raw.engine.max_future_skew_seconds,
-                );
-                parts.advance_to(crate::day::today(settings.tz), out)?;
-            }
-            // Read and parse one chunk.
-            let mut events: Vec<Event> = Vec::with_capacity(chunk);
-            let mut buf = Vec::with_capacity(256);
-            while events.len() < chunk {
-                buf.clear();
-                let n =
-                    reader
-                        .read_until(b'\n', &mut buf)
-                        .map_err(|source| ReplayError::Input {
-                            path: src.name.clone(),
-                            source,
-                        })?;
-                if n == 0 {
-                    eof = true;
-                    break;
-                }
-                pb.inc(n as u64);
-                line_no += 1;
-                let mut line = &buf[..];
-                while let [rest @ .., b'\n' | b'\r'] = line {
-                    line = rest;
-                }
-                if line.iter().all(|b| b.is_ascii_whitespace()) {
-                    continue;
-                }
-                sum.events_read += 1;
-                let parsed = parse_event(line, &ctx).and_then(|ev| {
-                    if !wall {
-                        check_clock_jump(clock, &ev, max_jump)?;
-                        clock = clock.max(Some(ev.day));
-                    }
-                    Ok(ev)
-                });
-                match parsed {
-                    Ok(ev) => {
-                        metrics.consumed(ev.kind.event_type(), 1);
-                        events.push(ev)
-                    }
-                    Err(rej) => {
-                        metrics.rejected(&rej.reason.to_string());
-                        sum.bad += 1;
-                        *sum.bad_by_reason.entry(rej.reason.to_string()).or_default() += 1;
-                        let raw = String::from_utf8_lossy(line);
-                        let dl = DeadLetter {
-                            reason: rej.reason.to_string(),
-                            detail: &rej.detail,
-                            source: &src.name,
-                            line: line_no,
-                            raw: &raw,
-                        };
-                        serde_json::to_writer(&mut *dead, &dl)
-                            .map_err(io::Error::from)
-                            .and_then(|_| dead.write_all(b"\n"))
-                            .map_err(out_err("the dead-letter file"))?;
-                    }
-                }
-            }
-            parts.process(&events, out)?;
+    let chunks = parse_ahead(
+        sources,
+        settings.clone(),
+        metrics.clone(),
+        parts.clock(),
+        chunk,
+        pb.clone(),
+    );
+    for c in chunks {
+        let c = c?;
+        // With the wall clock the as-of day is today.
+        if wall {
+            parts.advance_to(crate::day::today(settings.tz), out)?;
         }
+        sum.events_read += c.read;
+        for (line, rej, raw) in &c.bad {
+            sum.bad += 1;
+            *sum.bad_by_reason.entry(rej.reason.to_string()).or_default() += 1;
+            let dl = DeadLetter {
+                reason: rej.reason.to_string(),
+                detail: &rej.detail,
+                source: &c.source,
+                line: *line,
+                raw,
+            };
+            serde_json::to_writer(&mut *dead, &dl)
+                .map_err(io::Error::from)
+                .and_then(|_| dead.write_all(b"\n"))
+                .map_err(out_err("the dead-letter file"))?;
+        }
+        parts.process(&c.events, out)?;
     }
     parts.flush(out)?;
     let c = parts.counters();

@@ -901,37 +901,35 @@ impl<S: Store> Processor<S> {
         engine: &Engine,
         thresholds: &Thresholds,
     ) -> Result<(), StoreError> {
-        {
-            self.counters.timers_fired += 1;
-            let Some(i) = self.load(id)? else {
-                return Ok(()); // an id without a record (cannot be: entries follow records)
-            };
-            let slot = &mut self.cache.slots[i as usize];
-            let mut fx = Effects::default();
-            fx.archive.extend(slot.state.prune(horizon));
-            // The fired timer is consumed; evaluate schedules the next one.
-            if slot.state.timer == Some(day) {
-                slot.state.timer = None;
-                self.derived.move_timer(slot.handle, Some(day), None);
-            }
-            engine.evaluate(
-                &mut slot.state,
-                &id,
-                day,
-                Cause::Timer,
-                false,
-                &thresholds,
-                &mut fx,
-            );
-            self.record(i, fx);
+        self.counters.timers_fired += 1;
+        let Some(i) = self.load(id)? else {
+            return Ok(()); // an id without a record (cannot be: entries follow records)
+        };
+        let slot = &mut self.cache.slots[i as usize];
+        let mut fx = Effects::default();
+        fx.archive.extend(slot.state.prune(horizon));
+        // The fired timer is consumed; evaluate schedules the next one.
+        if slot.state.timer == Some(day) {
+            slot.state.timer = None;
+            self.derived.move_timer(slot.handle, Some(day), None);
         }
+        engine.evaluate(
+            &mut slot.state,
+            id,
+            day,
+            Cause::Timer,
+            false,
+            thresholds,
+            &mut fx,
+        );
+        self.record(i, fx);
         Ok(())
     }
 
     /// Pareto cut-offs: walking purchasers by window monetary, biggest first, the
     /// monetary of the first customer at which the running total reaches each share.
     /// The monetary histogram says which bucket holds the cut-off and the total above
-    /// it, so only that bucket's index keys are read.
+    /// it, so only that bucket's index entries are read.
     ///
     /// With peers (a cluster), the other partitions' customers are known only through
     /// their histograms: the cut-off is then the lower bound of the merged histogram's
@@ -1042,17 +1040,12 @@ impl<S: Store> Processor<S> {
             // A figure x is "high" iff x·n ≥ Σ ⇔ x ≥ ⌈Σ/n⌉ (x an integer). Its side can
             // only change for min(t_old, t_new) ≤ x < max(t_old, t_new).
             let ceil = |sum: i128, n: u64| -((-sum).div_euclid(n as i128));
-            let flips = |index: Index,
-                         a: i128,
-                         b: i128,
-                         visit: &mut HashSet<String>|
-             -> Result<(), StoreError> {
+            let flips = |index: Index, a: i128, b: i128, visit: &mut HashSet<String>| {
                 if a != b {
                     let clamp = |v: i128| v.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
                     self.derived
                         .customers_in(index, clamp(a.min(b)), clamp(a.max(b) - 1), visit);
                 }
-                Ok(())
             };
             if self.settings.raw.segments.thresholds == ThresholdMode::Mean {
                 let (n0, n1) = (old.purchasers, new.purchasers);
@@ -1061,19 +1054,19 @@ impl<S: Store> Processor<S> {
                     ceil(old.sum_last_day as i128, n0),
                     ceil(new.sum_last_day as i128, n1),
                     &mut visit,
-                )?;
+                );
                 flips(
                     Index::Frequency,
                     ceil(old.sum_frequency as i128, n0),
                     ceil(new.sum_frequency as i128, n1),
                     &mut visit,
-                )?;
+                );
                 flips(
                     Index::Monetary,
                     ceil(old.sum_micros as i128, n0),
                     ceil(new.sum_micros as i128, n1),
                     &mut visit,
-                )?;
+                );
             }
             // Fixed recency: R is high while last purchase day ≥ as-of − recency_days,
             // a bound that moves with the calendar: customers whose last purchase day
@@ -1086,7 +1079,7 @@ impl<S: Store> Processor<S> {
                         prev as i128 - r,
                         day as i128 - r,
                         &mut visit,
-                    )?;
+                    );
                 }
             }
             // A missing cut-off means "nobody": as if it were above every figure.
@@ -1096,13 +1089,13 @@ impl<S: Store> Processor<S> {
                 cut(old.pareto_high),
                 cut(new.pareto_high),
                 &mut visit,
-            )?;
+            );
             flips(
                 Index::Monetary,
                 cut(old.pareto_medium),
                 cut(new.pareto_medium),
                 &mut visit,
-            )?;
+            );
         }
 
         let settings = self.settings.clone();

@@ -8,6 +8,9 @@
 //! reads, the parameters in force, each customer's figures and the day its
 //! P(alive) crosses the churn threshold.
 
+// Vectors and matrices of 3 or 4 parameters, indexed as in the formulas.
+#![allow(clippy::needless_range_loop)]
+
 pub mod bgnbd;
 pub mod gamma_gamma;
 pub mod model;
@@ -262,7 +265,7 @@ fn solve_damped(mut a: Vec<Vec<f64>>, b: Vec<f64>, lambda: f64) -> Option<Vec<f6
         for k in 0..j {
             d -= a[j][k] * a[j][k];
         }
-        if !(d > 0.0) || !d.is_finite() {
+        if !d.is_finite() || d <= 0.0 {
             return None;
         }
         let d = d.sqrt();

@@ -145,6 +145,50 @@ proptest! {
         }
     }
 
+    /// `strata_timers_pending`: processors sharing the gauge (the partitions of an
+    /// instance) add their timers to it at every write and take them back when
+    /// dropped; it equals the stored customer records that carry a timer.
+    #[test]
+    fn the_timers_gauge_counts_the_timers_of_the_partitions_held(
+        events in stream(),
+        cut in 0usize..100,
+    ) {
+        use strata::store::{Cf, Store};
+        let timers = |store: &MemStore| {
+            let mut n = 0i64;
+            store
+                .scan(Cf::Customers, &[], None, &mut |_, v| {
+                    n += strata::store::codec::decode_customer(v).unwrap().timer.is_some() as i64;
+                    Ok(true)
+                })
+                .unwrap();
+            n
+        };
+        let gauge = prometheus::IntGauge::new("t", "t").unwrap();
+        let (sa, sb) = (MemStore::default(), MemStore::default());
+        let (ea, eb) = events.split_at(cut.min(events.len()));
+        let mut a = Processor::open(settings(), &sa).unwrap();
+        a.report_timers_to(gauge.clone());
+        let mut b = Processor::open(settings(), &sb).unwrap();
+        b.report_timers_to(gauge.clone());
+        for (p, evs) in [(&mut a, ea), (&mut b, eb)] {
+            for e in evs {
+                p.process(e).unwrap();
+            }
+            p.flush().unwrap();
+        }
+        prop_assert_eq!(gauge.get(), timers(&sa) + timers(&sb));
+        drop(a);
+        prop_assert_eq!(gauge.get(), timers(&sb));
+        // Reopened, a partition reports what it holds from the start.
+        let mut a = Processor::open(settings(), &sa).unwrap();
+        a.report_timers_to(gauge.clone());
+        prop_assert_eq!(gauge.get(), timers(&sa) + timers(&sb));
+        drop(a);
+        drop(b);
+        prop_assert_eq!(gauge.get(), 0);
+    }
+
     /// The changelog carries only the replicated column families; the timer calendar
     /// and the recalibration indexes live in memory and are rebuilt from the customer
     /// records at open. A store restored from the replicated families must go on

@@ -106,21 +106,42 @@ impl Derived {
         }
     }
 
-    /// Move customer `h`'s index entries from `old` to `new`.
+    /// Move customer `h`'s index entries from `old` to `new` (only the figures that
+    /// changed: a timer's window expiry leaves the last purchase day where it was).
     pub fn move_index(&mut self, h: u32, old: Option<Indexed>, new: Option<Indexed>) {
-        if old == new {
-            return;
+        fn one<T: Ord + Copy>(
+            set: &mut BTreeSet<(T, u32)>,
+            h: u32,
+            old: Option<T>,
+            new: Option<T>,
+        ) {
+            if old != new {
+                if let Some(v) = old {
+                    set.remove(&(v, h));
+                }
+                if let Some(v) = new {
+                    set.insert((v, h));
+                }
+            }
         }
-        if let Some(i) = old {
-            self.by_last_day.remove(&(i.last_day, h));
-            self.by_frequency.remove(&(i.frequency, h));
-            self.by_monetary.remove(&(i.micros, h));
-        }
-        if let Some(i) = new {
-            self.by_last_day.insert((i.last_day, h));
-            self.by_frequency.insert((i.frequency, h));
-            self.by_monetary.insert((i.micros, h));
-        }
+        one(
+            &mut self.by_last_day,
+            h,
+            old.map(|i| i.last_day),
+            new.map(|i| i.last_day),
+        );
+        one(
+            &mut self.by_frequency,
+            h,
+            old.map(|i| i.frequency),
+            new.map(|i| i.frequency),
+        );
+        one(
+            &mut self.by_monetary,
+            h,
+            old.map(|i| i.micros),
+            new.map(|i| i.micros),
+        );
     }
 
     /// The customers whose timer is due on `day`.

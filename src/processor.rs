@@ -281,9 +281,9 @@ pub type FitShare = std::sync::Arc<std::sync::Mutex<Option<model::Model>>>;
 pub fn scan_model(
     store: &dyn Store,
     derived: &mut Derived,
-) -> Result<(Histogram, BTreeMap<watch::Group, Vec<String>>), StoreError> {
+) -> Result<(Histogram, BTreeMap<watch::Group, Vec<u32>>), StoreError> {
     let mut h = Histogram::default();
-    let mut groups: BTreeMap<watch::Group, Vec<String>> = BTreeMap::new();
+    let mut groups: BTreeMap<watch::Group, Vec<u32>> = BTreeMap::new();
     store.scan(Cf::Customers, &[], None, &mut |k, v| {
         let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
         let id = std::str::from_utf8(k).map_err(|_| {
@@ -298,10 +298,7 @@ pub fn scan_model(
         if let Some(i) = Inputs::of(&c, None) {
             h.count(&i, true);
             if let Some(g) = watch::group_of(&i) {
-                groups
-                    .entry(g)
-                    .or_default()
-                    .push(String::from_utf8_lossy(k).into_owned());
+                groups.entry(g).or_default().push(handle);
             }
         }
         Ok(true)
@@ -491,9 +488,9 @@ impl<S: Store> Processor<S> {
         p.hist = hist;
         if let Some(today) = p.pop.clock {
             let rule = watch_rule(&p.settings, p.current.model.as_ref());
-            for (g, ids) in groups {
-                for id in ids {
-                    p.watch.insert(&id, g, rule, today);
+            for (g, handles) in groups {
+                for h in handles {
+                    p.watch.insert(h, g, rule, today);
                 }
             }
         }
@@ -787,19 +784,20 @@ impl<S: Store> Processor<S> {
                     self.counters.late += 1;
                 }
                 if let Some(before) = inputs_before {
-                    let after = Inputs::of(&self.cache.slots[i as usize].state, None);
+                    let slot = &self.cache.slots[i as usize];
+                    let (after, handle) = (Inputs::of(&slot.state, None), slot.handle);
                     if before != after {
                         let rule = watch_rule(&settings, self.current.model.as_ref());
                         if let Some(b) = before {
                             self.hist.count(&b, false);
                             if let Some(g) = watch::group_of(&b) {
-                                self.watch.remove(&ev.customer_id, g);
+                                self.watch.remove(handle, g);
                             }
                         }
                         if let Some(a) = after {
                             self.hist.count(&a, true);
                             if let Some(g) = watch::group_of(&a) {
-                                self.watch.insert(&ev.customer_id, g, rule, clock);
+                                self.watch.insert(handle, g, rule, clock);
                             }
                         }
                     }
@@ -871,7 +869,13 @@ impl<S: Store> Processor<S> {
         let mut due: Vec<String> = Vec::new();
         self.derived.due(day, &mut due);
         // Customers whose P(alive) crosses the `p_alive` threshold today.
-        self.watch.due(day, &mut due);
+        let mut crossing = Vec::new();
+        self.watch.due(day, &mut crossing);
+        due.extend(
+            crossing
+                .into_iter()
+                .map(|h| self.derived.ids.name(h).to_string()),
+        );
         if due.is_empty() {
             return Ok(());
         }
@@ -1022,7 +1026,11 @@ impl<S: Store> Processor<S> {
             let mut newly = Vec::new();
             let rule = watch_rule(&self.settings, Some(m));
             self.watch.reschedule(rule, day, &mut newly);
-            visit.extend(newly);
+            visit.extend(
+                newly
+                    .into_iter()
+                    .map(|h| self.derived.ids.name(h).to_string()),
+            );
             let deciles = self.watch.p_alive_deciles(m, day);
             for (a, b) in self.counters.p_alive_deciles.iter_mut().zip(deciles) {
                 *a += b;
@@ -1216,7 +1224,7 @@ impl<S: Store> Processor<S> {
         let frozen = self.current_day.is_some();
         let mut b = ThresholdsBuilder::default();
         let mut hist = Histogram::default();
-        let mut groups: BTreeMap<watch::Group, Vec<String>> = BTreeMap::new();
+        let mut groups: BTreeMap<watch::Group, Vec<u32>> = BTreeMap::new();
         let rule = watch_rule(s, t.model.as_ref());
         // The derived entries each record implies: (handle, timer, indexed).
         let mut derived: Vec<(u32, Option<Day>, Option<Indexed>)> = Vec::new();
@@ -1224,7 +1232,8 @@ impl<S: Store> Processor<S> {
         self.store.scan(Cf::Customers, &[], None, &mut |k, v| {
             let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
             let id = String::from_utf8_lossy(k);
-            match ids.get(&id) {
+            let handle = ids.get(&id);
+            match handle {
                 Some(h) => derived.push((h, c.timer, c.indexed)),
                 None if c.timer.is_some() || c.indexed.is_some() => {
                     audit.derived_mismatches += 1;
@@ -1234,7 +1243,10 @@ impl<S: Store> Processor<S> {
             if let Some(i) = Inputs::of(&c, None) {
                 hist.count(&i, true);
                 if let Some(g) = watch::group_of(&i) {
-                    groups.entry(g).or_default().push(id.to_string());
+                    match handle {
+                        Some(h) => groups.entry(g).or_default().push(h),
+                        None => audit.watch_mismatches += 1,
+                    }
                 }
             }
             let f = c.figures(clock, s);
@@ -1253,6 +1265,9 @@ impl<S: Store> Processor<S> {
             Ok(true)
         })?;
         audit.derived_mismatches += self.derived.audit(derived.into_iter());
+        for handles in groups.values_mut() {
+            handles.sort_unstable();
+        }
         audit.watch_mismatches += self.watch.audit(&groups, rule, clock);
         let exact = b.build(s, clock);
         let live = self.pop.thresholds(None, None);

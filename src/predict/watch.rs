@@ -21,7 +21,9 @@
 //!
 //! Nothing here is stored: [`crate::processor::Processor::open`] rebuilds the
 //! members from the customer records (the scan that rebuilds the histogram) and
-//! the days from the stored model. Memory: one id per repeat customer.
+//! the days from the stored model. Members are the customers' 4-byte handles in
+//! the partition's [`crate::derived::Ids`]. Memory: a handle per repeat customer,
+//! and an entry per group.
 
 use std::collections::BTreeMap;
 
@@ -41,7 +43,8 @@ pub const NEVER: Day = Day::MAX;
 struct Entry {
     /// The first day the group is below the threshold (see the module invariant).
     crossing: Day,
-    members: SmallVec<[Box<str>; 2]>,
+    /// Customer handles ([`crate::derived::Ids`]).
+    members: SmallVec<[u32; 4]>,
 }
 
 /// What the watch computes crossing days with: the model in force and the
@@ -83,7 +86,7 @@ pub fn group_of(i: &Inputs) -> Option<Group> {
 impl Watch {
     /// Add a customer to a group on day `today` (a purchase put it there, or
     /// `open` found it); a new group gets its crossing day from `today` on.
-    pub fn insert(&mut self, id: &str, g: Group, rule: Rule<'_>, today: Day) {
+    pub fn insert(&mut self, h: u32, g: Group, rule: Rule<'_>, today: Day) {
         let e = self.groups.entry(g).or_insert_with(|| {
             let crossing = rule.crossing(g, today);
             if crossing > today && crossing != NEVER {
@@ -94,14 +97,14 @@ impl Watch {
                 members: SmallVec::new(),
             }
         });
-        e.members.push(id.into());
+        e.members.push(h);
     }
 
     /// Take a customer out of a group (a purchase moved it on). An emptied group
     /// is forgotten; its calendar entry is skipped when its day comes.
-    pub fn remove(&mut self, id: &str, g: Group) {
+    pub fn remove(&mut self, h: u32, g: Group) {
         if let Some(e) = self.groups.get_mut(&g) {
-            if let Some(k) = e.members.iter().position(|m| &**m == id) {
+            if let Some(k) = e.members.iter().position(|&m| m == h) {
                 e.members.swap_remove(k);
             }
             if e.members.is_empty() {
@@ -112,7 +115,7 @@ impl Watch {
 
     /// The customers whose group crosses on `day` (called once per day as the
     /// clock passes it; the calendar forgets the day).
-    pub fn due(&mut self, day: Day, into: &mut Vec<String>) {
+    pub fn due(&mut self, day: Day, into: &mut Vec<u32>) {
         // Days before `day` were passed already (a clock never moves back).
         while let Some((&d, _)) = self.calendar.first_key_value() {
             if d > day {
@@ -128,7 +131,7 @@ impl Watch {
             }
             for g in groups {
                 if let Some(e) = self.groups.get(&g).filter(|e| e.crossing == day) {
-                    into.extend(e.members.iter().map(|m| m.to_string()));
+                    into.extend_from_slice(&e.members);
                 }
             }
         }
@@ -138,7 +141,7 @@ impl Watch {
     /// force): every group's day again, the calendar anew. Returns the customers
     /// of the groups the new rule puts below the threshold today and the old one
     /// did not (the refit evaluates them, cause `"recalibration"`).
-    pub fn reschedule(&mut self, rule: Rule<'_>, today: Day, newly: &mut Vec<String>) {
+    pub fn reschedule(&mut self, rule: Rule<'_>, today: Day, newly: &mut Vec<u32>) {
         self.calendar.clear();
         for (&g, e) in self.groups.iter_mut() {
             let was_below = e.crossing <= today;
@@ -148,7 +151,7 @@ impl Watch {
                     self.calendar.entry(e.crossing).or_default().push(g);
                 }
             } else if !was_below {
-                newly.extend(e.members.iter().map(|m| m.to_string()));
+                newly.extend_from_slice(&e.members);
             }
         }
     }
@@ -179,19 +182,19 @@ impl Watch {
     }
 
     /// Check against a fresh computation (the processor's audit): the members
-    /// are exactly `want` (group → sorted ids), and every group's day is what the
+    /// are exactly `want` (group → sorted handles), and every group's day is what the
     /// rule gives on `today` — the first day below when after `today`, or
     /// `today` itself below when on or before it. Returns the mismatches.
-    pub fn audit(&self, want: &BTreeMap<Group, Vec<String>>, rule: Rule<'_>, today: Day) -> u64 {
+    pub fn audit(&self, want: &BTreeMap<Group, Vec<u32>>, rule: Rule<'_>, today: Day) -> u64 {
         let mut bad = 0;
         for (g, ids) in want {
             let Some(e) = self.groups.get(g) else {
                 bad += ids.len() as u64;
                 continue;
             };
-            let mut have: Vec<&str> = e.members.iter().map(|m| &**m).collect();
+            let mut have = e.members.to_vec();
             have.sort_unstable();
-            if have != ids.iter().map(String::as_str).collect::<Vec<_>>() {
+            if &have != ids {
                 bad += 1;
             }
             let now = rule.crossing(*g, today);
@@ -252,12 +255,13 @@ mod tests {
         };
         let mut w = Watch::default();
         let (g1, g2) = ((1, 100, 5), (3, 100, 40));
-        w.insert("a", g1, rule, 105);
-        w.insert("b", g1, rule, 105);
-        w.insert("c", g2, rule, 140);
-        w.insert("moved", g2, rule, 140);
-        w.remove("moved", g2);
-        let mut seen: BTreeMap<Day, Vec<String>> = BTreeMap::new();
+        let (a, b, c, moved) = (1, 2, 3, 4);
+        w.insert(a, g1, rule, 105);
+        w.insert(b, g1, rule, 105);
+        w.insert(c, g2, rule, 140);
+        w.insert(moved, g2, rule, 140);
+        w.remove(moved, g2);
+        let mut seen: BTreeMap<Day, Vec<u32>> = BTreeMap::new();
         for day in 141..2000 {
             let mut due = Vec::new();
             w.due(day, &mut due);
@@ -267,12 +271,10 @@ mod tests {
             }
         }
         let first_below = |g: Group| (100..).find(|&d| p(&m, g, d) < 0.3).unwrap();
-        let want: BTreeMap<Day, Vec<String>> = [
-            (first_below(g1), vec!["a".to_string(), "b".to_string()]),
-            (first_below(g2), vec!["c".to_string()]),
-        ]
-        .into_iter()
-        .collect();
+        let want: BTreeMap<Day, Vec<u32>> =
+            [(first_below(g1), vec![a, b]), (first_below(g2), vec![c])]
+                .into_iter()
+                .collect();
         assert_eq!(seen, want);
     }
 
@@ -289,16 +291,17 @@ mod tests {
         };
         let g = (1, 0, 10);
         let mut w = Watch::default();
-        w.insert("a", g, rule(&old), 10);
+        let a = 7;
+        w.insert(a, g, rule(&old), 10);
         let when_old = w.groups[&g].crossing;
         let when_new = (0..).find(|&d| p(&faster, g, d) < 0.3).unwrap();
         assert!(when_new < when_old);
         let today = when_new + 1;
-        let want: BTreeMap<Group, Vec<String>> = [(g, vec!["a".to_string()])].into();
+        let want: BTreeMap<Group, Vec<u32>> = [(g, vec![a])].into();
         assert_eq!(w.audit(&want, rule(&old), today), 0);
         let mut newly = Vec::new();
         w.reschedule(rule(&faster), today, &mut newly);
-        assert_eq!(newly, vec!["a".to_string()]);
+        assert_eq!(newly, vec![a]);
         assert_eq!(w.audit(&want, rule(&faster), today), 0);
         // Already below: a second refit with the same parameters lists nobody.
         let mut again = Vec::new();
@@ -310,7 +313,7 @@ mod tests {
         assert_eq!(w.groups[&g].crossing, when_old);
         let mut due = Vec::new();
         w.due(when_old, &mut due);
-        assert_eq!(due, vec!["a".to_string()]);
+        assert_eq!(due, vec![a]);
         // Without a model nothing is scheduled.
         w.reschedule(
             Rule {

@@ -189,10 +189,10 @@ impl Derived {
 
     /// The window monetary figures of purchasers in `lo..=hi`, largest first.
     pub fn monetary_desc(&self, lo: u64, hi: u64) -> impl Iterator<Item = u64> + '_ {
-        self.by_monetary
-            .range((lo, 0)..=(hi, u32::MAX))
-            .rev()
-            .map(|&(m, _)| m)
+        (lo <= hi)
+            .then(|| self.by_monetary.range((lo, 0)..=(hi, u32::MAX)))
+            .into_iter()
+            .flat_map(|r| r.rev().map(|&(m, _)| m))
     }
 
     /// Scheduled re-evaluations.
@@ -300,6 +300,7 @@ mod tests {
             d.monetary_desc(0, u64::MAX).collect::<Vec<_>>(),
             vec![900, 700]
         );
+        assert_eq!(d.monetary_desc(900, 700).count(), 0, "an empty range");
         let want = [
             (a, Some(41), Some(ix(11, 3, 700))),
             (b, Some(41), Some(ix(12, 5, 900))),

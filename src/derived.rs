@@ -155,36 +155,12 @@ impl Derived {
 
     /// The customers whose `index` figure lies in `lo..=hi`.
     pub fn customers_in(&self, index: Index, lo: i64, hi: i64, into: &mut HashSet<String>) {
-        if lo > hi {
-            return;
-        }
-        let name = |h: u32| self.ids.name(h).to_string();
-        match index {
-            Index::LastDay => {
-                let (lo, hi) = (clamp::<Day>(lo), clamp::<Day>(hi));
-                into.extend(
-                    self.by_last_day
-                        .range((lo, 0)..=(hi, u32::MAX))
-                        .map(|&(_, h)| name(h)),
-                );
-            }
-            Index::Frequency => {
-                let (lo, hi) = (clamp::<u32>(lo), clamp::<u32>(hi));
-                into.extend(
-                    self.by_frequency
-                        .range((lo, 0)..=(hi, u32::MAX))
-                        .map(|&(_, h)| name(h)),
-                );
-            }
-            Index::Monetary => {
-                let (lo, hi) = (clamp::<u64>(lo), clamp::<u64>(hi));
-                into.extend(
-                    self.by_monetary
-                        .range((lo, 0)..=(hi, u32::MAX))
-                        .map(|&(_, h)| name(h)),
-                );
-            }
-        }
+        let handles: Box<dyn Iterator<Item = u32>> = match index {
+            Index::LastDay => Box::new(handles_in(&self.by_last_day, lo, hi)),
+            Index::Frequency => Box::new(handles_in(&self.by_frequency, lo, hi)),
+            Index::Monetary => Box::new(handles_in(&self.by_monetary, lo, hi)),
+        };
+        into.extend(handles.map(|h| self.ids.name(h).to_string()));
     }
 
     /// The window monetary figures of purchasers in `lo..=hi`, largest first.
@@ -219,9 +195,24 @@ impl Derived {
     }
 }
 
-/// `v` clamped into `T`'s range.
-fn clamp<T: TryFrom<i64> + Bounded>(v: i64) -> T {
-    T::try_from(v).unwrap_or(if v < 0 { T::MIN } else { T::MAX })
+/// The handles in `set` whose figure lies in `lo..=hi` (bounds outside `T`'s range
+/// clamped; a range wholly outside it is empty).
+fn handles_in<T: Ord + Copy + TryFrom<i64> + Bounded>(
+    set: &BTreeSet<(T, u32)>,
+    lo: i64,
+    hi: i64,
+) -> impl Iterator<Item = u32> + '_ {
+    let clamp = |v: i64| T::try_from(v).map_err(|_| v < 0);
+    let range = match (clamp(lo), clamp(hi)) {
+        _ if lo > hi => None,
+        (Err(false), _) | (_, Err(true)) => None, // above or below every figure
+        (lo, hi) => Some((lo.unwrap_or(T::MIN), hi.unwrap_or(T::MAX))),
+    };
+    range
+        .map(|(lo, hi)| set.range((lo, 0)..=(hi, u32::MAX)))
+        .into_iter()
+        .flatten()
+        .map(|&(_, h)| h)
 }
 
 trait Bounded {
@@ -308,5 +299,26 @@ mod tests {
         assert_eq!(d.audit(want.into_iter()), 0);
         // b's timer and its three index entries are not wanted.
         assert_eq!(d.audit(want[..1].iter().copied()), 4);
+    }
+
+    /// A range wholly below or above a figure's type is empty, not clamped onto
+    /// its smallest or largest value.
+    #[test]
+    fn ranges_outside_the_type_are_empty() {
+        let mut d = Derived::default();
+        let z = d.ids.intern("z");
+        let ix = Indexed {
+            last_day: 0,
+            frequency: 0,
+            micros: 0,
+        };
+        d.move_index(z, None, Some(ix));
+        let mut set = HashSet::new();
+        d.customers_in(Index::Frequency, -5, -1, &mut set);
+        d.customers_in(Index::Monetary, i64::MIN, -1, &mut set);
+        d.customers_in(Index::LastDay, i64::MAX - 1, i64::MAX, &mut set);
+        assert!(set.is_empty(), "{set:?}");
+        d.customers_in(Index::Frequency, -5, 0, &mut set);
+        assert_eq!(set, HashSet::from(["z".to_string()]));
     }
 }

@@ -161,13 +161,14 @@ pub fn newton(f: &dyn Fn(&[f64]) -> Option<Local>, start: &[f64]) -> Option<Vec<
         if worst < 1e-10 {
             return Some(x);
         }
+        // The free coordinates' Hessian and descent direction, damped below.
+        let h = free
+            .iter()
+            .map(|&i| free.iter().map(|&j| here.hess[i][j]).collect::<Vec<f64>>())
+            .collect::<Vec<_>>();
+        let g: Vec<f64> = free.iter().map(|&i| -here.grad[i]).collect();
         let mut moved = None;
         while lambda < 1e12 {
-            let h = free
-                .iter()
-                .map(|&i| free.iter().map(|&j| here.hess[i][j]).collect::<Vec<f64>>())
-                .collect::<Vec<_>>();
-            let g: Vec<f64> = free.iter().map(|&i| -here.grad[i]).collect();
             if let Some(d) = solve_damped(h.clone(), g.clone(), lambda) {
                 // What the quadratic model says the step gains: below what f's
                 // rounding can show, there is nothing left to find.

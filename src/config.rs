@@ -104,9 +104,14 @@ pub struct EngineConfig {
     /// With the wall clock, events stamped further than this in the future are bad
     /// (`future_timestamp`). One hour absorbs producer clock drift.
     pub max_future_skew_seconds: u64,
-    /// Customers kept decoded in memory between batches (write-back cache). Bounds RSS;
-    /// 200k customers of typical size is ~100 MiB.
+    /// Customers kept decoded in memory (write-back cache). Bounds RSS: a decoded
+    /// customer of a year's history is ~1.2 KiB (50k: ~60 MiB). Past it, changed
+    /// customers wait for their batch's write encoded in the record cache.
     pub customer_cache: usize,
+    /// Customer records kept in memory as stored (encoded, ~150 bytes each), MiB:
+    /// a customer the decoded cache let go is decoded from memory instead of read
+    /// back from RocksDB. Past it, records are read from the store.
+    pub record_cache_mb: usize,
     /// RocksDB block cache, MiB.
     pub block_cache_mb: usize,
     /// RocksDB memtable size per column family, MiB.
@@ -136,7 +141,8 @@ impl Default for EngineConfig {
             recalibrate_every_days: 1,
             max_event_bytes: 64 * 1024,
             max_future_skew_seconds: 3600,
-            customer_cache: 200_000,
+            customer_cache: 50_000,
+            record_cache_mb: 256,
             block_cache_mb: 64,
             write_buffer_mb: 32,
             batch_events: 50_000,

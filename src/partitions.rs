@@ -53,10 +53,12 @@ pub struct Partitions<S: Store> {
     metrics: Arc<Metrics>,
 }
 
-/// The settings one of `n` partitions runs with: the customer cache shared out.
+/// The settings one of `n` partitions runs with: the customer and record caches
+/// shared out.
 pub fn partition_settings(s: &Settings, n: usize) -> Arc<Settings> {
     let mut s = s.clone();
     s.raw.engine.customer_cache = (s.raw.engine.customer_cache / n).max(1);
+    s.raw.engine.record_cache_mb /= n;
     Arc::new(s)
 }
 

@@ -42,6 +42,7 @@ use crate::population::{bucket_range, decode_thresholds, encode_thresholds, Popu
 use crate::predict::model::{self, Histogram, Inputs};
 use crate::predict::watch::{self, Watch};
 use crate::store::codec::{decode_customer, dedupe_key, encode_customer};
+use crate::store::records::{Lookup, Records};
 use crate::store::{Batch, Cf, Store, StoreError};
 
 pub const META_POPULATION: &[u8] = b"population";
@@ -119,6 +120,9 @@ pub struct Audit {
     /// the model in force, and customers below the `p_alive` threshold whose
     /// episode does not hold the rule (see [`watch`]).
     pub watch_mismatches: u64,
+    /// Customer records held in memory ([`Records`]) that differ from the stored
+    /// ones, or stored records missing while every record should be held.
+    pub held_mismatches: u64,
 }
 
 /// Called by [`Processor::flush`] with the batch about to be written and the outputs
@@ -211,6 +215,11 @@ pub struct Processor<S: Store> {
     dirty: Vec<u32>,
     /// The timer calendar and recalibration indexes, in memory ([`Derived`]).
     derived: Derived,
+    /// The stored customer records, encoded, in memory (within a budget).
+    records: Records,
+    /// Customers whose new records are held in `records` but not written yet: the
+    /// decoded cache let them go before the batch was due ([`Self::spill`]).
+    unwritten: Vec<u32>,
     pending: Batch,
     pending_archive: HashSet<Vec<u8>>,
     pop: Population,
@@ -281,6 +290,7 @@ pub type FitShare = std::sync::Arc<std::sync::Mutex<Option<model::Model>>>;
 pub fn scan_model(
     store: &dyn Store,
     derived: &mut Derived,
+    records: &mut Records,
 ) -> Result<(Histogram, BTreeMap<watch::Group, Vec<u32>>), StoreError> {
     let mut h = Histogram::default();
     let mut groups: BTreeMap<watch::Group, Vec<u32>> = BTreeMap::new();
@@ -293,6 +303,7 @@ pub fn scan_model(
             )
         })?;
         let handle = derived.ids.intern(id);
+        records.put(handle, v);
         derived.move_timer(handle, None, c.timer);
         derived.move_index(handle, None, c.indexed);
         if let Some(i) = Inputs::of(&c, None) {
@@ -454,12 +465,15 @@ impl<S: Store> Processor<S> {
             }
             None => (None, Thresholds::default()),
         };
+        let record_budget = settings.raw.engine.record_cache_mb << 20;
         let mut p = Processor {
             settings,
             store,
             cache: Cache::default(),
             dirty: Vec::new(),
             derived: Derived::default(),
+            records: Records::new(record_budget),
+            unwritten: Vec::new(),
             pending: Batch::default(),
             pending_archive: HashSet::new(),
             pop,
@@ -484,7 +498,7 @@ impl<S: Store> Processor<S> {
             live_peers: None,
         };
         clear_derived(&p.store)?;
-        let (hist, groups) = scan_model(&p.store, &mut p.derived)?;
+        let (hist, groups) = scan_model(&p.store, &mut p.derived, &mut p.records)?;
         p.hist = hist;
         if let Some(today) = p.pop.clock {
             let rule = watch_rule(&p.settings, p.current.model.as_ref());
@@ -632,14 +646,21 @@ impl<S: Store> Processor<S> {
         if let Some(i) = self.cache.find(id) {
             return Ok(Some(i));
         }
-        Ok(match self.store.get(Cf::Customers, id.as_bytes())? {
-            Some(b) => {
-                let state = decode_customer(&b).map_err(|e| corrupt(id.as_bytes(), e))?;
-                let handle = self.derived.ids.intern(id);
-                Some(self.cache.insert(Slot::new(id, handle, state)))
-            }
-            None => None,
-        })
+        // Every stored customer has a handle (interned at open or when first
+        // processed): an id without one is a new customer.
+        let Some(handle) = self.derived.ids.get(id) else {
+            return Ok(None);
+        };
+        let state = match self.records.lookup(handle) {
+            Lookup::Held(b) => decode_customer(b),
+            Lookup::Absent => return Ok(None),
+            Lookup::Unknown => match self.store.get(Cf::Customers, id.as_bytes())? {
+                Some(b) => decode_customer(&b),
+                None => return Ok(None),
+            },
+        }
+        .map_err(|e| corrupt(id.as_bytes(), e))?;
+        Ok(Some(self.cache.insert(Slot::new(id, handle, state))))
     }
 
     /// Warm the cache for a batch of customer ids with one multi-get.
@@ -647,20 +668,34 @@ impl<S: Store> Processor<S> {
         &mut self,
         ids: impl IntoIterator<Item = &'i str>,
     ) -> Result<(), StoreError> {
-        let mut want: Vec<&str> = ids
-            .into_iter()
-            .filter(|id| self.cache.find(id).is_none())
-            .collect();
+        // Customers held in memory are decoded as they come; the others (past the
+        // records' budget) are read with one multi-get.
+        let mut want: Vec<(&str, u32)> = Vec::new();
+        for id in ids {
+            if self.cache.find(id).is_some() {
+                continue;
+            }
+            let Some(handle) = self.derived.ids.get(id) else {
+                continue;
+            };
+            match self.records.lookup(handle) {
+                Lookup::Held(b) => {
+                    let state = decode_customer(b).map_err(|e| corrupt(id.as_bytes(), e))?;
+                    self.cache.insert(Slot::new(id, handle, state));
+                }
+                Lookup::Absent => {}
+                Lookup::Unknown => want.push((id, handle)),
+            }
+        }
         want.sort_unstable();
         want.dedup();
         if want.is_empty() {
             return Ok(());
         }
-        let keys: Vec<&[u8]> = want.iter().map(|s| s.as_bytes()).collect();
-        for (id, v) in want.iter().zip(self.store.multi_get(Cf::Customers, &keys)?) {
+        let keys: Vec<&[u8]> = want.iter().map(|(s, _)| s.as_bytes()).collect();
+        for (&(id, handle), v) in want.iter().zip(self.store.multi_get(Cf::Customers, &keys)?) {
             if let Some(b) = v {
                 let state = decode_customer(&b).map_err(|e| corrupt(id.as_bytes(), e))?;
-                let handle = self.derived.ids.intern(id);
                 self.cache.insert(Slot::new(id, handle, state));
             }
         }
@@ -806,11 +841,13 @@ impl<S: Store> Processor<S> {
         }
         self.record(i, fx);
         self.since_flush += 1;
-        // Also flush when the cache has outgrown its cap by two read chunks: the cache
-        // is trimmed only at a flush.
+        // A cache over its cap lets the changed customers go to `records` until the
+        // batch is due (`spill`).
         let e = &self.settings.raw.engine;
-        if self.since_flush >= e.batch_events || self.cache.len() > e.customer_cache + 2 * 4096 {
+        if self.since_flush >= e.batch_events {
             self.flush()?;
+        } else if self.cache.len() > e.customer_cache {
+            self.spill()?;
         }
         Ok(applied)
     }
@@ -1044,6 +1081,8 @@ impl<S: Store> Processor<S> {
             // and those not written yet
             let slots = &self.cache.slots;
             visit.extend(self.dirty.iter().map(|&i| slots[i as usize].id.to_string()));
+            let ids = &self.derived.ids;
+            visit.extend(self.unwritten.iter().map(|&h| ids.name(h).to_string()));
         } else if new.purchasers > 0 {
             // A figure x is "high" iff x·n ≥ Σ ⇔ x ≥ ⌈Σ/n⌉ (x an integer). Its side can
             // only change for min(t_old, t_new) ≤ x < max(t_old, t_new).
@@ -1201,8 +1240,10 @@ impl<S: Store> Processor<S> {
     /// stays bounded by configuration however many customers they visit.
     fn flush_if_full(&mut self) -> Result<(), StoreError> {
         let e = &self.settings.raw.engine;
-        if self.cache.len() > e.customer_cache || self.dirty.len() >= e.batch_events {
+        if self.dirty.len() + self.unwritten.len() >= e.batch_events {
             self.flush()?;
+        } else if self.cache.len() > e.customer_cache {
+            self.spill()?;
         }
         Ok(())
     }
@@ -1228,11 +1269,19 @@ impl<S: Store> Processor<S> {
         let rule = watch_rule(s, t.model.as_ref());
         // The derived entries each record implies: (handle, timer, indexed).
         let mut derived: Vec<(u32, Option<Day>, Option<Indexed>)> = Vec::new();
-        let ids = &self.derived.ids;
+        let (ids, records) = (&self.derived.ids, &self.records);
+        let mut held = 0;
         self.store.scan(Cf::Customers, &[], None, &mut |k, v| {
             let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
             let id = String::from_utf8_lossy(k);
             let handle = ids.get(&id);
+            // Every stored customer has a handle; what is held is what is stored;
+            // while every record is held, none is missing.
+            match handle.map(|h| records.lookup(h)) {
+                Some(Lookup::Held(b)) if b == v => held += 1,
+                Some(Lookup::Unknown) => {}
+                _ => audit.held_mismatches += 1,
+            }
             match handle {
                 Some(h) => derived.push((h, c.timer, c.indexed)),
                 None if c.timer.is_some() || c.indexed.is_some() => {
@@ -1265,6 +1314,8 @@ impl<S: Store> Processor<S> {
             Ok(true)
         })?;
         audit.derived_mismatches += self.derived.audit(derived.into_iter());
+        // Nothing held that is not stored.
+        audit.held_mismatches += (self.records.len() - held) as u64;
         for handles in groups.values_mut() {
             handles.sort_unstable();
         }
@@ -1340,15 +1391,75 @@ impl<S: Store> Processor<S> {
         Ok(())
     }
 
+    /// The decoded cache is over its cap before the batch is due: keep the changed
+    /// customers' new records in `records` only (encoded, written at the next
+    /// flush) and let the cache go back under its cap — without a write, so the
+    /// batch still gathers each customer's changes into one record. A record the
+    /// budget cannot hold (or records past it: loads then read the store, which
+    /// must hold everything not held) makes it a flush.
+    fn spill(&mut self) -> Result<(), StoreError> {
+        if !self.records.complete() {
+            return self.flush();
+        }
+        let mut buf = Vec::with_capacity(256);
+        let mut refused = false;
+        for &i in &self.dirty {
+            let slot = &mut self.cache.slots[i as usize];
+            encode_customer(&slot.state, &mut buf);
+            if self.records.put(slot.handle, &buf) {
+                self.unwritten.push(slot.handle);
+                slot.dirty = false;
+            } else {
+                refused = true;
+            }
+        }
+        if refused {
+            // The slots left dirty are written from the cache.
+            self.dirty.retain(|&i| self.cache.slots[i as usize].dirty);
+            return self.flush();
+        }
+        self.dirty.clear();
+        let cap = self.settings.raw.engine.customer_cache;
+        self.cache.trim(cap * 3 / 4);
+        Ok(())
+    }
+
+    /// Bound the record cache to `bytes` (`engine.record_cache_mb` is in MiB; tests
+    /// and benchmarks use budgets of a few records). Writes first, so that every
+    /// held record is stored.
+    pub fn set_record_budget(&mut self, bytes: usize) -> Result<(), StoreError> {
+        self.flush()?;
+        self.records.set_budget(bytes);
+        Ok(())
+    }
+
     /// Write everything pending in one atomic batch and trim the cache.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         let mut batch = std::mem::take(&mut self.pending);
         let mut buf = Vec::with_capacity(256);
+        let mut written = rustc_hash::FxHashSet::default();
         for i in self.dirty.drain(..) {
             let slot = &mut self.cache.slots[i as usize];
             encode_customer(&slot.state, &mut buf);
+            self.records.put(slot.handle, &buf);
             batch.put(Cf::Customers, slot.id.as_bytes().to_vec(), buf.clone());
             slot.dirty = false;
+            if !self.unwritten.is_empty() {
+                written.insert(slot.handle);
+            }
+        }
+        // Spilled customers not written since from the cache. One whose record was
+        // then refused by the budget was written from the cache just above.
+        self.unwritten.sort_unstable();
+        self.unwritten.dedup();
+        for h in self.unwritten.drain(..) {
+            if let (false, Lookup::Held(b)) = (written.contains(&h), self.records.lookup(h)) {
+                batch.put(
+                    Cf::Customers,
+                    self.derived.ids.name(h).as_bytes().to_vec(),
+                    b.to_vec(),
+                );
+            }
         }
         if batch.is_empty() && self.since_flush == 0 && !self.meta_dirty && self.outputs.is_empty()
         {

@@ -173,6 +173,13 @@ impl Partition {
             republish: Vec::new(),
             segments: None,
         }));
+        // Each partition store gets a quarter of the record cache, as of the block
+        // cache and memtables (`restore::open_store`).
+        let settings = {
+            let mut s = (*settings).clone();
+            s.raw.engine.record_cache_mb /= 4;
+            Arc::new(s)
+        };
         let mut proc = Processor::open(settings, store.clone())?;
         let (hook_pending, hook_outbox, hook_metrics) =
             (pending.clone(), outbox.clone(), metrics.clone());

@@ -14,6 +14,7 @@
 //! - `outbox`: sequence number → a record the Kafka shell still has to publish
 
 pub mod codec;
+pub mod records;
 pub mod rocks;
 
 use std::collections::BTreeMap;

@@ -189,6 +189,49 @@ proptest! {
         prop_assert_eq!(gauge.get(), 0);
     }
 
+    /// The decoded cache and the record cache change nothing but speed: with a
+    /// decoded cache of a customer or two (changed customers wait for the write
+    /// encoded in the record cache, `spill`) and record budgets from none to a few
+    /// records (records refused mid-stream, loads then read the store), the outputs,
+    /// the stored records and the audit (which checks every held record against the
+    /// store) are those of the defaults, after every event and across reopenings.
+    #[test]
+    fn the_caches_change_nothing_but_speed(
+        events in stream(),
+        more in stream(),
+        decoded in 1usize..4,
+        budget in 0usize..1500,
+    ) {
+        use strata::store::Cf;
+        type Seen = (Vec<String>, Vec<(Vec<u8>, Vec<u8>)>);
+        let go = |small: bool| -> Result<Seen, TestCaseError> {
+            let store = MemStore::default();
+            let s = if small {
+                let mut s = Settings::defaults();
+                s.raw.engine.customer_cache = decoded;
+                Arc::new(s)
+            } else {
+                settings()
+            };
+            let mut out = Vec::new();
+            for part in [&events, &more] {
+                let mut p = Processor::open(s.clone(), &store).unwrap();
+                if small {
+                    p.set_record_budget(budget).unwrap();
+                }
+                for e in part {
+                    p.process(e).unwrap();
+                    out.extend(p.take_outputs().into_iter().map(|o| serde_json::to_string(&o).unwrap()));
+                }
+                p.flush().unwrap();
+                out.extend(p.take_outputs().into_iter().map(|o| serde_json::to_string(&o).unwrap()));
+                prop_assert_eq!(p.audit().unwrap(), Audit::default());
+            }
+            Ok((out, all(&store, Cf::Customers)))
+        };
+        prop_assert_eq!(go(true)?, go(false)?);
+    }
+
     /// The changelog carries only the replicated column families; the timer calendar
     /// and the recalibration indexes live in memory and are rebuilt from the customer
     /// records at open. A store restored from the replicated families must go on

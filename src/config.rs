@@ -108,7 +108,8 @@ pub struct EngineConfig {
     /// customer of a year's history is ~1.2 KiB (50k: ~60 MiB). Past it, changed
     /// customers wait for their batch's write encoded in the record cache.
     pub customer_cache: usize,
-    /// Customer records kept in memory as stored (encoded, ~150 bytes each), MiB:
+    /// Customer records kept in memory as stored (encoded, ~260 bytes for a year's
+    /// history), MiB:
     /// a customer the decoded cache let go is decoded from memory instead of read
     /// back from RocksDB. Past it, records are read from the store.
     pub record_cache_mb: usize,
@@ -116,7 +117,10 @@ pub struct EngineConfig {
     pub block_cache_mb: usize,
     /// RocksDB memtable size per column family, MiB.
     pub write_buffer_mb: usize,
-    /// Events per committed batch (one atomic RocksDB write) in `replay`.
+    /// Events per committed batch (one atomic RocksDB write) of a partition in
+    /// `replay`. A batch's write goes into RocksDB's memtables whole (a 50k batch
+    /// of a 1M population, ~14 MB, grew each partition's memtables past their
+    /// size): it bounds RSS beside the caches.
     pub batch_events: usize,
     /// With the event clock, an event more than this many days after the stream
     /// clock is bad (`future_timestamp`): one event stamped in the year 9999 would
@@ -145,7 +149,7 @@ impl Default for EngineConfig {
             record_cache_mb: 256,
             block_cache_mb: 64,
             write_buffer_mb: 32,
-            batch_events: 50_000,
+            batch_events: 20_000,
             max_event_clock_jump_days: 366,
             partitions: 8,
         }

@@ -17,15 +17,10 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// otherwise go to an arena that returns them to the system at once, so every such
 /// buffer was faulted in afresh, page by page (`clear_page` ~10% of `strata run`).
 /// They now share the arenas' normal decay (freed pages kept ~10 s for reuse).
-/// `narenas:1`: one arena instead of four per core. Each arena keeps its own freed
-/// pages and partly used runs; with the worker threads, RocksDB's and the parser
-/// all allocating, that held ~100 MB more at the peak of a 1M-customer replay
-/// (1.04 GB → 0.94 GB) for no measurable speed (the threads' caches serve small
-/// allocations without the arena lock).
 #[cfg(not(target_env = "msvc"))]
 #[unsafe(export_name = "malloc_conf")]
 #[allow(non_upper_case_globals)]
-static malloc_conf: Option<&'static u8> = Some(&b"oversize_threshold:0,narenas:1\0"[0]);
+static malloc_conf: Option<&'static u8> = Some(&b"oversize_threshold:0\0"[0]);
 
 fn main() {
     // Test builds only (`failpoints`): fail points named in FAILPOINTS (crash and

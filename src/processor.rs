@@ -26,7 +26,7 @@
 //! A flush writes dirty customers, timer and index moves, archived event ids and the
 //! meta records in one batch, so a crash leaves the store at a batch boundary.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use crate::config::Settings;
@@ -72,7 +72,7 @@ pub struct Counters {
     pub duplicates: u64,
     /// Applied events older than the retention horizon (lifetime figures only).
     pub late: u64,
-    pub outputs: HashMap<OutputType, u64>,
+    pub outputs: rustc_hash::FxHashMap<OutputType, u64>,
     pub timers_fired: u64,
     pub recalibrations: u64,
     /// Customers re-evaluated by recalibrations (found through the indexes).
@@ -158,7 +158,7 @@ impl Slot {
 /// numbers are valid until then.
 #[derive(Default)]
 struct Cache {
-    index: HashMap<Box<str>, u32>,
+    index: rustc_hash::FxHashMap<Box<str>, u32>,
     slots: Vec<Slot>,
 }
 
@@ -221,7 +221,7 @@ pub struct Processor<S: Store> {
     /// decoded cache let them go before the batch was due ([`Self::spill`]).
     unwritten: Vec<u32>,
     pending: Batch,
-    pending_archive: HashSet<Vec<u8>>,
+    pending_archive: rustc_hash::FxHashSet<Vec<u8>>,
     pop: Population,
     /// Thresholds of the last recalibration, and its day.
     current: Thresholds,
@@ -475,7 +475,7 @@ impl<S: Store> Processor<S> {
             records: Records::new(record_budget),
             unwritten: Vec::new(),
             pending: Batch::default(),
-            pending_archive: HashSet::new(),
+            pending_archive: Default::default(),
             pop,
             current,
             current_day,

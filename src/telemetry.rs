@@ -355,13 +355,23 @@ impl Metrics {
     }
 
     /// Replay and demo: outputs count as published when written.
-    pub fn observe_written<'a>(&self, outputs: impl IntoIterator<Item = &'a Output>) {
-        for o in outputs {
-            self.outputs_published
-                .with_label_values(&[o.kind.as_str()])
-                .inc();
-            self.observe_outputs([o]);
+    pub fn observe_written<'a>(&self, outputs: impl IntoIterator<Item = &'a Output> + Clone) {
+        // Counted first, each labelled series looked up once per call.
+        let mut by_kind = [0u64; OutputType::ALL.len()];
+        for o in outputs.clone() {
+            by_kind[OutputType::ALL
+                .iter()
+                .position(|&k| k == o.kind)
+                .unwrap_or(0)] += 1;
         }
+        for (k, n) in OutputType::ALL.iter().zip(by_kind) {
+            if n > 0 {
+                self.outputs_published
+                    .with_label_values(&[k.as_str()])
+                    .inc_by(n);
+            }
+        }
+        self.observe_outputs(outputs);
     }
 
     /// Add (`sign` = 1) or remove (−1) a stored population's published tiers and

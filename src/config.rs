@@ -109,9 +109,8 @@ pub struct EngineConfig {
     /// customers wait for their batch's write encoded in the record cache.
     pub customer_cache: usize,
     /// Customer records kept in memory as stored (encoded, ~260 bytes for a year's
-    /// history), MiB:
-    /// a customer the decoded cache let go is decoded from memory instead of read
-    /// back from RocksDB. Past it, records are read from the store.
+    /// history), MiB: a customer the decoded cache let go is decoded from memory
+    /// instead of read back from RocksDB. Past it, records are read from the store.
     pub record_cache_mb: usize,
     /// RocksDB block cache, MiB.
     pub block_cache_mb: usize,

@@ -121,7 +121,8 @@ pub struct Audit {
     /// episode does not hold the rule (see [`watch`]).
     pub watch_mismatches: u64,
     /// Customer records held in memory ([`Records`]) that differ from the stored
-    /// ones, or stored records missing while every record should be held.
+    /// ones or are not stored, stored records missing while every record should be
+    /// held, and stored customers without an id handle (loads take those for new).
     pub held_mismatches: u64,
 }
 

@@ -173,8 +173,8 @@ impl Partition {
             republish: Vec::new(),
             segments: None,
         }));
-        // Each partition store gets a quarter of the record cache, as of the block
-        // cache and memtables (`restore::open_store`).
+        // Each partition store gets a quarter of the record cache, as it does of the
+        // block cache and memtables (`restore::open_store`).
         let settings = {
             let mut s = (*settings).clone();
             s.raw.engine.record_cache_mb /= 4;

@@ -6,8 +6,8 @@
 //! fifth of them, and every other customer an event touches was read back from
 //! RocksDB: a multi-get through the memtables, the block index, a block read and
 //! its LZ4 decompression — 20 % of a 1M replay's CPU (BENCHMARKS.md). An encoded
-//! record is ~150 bytes, a quarter of its decoded form, so the whole population
-//! fits in memory where the decoded one does not.
+//! record is ~260 bytes for a year's history, a fifth of its decoded form (~1.2
+//! KiB), so the whole population fits in memory where the decoded one does not.
 //!
 //! Entries are by customer handle ([`crate::derived::Ids`]), filled by the scan
 //! `open` already makes and at every write with the bytes written: an entry is

@@ -1437,30 +1437,24 @@ impl<S: Store> Processor<S> {
     /// Write everything pending in one atomic batch and trim the cache.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         let mut batch = std::mem::take(&mut self.pending);
+        // Spilled customers first: one changed again since is written from the cache
+        // below, later in the batch, and the later put wins. (One whose record the
+        // budget then refused is no longer held: the cache has it.)
+        self.unwritten.sort_unstable();
+        self.unwritten.dedup();
+        for h in self.unwritten.drain(..) {
+            if let Lookup::Held(b) = self.records.lookup(h) {
+                let id = self.derived.ids.name(h);
+                batch.put(Cf::Customers, id.as_bytes().to_vec(), b.to_vec());
+            }
+        }
         let mut buf = Vec::with_capacity(256);
-        let mut written = rustc_hash::FxHashSet::default();
         for i in self.dirty.drain(..) {
             let slot = &mut self.cache.slots[i as usize];
             encode_customer(&slot.state, &mut buf);
             self.records.put(slot.handle, &buf);
             batch.put(Cf::Customers, slot.id.as_bytes().to_vec(), buf.clone());
             slot.dirty = false;
-            if !self.unwritten.is_empty() {
-                written.insert(slot.handle);
-            }
-        }
-        // Spilled customers not written since from the cache. One whose record was
-        // then refused by the budget was written from the cache just above.
-        self.unwritten.sort_unstable();
-        self.unwritten.dedup();
-        for h in self.unwritten.drain(..) {
-            if let (false, Lookup::Held(b)) = (written.contains(&h), self.records.lookup(h)) {
-                batch.put(
-                    Cf::Customers,
-                    self.derived.ids.name(h).as_bytes().to_vec(),
-                    b.to_vec(),
-                );
-            }
         }
         if batch.is_empty() && self.since_flush == 0 && !self.meta_dirty && self.outputs.is_empty()
         {

@@ -11,8 +11,9 @@
 //!
 //! A restore is complete only once its `kafka.restoring` flag (local only) is
 //! deleted, in a write after the last restored batch: a partition found with the
-//! flag is restored again, however current its marker looks. A local store that cannot be opened or read (corruption, a codec version
-//! from a newer release) is moved aside (`partitions/<p>.corrupt-<time>`) and the
+//! flag is restored again, however current its marker looks. A local store that
+//! cannot be opened or read (corruption, a codec version from a newer release) is
+//! moved aside (`partitions/<p>.corrupt-<time>`) and the
 //! partition restored; it never stops the instance.
 
 use std::path::{Path, PathBuf};

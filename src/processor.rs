@@ -1000,7 +1000,7 @@ impl<S: Store> Processor<S> {
     /// The window monetary figures of this partition's purchasers in `lo..=hi`,
     /// largest first (a Pareto walk's bucket, see [`exact_pareto_cutoffs`]).
     pub(crate) fn monetary_in(&self, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
-        Ok(self.derived.monetary_desc(lo, hi).collect())
+        Ok(self.derived.monetary_desc(lo, hi))
     }
 
     /// New thresholds as of `day`; re-evaluate every customer they can move.

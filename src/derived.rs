@@ -112,7 +112,10 @@ impl Derived {
 
     /// The customers whose timer is due on `day`.
     pub fn due(&self, day: Day, into: &mut Vec<String>) {
-        let names = self.timers.in_range(day, day).map(|(_, h)| self.ids.name(h));
+        let names = self
+            .timers
+            .in_range(day, day)
+            .map(|(_, h)| self.ids.name(h));
         into.extend(names.map(str::to_string));
     }
 
@@ -401,8 +404,8 @@ mod tests {
             let r = next();
             let v = match r % 4 {
                 0 => None,
-                1 => Some(r >> 60),                   // 0..15: a group per value
-                2 => Some((1 << (r % 40)) + r % 3),   // around powers of two
+                1 => Some(r >> 60),                 // 0..15: a group per value
+                2 => Some((1 << (r % 40)) + r % 3), // around powers of two
                 _ => Some(r % 5_000_000_000),
             };
             let old = now[h as usize];
@@ -422,7 +425,12 @@ mod tests {
                 let all: BTreeSet<(u64, u32)> = g.groups.values().flatten().copied().collect();
                 assert_eq!(all, model, "step {step}");
                 assert_eq!(g.len, model.len());
-                for (lo, hi) in [(0, u64::MAX), (16, 31), (1 << 20, (1 << 21) - 1), (5, 70_000)] {
+                for (lo, hi) in [
+                    (0, u64::MAX),
+                    (16, 31),
+                    (1 << 20, (1 << 21) - 1),
+                    (5, 70_000),
+                ] {
                     let mut got: Vec<(u64, u32)> = g.in_range(lo, hi).collect();
                     got.sort();
                     let want: Vec<(u64, u32)> =

@@ -357,7 +357,7 @@ fn take_outputs<S: Store>(p: &mut Processor<S>, buf: &mut Vec<u8>, metrics: &Met
     }
     metrics.observe_written(outputs.iter());
     for o in outputs {
-        serde_json::to_writer(&mut *buf, &o).expect("outputs serialize");
+        o.write_json(buf);
         buf.push(b'\n');
     }
 }

@@ -325,9 +325,12 @@ pub fn run<S: Store + Send>(
 }
 
 pub fn write_outputs(out: &mut dyn Write, outputs: Vec<Output>) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(512);
     for o in outputs {
-        serde_json::to_writer(&mut *out, &o)?;
-        out.write_all(b"\n")?;
+        buf.clear();
+        o.write_json(&mut buf);
+        buf.push(b'\n');
+        out.write_all(&buf)?;
     }
     Ok(())
 }

@@ -259,11 +259,24 @@ impl EntryWriter {
 
     /// A record whose value is `value` as JSON, serialised into the entry.
     pub fn push_json<T: Serialize>(&mut self, dest: Dest, batch_seq: u64, key: &[u8], value: &T) {
+        self.push_value(dest, batch_seq, key, |buf| {
+            serde_json::to_writer(buf, value).expect("outputs serialise")
+        })
+    }
+
+    /// A record whose value `write` appends (an output's hand-written JSON).
+    pub fn push_value(
+        &mut self,
+        dest: Dest,
+        batch_seq: u64,
+        key: &[u8],
+        write: impl FnOnce(&mut Vec<u8>),
+    ) {
         let at = self.begin(dest, batch_seq, key);
         self.buf.push(1);
         let v = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]);
-        serde_json::to_writer(&mut self.buf, value).expect("outputs serialise");
+        write(&mut self.buf);
         self.end(v);
         self.buf.push(0);
         self.end(at);

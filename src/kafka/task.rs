@@ -228,7 +228,7 @@ impl Partition {
                     OutputType::ChurnWarning => Dest::ChurnWarnings,
                     OutputType::ChurnRecovered => Dest::ChurnRecovered,
                 };
-                entry.push_json(dest, seq, o.customer_id.as_bytes(), &o);
+                entry.push_value(dest, seq, o.customer_id.as_bytes(), |b| o.write_json(b));
             }
             // After the outputs; one per customer a batch (their latest).
             let mut latest: std::collections::HashMap<&str, usize> = Default::default();

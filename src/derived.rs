@@ -386,7 +386,8 @@ mod tests {
 
     /// Random moves against the ordered set `Grouped` replaced: the same entries
     /// after every move, the same answers to range reads (money spanning many
-    /// groups, values around group edges), removes of entries not there ignored.
+    /// groups, values around group edges, moves within a group), removes of
+    /// entries not there ignored.
     #[test]
     fn grouped_matches_an_ordered_set() {
         let mut g: Grouped<u64> = Grouped::default();
@@ -402,10 +403,11 @@ mod tests {
         for step in 0..20_000 {
             let h = (next() % 300) as u32;
             let r = next();
-            let v = match r % 4 {
+            let v = match r % 5 {
                 0 => None,
-                1 => Some(r >> 60),                 // 0..15: a group per value
-                2 => Some((1 << (r % 40)) + r % 3), // around powers of two
+                4 => Some(now[h as usize].map_or(1_000, |m| m + r % 7)), // mostly in its group
+                1 => Some(r >> 60),                                      // 0..15: a group per value
+                2 => Some((1 << (r % 40)) + r % 3),                      // around powers of two
                 _ => Some(r % 5_000_000_000),
             };
             let old = now[h as usize];

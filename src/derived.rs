@@ -194,13 +194,13 @@ trait Figure: Copy + Ord + TryFrom<i64> + Bounded {
 
 impl Figure for i32 {
     fn group(self) -> i64 {
-        self as i64 // days and counts: a group per value
+        self as i64 // days: a group per day
     }
 }
 
 impl Figure for u32 {
     fn group(self) -> i64 {
-        self as i64
+        self as i64 // counts: a group per count
     }
 }
 

@@ -270,7 +270,7 @@ impl Output {
     }
 
     /// Append the output as JSON: byte for byte what `serde_json` writes for it
-    /// (the derived `Serialize`, which the HTTP API and tests use), by hand for
+    /// (the derived `Serialize`, which `to_json` and the tests use), by hand for
     /// replay's `--out` and the outbox — field names as literals, plain strings
     /// copied without serde's per-byte escape table. `serde_json` serialization was
     /// 5 % of a replay's CPU.

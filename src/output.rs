@@ -18,6 +18,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputType {
+    // In `ALL`'s order: the discriminant indexes per-type counts.
     TierChanged,
     ChurnWarning,
     ChurnRecovered,
@@ -349,7 +350,7 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// A list of names that need no escaping (rule and dimension names).
+/// A list of strings (rule and dimension names).
 fn json_names(out: &mut Vec<u8>, names: &[&str]) {
     out.push(b'[');
     for (i, n) in names.iter().enumerate() {

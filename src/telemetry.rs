@@ -359,10 +359,7 @@ impl Metrics {
         // Counted first, each labelled series looked up once per call.
         let mut by_kind = [0u64; OutputType::ALL.len()];
         for o in outputs.clone() {
-            by_kind[OutputType::ALL
-                .iter()
-                .position(|&k| k == o.kind)
-                .unwrap_or(0)] += 1;
+            by_kind[o.kind as usize] += 1; // declared in `ALL`'s order
         }
         for (k, n) in OutputType::ALL.iter().zip(by_kind) {
             if n > 0 {

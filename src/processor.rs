@@ -26,7 +26,7 @@
 //! A flush writes dirty customers, timer and index moves, archived event ids and the
 //! meta records in one batch, so a crash leaves the store at a batch boundary.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::config::Settings;
@@ -136,17 +136,16 @@ pub type FlushHook = Box<dyn FnMut(&mut Batch, &mut Vec<Output>, &mut Vec<Custom
 
 /// One cached customer.
 struct Slot {
-    id: Box<str>,
-    /// The customer's handle in the partition's derived state.
+    /// The customer's handle in the partition's derived state (its id is
+    /// `derived.ids.name(handle)`).
     handle: u32,
     state: CustomerState,
     dirty: bool,
 }
 
 impl Slot {
-    fn new(id: &str, handle: u32, state: CustomerState) -> Slot {
+    fn new(handle: u32, state: CustomerState) -> Slot {
         Slot {
-            id: id.into(),
             handle,
             state,
             dirty: false,
@@ -154,32 +153,41 @@ impl Slot {
     }
 }
 
-/// The write-back cache: slots in a `Vec`, found by id through a map, so the
-/// dirty customers are a list of slot numbers. Slots stay put until a write:
-/// numbers are valid until then.
+/// The write-back cache: slots in load order, found by the customer's handle, so
+/// the dirty customers are a list of slot numbers. Slot numbers are valid until
+/// the next trim (trims come with writes and spills, when every slot is clean).
 #[derive(Default)]
 struct Cache {
-    index: rustc_hash::FxHashMap<Box<str>, u32>,
-    slots: Vec<Slot>,
+    /// Each handle's slot number when it was loaded, counted from the first slot
+    /// ever loaded (wrapping): minus `base`, its position now. An entry whose slot
+    /// was trimmed since is stale, told apart by the slot's handle (a handle has at
+    /// most one slot), so a trim clears nothing here.
+    at: Vec<u32>,
+    slots: VecDeque<Slot>,
+    /// Slots trimmed so far (wrapping).
+    base: u32,
 }
 
 impl Cache {
-    fn find(&self, id: &str) -> Option<u32> {
-        self.index.get(id).copied()
+    fn find(&self, handle: u32) -> Option<u32> {
+        let pos = self.at.get(handle as usize)?.wrapping_sub(self.base);
+        (self.slots.get(pos as usize)?.handle == handle).then_some(pos)
     }
 
     fn insert(&mut self, slot: Slot) -> u32 {
-        let i = self.slots.len() as u32;
-        self.index.insert(slot.id.clone(), i);
-        self.slots.push(slot);
-        i
+        let pos = self.slots.len() as u32;
+        let h = slot.handle as usize;
+        if h >= self.at.len() {
+            self.at.resize(h + 1, 0);
+        }
+        self.at[h] = self.base.wrapping_add(pos);
+        self.slots.push_back(slot);
+        pos
     }
 
     /// Forget the slot inserted last (a new customer whose event was a duplicate).
     fn pop(&mut self) {
-        if let Some(s) = self.slots.pop() {
-            self.index.remove(&s.id);
-        }
+        self.slots.pop_back();
     }
 
     fn len(&self) -> usize {
@@ -189,14 +197,8 @@ impl Cache {
     /// Keep the `keep` slots loaded last (all of them clean).
     fn trim(&mut self, keep: usize) {
         let excess = self.slots.len().saturating_sub(keep);
-        if excess == 0 {
-            return;
-        }
         self.slots.drain(..excess);
-        self.index.clear();
-        for (i, s) in self.slots.iter().enumerate() {
-            self.index.insert(s.id.clone(), i as u32);
-        }
+        self.base = self.base.wrapping_add(excess as u32);
     }
 }
 
@@ -644,14 +646,14 @@ impl<S: Store> Processor<S> {
     /// The cache slot of a customer, read from the store if need be (`None`: an
     /// unknown customer).
     fn load(&mut self, id: &str) -> Result<Option<u32>, StoreError> {
-        if let Some(i) = self.cache.find(id) {
-            return Ok(Some(i));
-        }
         // Every stored customer has a handle (interned at open or when first
         // processed): an id without one is a new customer.
         let Some(handle) = self.derived.ids.get(id) else {
             return Ok(None);
         };
+        if let Some(i) = self.cache.find(handle) {
+            return Ok(Some(i));
+        }
         let state = match self.records.lookup(handle) {
             Lookup::Held(b) => decode_customer(b),
             Lookup::Absent => return Ok(None),
@@ -661,7 +663,7 @@ impl<S: Store> Processor<S> {
             },
         }
         .map_err(|e| corrupt(id.as_bytes(), e))?;
-        Ok(Some(self.cache.insert(Slot::new(id, handle, state))))
+        Ok(Some(self.cache.insert(Slot::new(handle, state))))
     }
 
     /// Warm the cache for a batch of customer ids with one multi-get.
@@ -673,16 +675,16 @@ impl<S: Store> Processor<S> {
         // records' budget) are read with one multi-get.
         let mut want: Vec<(&str, u32)> = Vec::new();
         for id in ids {
-            if self.cache.find(id).is_some() {
-                continue;
-            }
             let Some(handle) = self.derived.ids.get(id) else {
                 continue;
             };
+            if self.cache.find(handle).is_some() {
+                continue;
+            }
             match self.records.lookup(handle) {
                 Lookup::Held(b) => {
                     let state = decode_customer(b).map_err(|e| corrupt(id.as_bytes(), e))?;
-                    self.cache.insert(Slot::new(id, handle, state));
+                    self.cache.insert(Slot::new(handle, state));
                 }
                 Lookup::Absent => {}
                 Lookup::Unknown => want.push((id, handle)),
@@ -697,7 +699,7 @@ impl<S: Store> Processor<S> {
         for (&(id, handle), v) in want.iter().zip(self.store.multi_get(Cf::Customers, &keys)?) {
             if let Some(b) = v {
                 let state = decode_customer(&b).map_err(|e| corrupt(id.as_bytes(), e))?;
-                self.cache.insert(Slot::new(id, handle, state));
+                self.cache.insert(Slot::new(handle, state));
             }
         }
         Ok(())
@@ -741,7 +743,7 @@ impl<S: Store> Processor<S> {
         }
         self.outputs.extend(fx.outputs);
         for h in fx.archive {
-            let k = dedupe_key(&slot.id, h);
+            let k = dedupe_key(self.derived.ids.name(slot.handle), h);
             self.pending_archive.insert(k.clone());
             self.pending.put(Cf::Dedupe, k, Vec::new());
         }
@@ -782,7 +784,7 @@ impl<S: Store> Processor<S> {
             Some(i) => (i, false),
             None => {
                 let handle = self.derived.ids.intern(&ev.customer_id);
-                let slot = Slot::new(&ev.customer_id, handle, CustomerState::default());
+                let slot = Slot::new(handle, CustomerState::default());
                 (self.cache.insert(slot), true)
             }
         };
@@ -1080,9 +1082,12 @@ impl<S: Store> Processor<S> {
                 Ok(true)
             })?;
             // and those not written yet
-            let slots = &self.cache.slots;
-            visit.extend(self.dirty.iter().map(|&i| slots[i as usize].id.to_string()));
-            let ids = &self.derived.ids;
+            let (slots, ids) = (&self.cache.slots, &self.derived.ids);
+            visit.extend(
+                self.dirty
+                    .iter()
+                    .map(|&i| ids.name(slots[i as usize].handle).to_string()),
+            );
             visit.extend(self.unwritten.iter().map(|&h| ids.name(h).to_string()));
         } else if new.purchasers > 0 {
             // A figure x is "high" iff x·n ≥ Σ ⇔ x ≥ ⌈Σ/n⌉ (x an integer). Its side can
@@ -1453,7 +1458,8 @@ impl<S: Store> Processor<S> {
             let slot = &mut self.cache.slots[i as usize];
             encode_customer(&slot.state, &mut buf);
             self.records.put(slot.handle, &buf);
-            batch.put(Cf::Customers, slot.id.as_bytes().to_vec(), buf.clone());
+            let id = self.derived.ids.name(slot.handle);
+            batch.put(Cf::Customers, id.as_bytes().to_vec(), buf.clone());
             slot.dirty = false;
         }
         if batch.is_empty() && self.since_flush == 0 && !self.meta_dirty && self.outputs.is_empty()

@@ -46,7 +46,12 @@ impl RocksStore {
             o.set_block_based_table_factory(&table);
             o.set_write_buffer_size(write_buffer_mb.max(1) * 1024 * 1024);
             o.set_max_write_buffer_number(2);
-            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // Levels 0 and 1 uncompressed, LZ4 below: a customer record is mostly
+            // event-id hashes, which do not compress, and every flushed byte is
+            // compacted again soon; compressing them was ~5 % of a replay's CPU.
+            // (The rocksdb docs' advice for write-heavy stores.)
+            use rocksdb::DBCompressionType::{Lz4, None as Raw};
+            o.set_compression_per_level(&[Raw, Raw, Lz4, Lz4, Lz4, Lz4, Lz4]);
             o
         };
         let mut db_opts = Options::default();
@@ -140,7 +145,12 @@ impl Store for RocksStore {
         // from the previous one's position. The sort is stable, so several writes to
         // one key keep their order (last wins, as written).
         batch.ops.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        let mut wb = WriteBatch::default();
+        // Sized up front: grown by doubling, the batch's buffer was copied again at
+        // each step (~2.5 % of a replay in `memmove`).
+        let bytes: usize = (batch.ops.iter())
+            .map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
+            .sum();
+        let mut wb = WriteBatch::with_capacity_bytes(bytes + 64);
         for (cf, k, v) in &batch.ops {
             let h = self.cf(*cf);
             match v {

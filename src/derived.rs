@@ -11,8 +11,8 @@
 //! alone: a purchase used to cost the store a record, three index moves (a delete
 //! and a put each) and a timer move.
 //!
-//! Memory: an id and a handle per customer of the partition (its string, ~8
-//! bytes of hash table) and four entries of 8–16 bytes, each with its 4-byte
+//! Memory: an id and a handle per customer of the partition (its string with 8
+//! bytes of header, an 8-byte offset, ~9 bytes of hash table) and four entries of 8–16 bytes, each with its 4-byte
 //! position ([`Grouped`]); about 100 bytes a customer, ~100 MB for a million
 //! (README, "Derived state in memory").
 //!
@@ -30,21 +30,38 @@ use crate::customer::Indexed;
 use crate::day::Day;
 
 /// Customer ids interned to handles (0, 1, 2, … in the order first seen).
+///
+/// The ids live in one arena, each entry its handle, its length and its bytes
+/// together, and the hash table holds entries' offsets: a lookup reads the table
+/// and one entry (with a table of handles and a `Box<str>` per id it read a name
+/// slot and the string besides — a cache miss each at a million customers).
 #[derive(Debug, Default)]
 pub struct Ids {
-    names: Vec<Box<str>>,
-    table: HashTable<u32>,
+    /// `[handle: u32 LE][len: u32 LE][id bytes]` per id, in handle order.
+    arena: Vec<u8>,
+    /// Each handle's entry offset in `arena`.
+    at: Vec<u64>,
+    table: HashTable<u64>,
 }
 
 fn hash(id: &str) -> u64 {
     FxBuildHasher.hash_one(id)
 }
 
+/// The (handle, id bytes) of the arena entry at `off`.
+fn entry(arena: &[u8], off: u64) -> (u32, &[u8]) {
+    let o = off as usize;
+    let word = |i: usize| u32::from_le_bytes(arena[i..i + 4].try_into().unwrap());
+    let len = word(o + 4) as usize;
+    (word(o), &arena[o + 8..o + 8 + len])
+}
+
 impl Ids {
     pub fn get(&self, id: &str) -> Option<u32> {
+        let arena = &self.arena;
         self.table
-            .find(hash(id), |&h| &*self.names[h as usize] == id)
-            .copied()
+            .find(hash(id), |&off| entry(arena, off).1 == id.as_bytes())
+            .map(|&off| entry(arena, off).0)
     }
 
     /// The handle of `id`, given one if it has none.
@@ -52,24 +69,32 @@ impl Ids {
         if let Some(h) = self.get(id) {
             return h;
         }
-        let h = self.names.len() as u32;
-        self.names.push(id.into());
-        let names = &self.names;
-        self.table
-            .insert_unique(hash(id), h, |&x| hash(&names[x as usize]));
+        let h = self.at.len() as u32;
+        let off = self.arena.len() as u64;
+        self.arena.extend_from_slice(&h.to_le_bytes());
+        self.arena
+            .extend_from_slice(&(id.len() as u32).to_le_bytes());
+        self.arena.extend_from_slice(id.as_bytes());
+        self.at.push(off);
+        let arena = &self.arena;
+        self.table.insert_unique(hash(id), off, |&o| {
+            hash(std::str::from_utf8(entry(arena, o).1).expect("ids are strings"))
+        });
         h
     }
 
     pub fn name(&self, h: u32) -> &str {
-        &self.names[h as usize]
+        let bytes = entry(&self.arena, self.at[h as usize]).1;
+        // Only `&str`s go in (`intern`).
+        std::str::from_utf8(bytes).expect("ids are strings")
     }
 
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.at.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.at.is_empty()
     }
 }
 
@@ -340,6 +365,19 @@ mod tests {
         }
         assert_eq!(ids.get("c777").map(|h| ids.name(h)), Some("c777"));
         assert_eq!(ids.len(), 10_002);
+        // Every id found again under its own handle after the table grew; prefixes,
+        // the empty id and a long one are ids of their own.
+        let long = "x".repeat(70_000);
+        let (e, l) = (ids.intern(""), ids.intern(&long));
+        assert_eq!((ids.name(e), ids.name(l)), ("", long.as_str()));
+        for i in 0..10_000 {
+            let id = format!("c{i}");
+            let h = ids.get(&id).expect("interned");
+            assert_eq!((h, ids.name(h)), (i + 2, id.as_str()));
+        }
+        assert_eq!(ids.get("c1000").map(|h| ids.name(h)), Some("c1000"));
+        assert_eq!(ids.get("c10000"), None);
+        assert_eq!(ids.get(&long[1..]), None);
     }
 
     /// Moves keep one entry per customer; ranges are inclusive and clamp.

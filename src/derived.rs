@@ -12,9 +12,9 @@
 //! and a put each) and a timer move.
 //!
 //! Memory: an id and a handle per customer of the partition (its string with 8
-//! bytes of header, an 8-byte offset, ~9 bytes of hash table) and four entries of 8–16 bytes, each with its 4-byte
-//! position ([`Grouped`]); about 100 bytes a customer, ~100 MB for a million
-//! (README, "Derived state in memory").
+//! bytes of header, an 8-byte offset, ~9 bytes of hash table) and four entries of
+//! 8–16 bytes, each with its 4-byte position ([`Grouped`]); about 100 bytes a
+//! customer, ~100 MB for a million (README, "Derived state in memory").
 //!
 //! Invariant ([`crate::processor::Processor::audit`] checks it): the timer and
 //! index entries are exactly those the customers' current states imply —

@@ -49,7 +49,6 @@ impl RocksStore {
             // Levels 0 and 1 uncompressed, LZ4 below: a customer record is mostly
             // event-id hashes, which do not compress, and every flushed byte is
             // compacted again soon; compressing them was ~5 % of a replay's CPU.
-            // (The rocksdb docs' advice for write-heavy stores.)
             use rocksdb::DBCompressionType::{Lz4, None as Raw};
             o.set_compression_per_level(&[Raw, Raw, Lz4, Lz4, Lz4, Lz4, Lz4]);
             o

@@ -44,7 +44,7 @@ pub struct Ids {
     table: HashTable<u64>,
 }
 
-fn hash(id: &str) -> u64 {
+fn hash(id: &[u8]) -> u64 {
     FxBuildHasher.hash_one(id)
 }
 
@@ -60,7 +60,9 @@ impl Ids {
     pub fn get(&self, id: &str) -> Option<u32> {
         let arena = &self.arena;
         self.table
-            .find(hash(id), |&off| entry(arena, off).1 == id.as_bytes())
+            .find(hash(id.as_bytes()), |&off| {
+                entry(arena, off).1 == id.as_bytes()
+            })
             .map(|&off| entry(arena, off).0)
     }
 
@@ -77,9 +79,8 @@ impl Ids {
         self.arena.extend_from_slice(id.as_bytes());
         self.at.push(off);
         let arena = &self.arena;
-        self.table.insert_unique(hash(id), off, |&o| {
-            hash(std::str::from_utf8(entry(arena, o).1).expect("ids are strings"))
-        });
+        self.table
+            .insert_unique(hash(id.as_bytes()), off, |&o| hash(entry(arena, o).1));
         h
     }
 

@@ -23,8 +23,8 @@
 //! compared with the same thresholds, whatever order the day's events arrive in.
 //! Before the first recalibration (the stream's first day) the live means are used.
 //!
-//! A flush writes dirty customers, timer and index moves, archived event ids and the
-//! meta records in one batch, so a crash leaves the store at a batch boundary.
+//! A flush writes dirty customers, archived event ids and the meta records in one
+//! batch (timers and indexes live in memory, [`crate::derived`]), so a crash leaves the store at a batch boundary.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -136,24 +136,26 @@ impl Derived {
             .relocate(h, old.map(|i| i.micros), new.map(|i| i.micros));
     }
 
-    /// The customers whose timer is due on `day`.
-    pub fn due(&self, day: Day, into: &mut Vec<String>) {
-        let names = self
-            .timers
-            .in_range(day, day)
-            .map(|(_, h)| self.ids.name(h));
-        into.extend(names.map(str::to_string));
+    /// The customers (handles) whose timer is due on `day`.
+    pub fn due(&self, day: Day, into: &mut Vec<u32>) {
+        into.extend(self.timers.in_range(day, day).map(|(_, h)| h));
     }
 
-    /// The customers whose `index` figure lies in `lo..=hi`.
-    pub fn customers_in(&self, index: Index, lo: i64, hi: i64, into: &mut HashSet<String>) {
+    /// The customers (handles) whose `index` figure lies in `lo..=hi`.
+    pub fn customers_in(&self, index: Index, lo: i64, hi: i64, into: &mut HashSet<u32>) {
         let mut handles = Vec::new();
         match index {
             Index::LastDay => self.by_last_day.handles_in(lo, hi, &mut handles),
             Index::Frequency => self.by_frequency.handles_in(lo, hi, &mut handles),
             Index::Monetary => self.by_monetary.handles_in(lo, hi, &mut handles),
         }
-        into.extend(handles.into_iter().map(|h| self.ids.name(h).to_string()));
+        into.extend(handles);
+    }
+
+    /// Customers (handles) in the store's order: by id, byte by byte.
+    pub fn sort_by_id(&self, handles: &mut Vec<u32>) {
+        handles.sort_unstable_by(|&a, &b| self.ids.name(a).cmp(self.ids.name(b)));
+        handles.dedup();
     }
 
     /// The window monetary figures of purchasers in `lo..=hi`, largest first.
@@ -400,18 +402,18 @@ mod tests {
         let mut due = Vec::new();
         d.due(41, &mut due);
         due.sort();
-        assert_eq!(due, ["a", "b"]);
+        assert_eq!(due, [a, b]);
         d.due(40, &mut due);
         assert_eq!(due.len(), 2);
         let mut set = HashSet::new();
         d.customers_in(Index::LastDay, 11, 11, &mut set);
-        assert_eq!(set, HashSet::from(["a".to_string()]));
+        assert_eq!(set, HashSet::from([a]));
         set.clear();
         d.customers_in(Index::Frequency, -5, i64::MAX, &mut set);
         assert_eq!(set.len(), 2);
         set.clear();
         d.customers_in(Index::Monetary, 701, 900, &mut set);
-        assert_eq!(set, HashSet::from(["b".to_string()]));
+        assert_eq!(set, HashSet::from([b]));
         assert_eq!(d.monetary_desc(0, u64::MAX), vec![900, 700]);
         assert!(d.monetary_desc(900, 700).is_empty(), "an empty range");
         let want = [
@@ -500,6 +502,21 @@ mod tests {
         d.customers_in(Index::LastDay, i64::MAX - 1, i64::MAX, &mut set);
         assert!(set.is_empty(), "{set:?}");
         d.customers_in(Index::Frequency, -5, 0, &mut set);
-        assert_eq!(set, HashSet::from(["z".to_string()]));
+        assert_eq!(set, HashSet::from([z]));
+    }
+
+    /// Handles sorted as the store orders keys (by the id's bytes, not by when
+    /// the id was interned), each once.
+    #[test]
+    fn sort_by_id_is_the_store_order() {
+        let mut d = Derived::default();
+        let names = ["b", "顾客", "a", "ab", "B", "", "a\u{0}"];
+        let hs: Vec<u32> = names.iter().map(|n| d.ids.intern(n)).collect();
+        let mut got: Vec<u32> = hs.iter().chain(&hs).rev().copied().collect();
+        d.sort_by_id(&mut got);
+        let got: Vec<&str> = got.iter().map(|&h| d.ids.name(h)).collect();
+        let mut want = names.to_vec();
+        want.sort_by(|x, y| x.as_bytes().cmp(y.as_bytes()));
+        assert_eq!(got, want);
     }
 }

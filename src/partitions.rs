@@ -288,11 +288,11 @@ impl<S: Store + Send> Partitions<S> {
         // The longest first, so that the last to finish is a short one.
         jobs.sort_by_key(|(_, evs)| std::cmp::Reverse(evs.len()));
         parallel(jobs, self.threads, |((p, buf), evs)| {
-            p.prefetch(evs.iter().map(|e| e.customer_id.as_str()))?;
+            let handles = p.prefetch(evs.iter().map(|e| e.customer_id.as_str()))?;
             // Outputs taken every 1,024 events, not after each: their metrics
             // are counted per call (labelled series lookups).
-            for (i, ev) in evs.iter().enumerate() {
-                p.process(ev)?;
+            for (i, (ev, h)) in evs.iter().zip(handles).enumerate() {
+                p.process_known(ev, h)?;
                 if i % 1024 == 1023 {
                     take_outputs(p, buf, &metrics);
                 }

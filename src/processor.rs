@@ -644,16 +644,22 @@ impl<S: Store> Processor<S> {
     }
 
     /// The cache slot of a customer, read from the store if need be (`None`: an
-    /// unknown customer).
-    fn load(&mut self, id: &str) -> Result<Option<u32>, StoreError> {
+    /// unknown customer). `handle`: the id's handle when the caller has it.
+    fn load(&mut self, id: &str, handle: Option<u32>) -> Result<Option<u32>, StoreError> {
         // Every stored customer has a handle (interned at open or when first
         // processed): an id without one is a new customer.
-        let Some(handle) = self.derived.ids.get(id) else {
-            return Ok(None);
-        };
+        match handle.or_else(|| self.derived.ids.get(id)) {
+            Some(handle) => self.load_known(handle),
+            None => Ok(None),
+        }
+    }
+
+    /// [`load`](Self::load) by handle.
+    fn load_known(&mut self, handle: u32) -> Result<Option<u32>, StoreError> {
         if let Some(i) = self.cache.find(handle) {
             return Ok(Some(i));
         }
+        let id = self.derived.ids.name(handle);
         let state = match self.records.lookup(handle) {
             Lookup::Held(b) => decode_customer(b),
             Lookup::Absent => return Ok(None),
@@ -666,39 +672,48 @@ impl<S: Store> Processor<S> {
         Ok(Some(self.cache.insert(Slot::new(handle, state))))
     }
 
-    /// Warm the cache for a batch of customer ids with one multi-get.
+    /// Warm the cache for a batch of customer ids with one multi-get. Returns each
+    /// id's handle (`None`: not known yet), for [`process_known`](Self::process_known).
     pub fn prefetch<'i>(
         &mut self,
         ids: impl IntoIterator<Item = &'i str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Option<u32>>, StoreError> {
+        let handles: Vec<Option<u32>> =
+            ids.into_iter().map(|id| self.derived.ids.get(id)).collect();
+        self.warm(handles.iter().flatten().copied())?;
+        Ok(handles)
+    }
+
+    /// Warm the cache for a batch of known customers (handles).
+    fn warm(&mut self, handles: impl IntoIterator<Item = u32>) -> Result<(), StoreError> {
         // Customers held in memory are decoded as they come; the others (past the
         // records' budget) are read with one multi-get.
-        let mut want: Vec<(&str, u32)> = Vec::new();
-        for id in ids {
-            let Some(handle) = self.derived.ids.get(id) else {
-                continue;
-            };
+        let mut want: Vec<u32> = Vec::new();
+        for handle in handles {
             if self.cache.find(handle).is_some() {
                 continue;
             }
             match self.records.lookup(handle) {
                 Lookup::Held(b) => {
-                    let state = decode_customer(b).map_err(|e| corrupt(id.as_bytes(), e))?;
+                    let state = decode_customer(b)
+                        .map_err(|e| corrupt(self.derived.ids.name(handle).as_bytes(), e))?;
                     self.cache.insert(Slot::new(handle, state));
                 }
                 Lookup::Absent => {}
-                Lookup::Unknown => want.push((id, handle)),
+                Lookup::Unknown => want.push(handle),
             }
         }
-        want.sort_unstable();
-        want.dedup();
         if want.is_empty() {
             return Ok(());
         }
-        let keys: Vec<&[u8]> = want.iter().map(|(s, _)| s.as_bytes()).collect();
-        for (&(id, handle), v) in want.iter().zip(self.store.multi_get(Cf::Customers, &keys)?) {
+        self.derived.sort_by_id(&mut want);
+        let ids = &self.derived.ids;
+        let keys: Vec<&[u8]> = want.iter().map(|&h| ids.name(h).as_bytes()).collect();
+        let got = self.store.multi_get(Cf::Customers, &keys)?;
+        for (&handle, v) in want.iter().zip(got) {
             if let Some(b) = v {
-                let state = decode_customer(&b).map_err(|e| corrupt(id.as_bytes(), e))?;
+                let state = decode_customer(&b)
+                    .map_err(|e| corrupt(self.derived.ids.name(handle).as_bytes(), e))?;
                 self.cache.insert(Slot::new(handle, state));
             }
         }
@@ -763,6 +778,16 @@ impl<S: Store> Processor<S> {
 
     /// Apply one validated event (advancing the clock first if it is a later day).
     pub fn process(&mut self, ev: &Event) -> Result<Applied, StoreError> {
+        self.process_known(ev, None)
+    }
+
+    /// [`process`](Self::process), with the customer's handle when the caller has
+    /// it (from [`prefetch`](Self::prefetch)); `None`: look it up.
+    pub fn process_known(
+        &mut self,
+        ev: &Event,
+        handle: Option<u32>,
+    ) -> Result<Applied, StoreError> {
         match self.pop.clock {
             None => self.advance_to(ev.day)?,
             Some(c) if ev.day > c => self.advance_to(ev.day)?,
@@ -780,7 +805,7 @@ impl<S: Store> Processor<S> {
             archived =
                 self.pending_archive.contains(&k) || self.store.get(Cf::Dedupe, &k)?.is_some();
         }
-        let (i, is_new) = match self.load(&ev.customer_id)? {
+        let (i, is_new) = match self.load(&ev.customer_id, handle)? {
             Some(i) => (i, false),
             None => {
                 let handle = self.derived.ids.intern(&ev.customer_id);
@@ -906,30 +931,23 @@ impl<S: Store> Processor<S> {
 
     fn fire_timers(&mut self, day: Day) -> Result<(), StoreError> {
         // Timers of earlier days were consumed when the clock passed them.
-        let mut due: Vec<String> = Vec::new();
+        let mut due: Vec<u32> = Vec::new();
         self.derived.due(day, &mut due);
         // Customers whose P(alive) crosses the `p_alive` threshold today.
-        let mut crossing = Vec::new();
-        self.watch.due(day, &mut crossing);
-        due.extend(
-            crossing
-                .into_iter()
-                .map(|h| self.derived.ids.name(h).to_string()),
-        );
+        self.watch.due(day, &mut due);
         if due.is_empty() {
             return Ok(());
         }
         // In key order, as the store holds them.
-        due.sort_unstable();
-        due.dedup();
+        self.derived.sort_by_id(&mut due);
         let settings = self.settings.clone();
         let engine = Engine::new(&settings);
         let thresholds = self.thresholds();
         let horizon = engine.horizon(day);
         for chunk in due.chunks(4096) {
-            self.prefetch(chunk.iter().map(|s| s.as_str()))?;
-            for id in chunk {
-                self.fire(id, day, horizon, &engine, &thresholds)?;
+            self.warm(chunk.iter().copied())?;
+            for &handle in chunk {
+                self.fire(handle, day, horizon, &engine, &thresholds)?;
             }
             self.flush_if_full()?;
         }
@@ -939,14 +957,14 @@ impl<S: Store> Processor<S> {
     /// One customer's timer (or watch) is due on `day`: evaluate it there.
     fn fire(
         &mut self,
-        id: &str,
+        handle: u32,
         day: Day,
         horizon: Day,
         engine: &Engine,
         thresholds: &Thresholds,
     ) -> Result<(), StoreError> {
         self.counters.timers_fired += 1;
-        let Some(i) = self.load(id)? else {
+        let Some(i) = self.load_known(handle)? else {
             return Ok(()); // an id without a record (cannot be: entries follow records)
         };
         let slot = &mut self.cache.slots[i as usize];
@@ -959,7 +977,7 @@ impl<S: Store> Processor<S> {
         }
         engine.evaluate(
             &mut slot.state,
-            id,
+            self.derived.ids.name(handle),
             day,
             Cause::Timer,
             false,
@@ -1061,39 +1079,33 @@ impl<S: Store> Processor<S> {
         self.current_day = Some(day);
         self.counters.recalibrations += 1;
 
-        let mut visit: HashSet<String> = HashSet::new();
+        let mut visit: HashSet<u32> = HashSet::new();
         if let Some(m) = &refit {
             let mut newly = Vec::new();
             let rule = watch_rule(&self.settings, Some(m));
             self.watch.reschedule(rule, day, &mut newly);
-            visit.extend(
-                newly
-                    .into_iter()
-                    .map(|h| self.derived.ids.name(h).to_string()),
-            );
+            visit.extend(newly);
             let deciles = self.watch.p_alive_deciles(m, day);
             for (a, b) in self.counters.p_alive_deciles.iter_mut().zip(deciles) {
                 *a += b;
             }
         }
         if first {
+            // Every stored customer has a handle (interned at open).
+            let ids = &self.derived.ids;
             self.store.scan(Cf::Customers, &[], None, &mut |k, _| {
-                visit.insert(String::from_utf8_lossy(k).into_owned());
+                visit.extend(std::str::from_utf8(k).ok().and_then(|id| ids.get(id)));
                 Ok(true)
             })?;
             // and those not written yet
-            let (slots, ids) = (&self.cache.slots, &self.derived.ids);
-            visit.extend(
-                self.dirty
-                    .iter()
-                    .map(|&i| ids.name(slots[i as usize].handle).to_string()),
-            );
-            visit.extend(self.unwritten.iter().map(|&h| ids.name(h).to_string()));
+            let slots = &self.cache.slots;
+            visit.extend(self.dirty.iter().map(|&i| slots[i as usize].handle));
+            visit.extend(self.unwritten.iter().copied());
         } else if new.purchasers > 0 {
             // A figure x is "high" iff x·n ≥ Σ ⇔ x ≥ ⌈Σ/n⌉ (x an integer). Its side can
             // only change for min(t_old, t_new) ≤ x < max(t_old, t_new).
             let ceil = |sum: i128, n: u64| -((-sum).div_euclid(n as i128));
-            let flips = |index: Index, a: i128, b: i128, visit: &mut HashSet<String>| {
+            let flips = |index: Index, a: i128, b: i128, visit: &mut HashSet<u32>| {
                 if a != b {
                     let clamp = |v: i128| v.clamp(i64::MIN as i128, i64::MAX as i128) as i64;
                     self.derived
@@ -1153,17 +1165,19 @@ impl<S: Store> Processor<S> {
 
         let settings = self.settings.clone();
         let engine = Engine::new(&settings);
-        let mut ids: Vec<String> = visit.into_iter().collect();
-        ids.sort_unstable();
-        self.counters.recalibration_visits += ids.len() as u64;
-        for chunk in ids.chunks(4096) {
-            self.prefetch(chunk.iter().map(|s| s.as_str()))?;
-            for id in chunk {
-                let Some(i) = self.load(id)? else { continue };
+        let mut handles: Vec<u32> = visit.into_iter().collect();
+        self.derived.sort_by_id(&mut handles);
+        self.counters.recalibration_visits += handles.len() as u64;
+        for chunk in handles.chunks(4096) {
+            self.warm(chunk.iter().copied())?;
+            for &handle in chunk {
+                let Some(i) = self.load_known(handle)? else {
+                    continue;
+                };
                 let mut fx = Effects::default();
                 engine.evaluate(
                     &mut self.cache.slots[i as usize].state,
-                    id,
+                    self.derived.ids.name(handle),
                     day,
                     Cause::Recalibration,
                     false,

@@ -1463,8 +1463,7 @@ impl<S: Store> Processor<S> {
         self.unwritten.dedup();
         for h in self.unwritten.drain(..) {
             if let Lookup::Held(b) = self.records.lookup(h) {
-                let id = self.derived.ids.name(h);
-                batch.put(Cf::Customers, id.as_bytes().to_vec(), b.to_vec());
+                batch.put(Cf::Customers, self.derived.ids.name(h), b);
             }
         }
         let mut buf = Vec::with_capacity(256);
@@ -1472,8 +1471,7 @@ impl<S: Store> Processor<S> {
             let slot = &mut self.cache.slots[i as usize];
             encode_customer(&slot.state, &mut buf);
             self.records.put(slot.handle, &buf);
-            let id = self.derived.ids.name(slot.handle);
-            batch.put(Cf::Customers, id.as_bytes().to_vec(), buf.clone());
+            batch.put(Cf::Customers, self.derived.ids.name(slot.handle), &buf);
             slot.dirty = false;
         }
         if batch.is_empty() && self.since_flush == 0 && !self.meta_dirty && self.outputs.is_empty()

@@ -427,16 +427,13 @@ impl Restorer {
     pub fn push(&mut self, key: &[u8], value: Option<&[u8]>) -> Option<Batch> {
         self.records += 1;
         let (cf, k) = parse_changelog_key(key)?;
-        match value {
-            Some(v) => self.pending.put(cf, k.to_vec(), v.to_vec()),
-            None => self.pending.delete(cf, k.to_vec()),
-        }
+        self.pending.push(cf, k, value);
         if is_marker(cf, k) {
             if let Some(m) = value.and_then(Marker::decode) {
                 self.last_marker = Some(m);
             }
             let p = std::mem::take(&mut self.pending);
-            self.ready.ops.extend(p.ops);
+            self.ready.append(&p);
             if self.ready.len() >= 20_000 {
                 return Some(std::mem::take(&mut self.ready));
             }
@@ -448,9 +445,8 @@ impl Restorer {
     /// that was never completely published) are dropped; their keys are `orphans`.
     pub fn finish(&mut self) -> Batch {
         self.orphans = std::mem::take(&mut self.pending)
-            .ops
-            .into_iter()
-            .map(|(cf, k, _)| (cf, k))
+            .iter()
+            .map(|(cf, k, _)| (cf, k.to_vec()))
             .collect();
         std::mem::take(&mut self.ready)
     }
@@ -563,11 +559,9 @@ mod tests {
         assert!(r.push(&ck(b"c"), Some(b"3")).is_none());
         let b = r.finish();
         assert_eq!(b.len(), 3);
-        assert_eq!(
-            b.ops[0],
-            (Cf::Customers, b"a".to_vec(), Some(b"1".to_vec()))
-        );
-        assert_eq!(b.ops[1], (Cf::Customers, b"b".to_vec(), None));
+        let ops: Vec<_> = b.iter().collect();
+        assert_eq!(ops[0], (Cf::Customers, &b"a"[..], Some(&b"1"[..])));
+        assert_eq!(ops[1], (Cf::Customers, &b"b"[..], None));
         assert_eq!(r.last_marker, Some(marker(1)));
         assert_eq!(r.records, 4);
         assert_eq!(r.orphans, vec![(Cf::Customers, b"c".to_vec())]);

@@ -33,7 +33,7 @@ use crate::predict::model::Histogram;
 use crate::processor::Processor;
 use crate::processor::META_MODEL_HISTOGRAM;
 use crate::store::rocks::RocksStore;
-use crate::store::{Cf, Store, StoreError};
+use crate::store::{Batch, Cf, Store, StoreError};
 use crate::telemetry::Metrics;
 
 use super::changelog::{
@@ -84,7 +84,7 @@ struct Pending {
     /// Writes of values the store already holds, for the next batch's changelog
     /// copies: keys an unfinished round left on the changelog (see
     /// [`Partition::republish`]).
-    republish: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+    republish: Batch,
     /// The partition's segment summary for the next batch to publish on the stats
     /// topic (`segments/<p>`), when one is due.
     segments: Option<Vec<u8>>,
@@ -170,7 +170,7 @@ impl Partition {
             marker,
             nonce,
             dead: Vec::new(),
-            republish: Vec::new(),
+            republish: Batch::default(),
             segments: None,
         }));
         // Each partition store gets a quarter of the record cache, as it does of the
@@ -191,34 +191,33 @@ impl Partition {
             p.marker.nonce = p.nonce;
             let seq = p.marker.seq;
             // First, so that the batch's own writes of those keys come after them.
-            let republish = std::mem::take(&mut p.republish);
-            batch.ops.splice(0..0, republish);
-            batch.put(Cf::Meta, MARKER_KEY.to_vec(), p.marker.encode());
-            let bytes: usize = batch
-                .ops
-                .iter()
-                .map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 32)
-                .sum();
+            if !p.republish.is_empty() {
+                let mut first = std::mem::take(&mut p.republish);
+                first.append(batch);
+                *batch = first;
+            }
+            batch.put(Cf::Meta, MARKER_KEY, p.marker.encode());
+            let bytes = batch.bytes() + 32 * batch.len();
             let mut entry = EntryWriter::with_capacity(bytes + outputs.len() * 320);
             let mut stats = None;
             let mut model_stats = None;
-            for (cf, k, v) in &batch.ops {
-                if *cf == Cf::Meta && k == META_MODEL_HISTOGRAM {
+            for (cf, k, v) in batch.iter() {
+                if cf == Cf::Meta && k == META_MODEL_HISTOGRAM {
                     // For the other partitions' refits, not for the changelog.
-                    model_stats = v.as_deref();
+                    model_stats = v;
                     continue;
                 }
-                if let Some(key) = changelog_key(*cf, k) {
+                if let Some(key) = changelog_key(cf, k) {
                     entry.push(&RecordRef {
                         dest: Dest::Changelog,
                         batch_seq: seq,
                         key: &key,
-                        value: v.as_deref(),
+                        value: v,
                         headers: Vec::new(),
                     });
                 }
-                if *cf == Cf::Meta && k == b"population" {
-                    stats = v.as_deref();
+                if cf == Cf::Meta && k == b"population" {
+                    stats = v;
                 }
             }
             hook_metrics.observe_outputs(outputs.iter());
@@ -455,12 +454,12 @@ impl Partition {
     pub fn republish(&mut self, mut keys: Vec<(Cf, Vec<u8>)>) -> Result<(), StoreError> {
         keys.sort();
         keys.dedup();
-        let mut ops = Vec::with_capacity(keys.len());
+        let mut ops = Batch::default();
         for (cf, k) in keys {
             let v = self.store.get(cf, &k)?;
-            ops.push((cf, k, v));
+            ops.push(cf, &k, v.as_deref());
         }
-        self.pending.lock().unwrap().republish.extend(ops);
+        self.pending.lock().unwrap().republish.append(&ops);
         self.proc.mark_dirty();
         Ok(())
     }

@@ -77,24 +77,78 @@ pub enum StoreError {
 /// The callback of [`Store::scan`]: sees each (key, value); returns whether to go on.
 pub type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>;
 
-/// One atomic write.
-#[derive(Debug, Default)]
+/// One atomic write: puts and deletes in order (a later write of a key wins). Keys
+/// and values live in one buffer, so an op costs no allocation of its own.
+#[derive(Debug, Default, Clone)]
 pub struct Batch {
-    pub ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<Op>,
+    bytes: Vec<u8>,
 }
 
+/// An op's key at `bytes[at..at + key]`, its value (`None`: a delete) right after.
+#[derive(Debug, Clone, Copy)]
+struct Op {
+    cf: Cf,
+    at: usize,
+    key: u32,
+    value: Option<u32>,
+}
+
+/// One op of a [`Batch`]: column family, key, value (`None`: delete).
+pub type OpRef<'a> = (Cf, &'a [u8], Option<&'a [u8]>);
+
 impl Batch {
-    pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
-        self.ops.push((cf, key, Some(value)));
+    pub fn put(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.push(cf, key, Some(value));
     }
-    pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
-        self.ops.push((cf, key, None));
+    pub fn delete(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
+        self.push(cf, key.as_ref(), None);
+    }
+    /// A put (`Some`) or a delete (`None`).
+    pub fn push(&mut self, cf: Cf, key: &[u8], value: Option<&[u8]>) {
+        let len = |b: &[u8]| u32::try_from(b.len()).expect("a key or value under 4 GiB");
+        self.ops.push(Op {
+            cf,
+            at: self.bytes.len(),
+            key: len(key),
+            value: value.map(len),
+        });
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value.unwrap_or_default());
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
     pub fn len(&self) -> usize {
         self.ops.len()
+    }
+    /// Bytes of keys and values together.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+    fn op(&self, o: &Op) -> OpRef<'_> {
+        let key_end = o.at + o.key as usize;
+        let value = o.value.map(|n| &self.bytes[key_end..key_end + n as usize]);
+        (o.cf, &self.bytes[o.at..key_end], value)
+    }
+    /// The ops in order.
+    pub fn iter(&self) -> impl Iterator<Item = OpRef<'_>> {
+        self.ops.iter().map(|o| self.op(o))
+    }
+    /// The ops by (column family, key); several writes to one key in their order.
+    pub fn sorted(&self) -> Vec<OpRef<'_>> {
+        let mut v: Vec<OpRef<'_>> = self.iter().collect();
+        v.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        v
+    }
+    /// `other`'s ops after these.
+    pub fn append(&mut self, other: &Batch) {
+        self.ops.reserve(other.len());
+        self.bytes.reserve(other.bytes());
+        for (cf, k, v) in other.iter() {
+            self.push(cf, k, v);
+        }
     }
 }
 
@@ -138,11 +192,11 @@ impl Store for MemStore {
 
     fn write(&self, batch: Batch) -> Result<(), StoreError> {
         let mut cfs = self.cfs.lock().unwrap();
-        for (cf, k, v) in batch.ops {
+        for (cf, k, v) in batch.iter() {
             let m = cfs.entry(cf).or_default();
             match v {
-                Some(v) => m.insert(k, v),
-                None => m.remove(&k),
+                Some(v) => m.insert(k.to_vec(), v.to_vec()),
+                None => m.remove(k),
             };
         }
         Ok(())

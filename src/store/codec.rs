@@ -43,6 +43,13 @@ impl<'a> Reader<'a> {
     }
 
     pub fn uvarint(&mut self) -> Result<u64, CodecError> {
+        // Most figures (counts, day steps) fit one byte.
+        if let Some((&b, rest)) = self.buf.split_first() {
+            if b < 0x80 {
+                self.buf = rest;
+                return Ok(b as u64);
+            }
+        }
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.u8()?;

@@ -1481,17 +1481,17 @@ impl<S: Store> Processor<S> {
         self.write_transitions(&mut batch)?;
         let mut meta = Vec::new();
         self.pop.encode(&mut meta);
-        batch.put(Cf::Meta, META_POPULATION.to_vec(), meta);
+        batch.put(Cf::Meta, META_POPULATION, meta);
         if let Some((d, current)) = &self.persisted {
             let mut t = Vec::new();
             encode_thresholds(*d, current, &mut t);
-            batch.put(Cf::Meta, META_THRESHOLDS.to_vec(), t);
+            batch.put(Cf::Meta, META_THRESHOLDS, t);
         }
         if let Some(hook) = &mut self.hook {
             if std::mem::take(&mut self.histogram_due) {
                 let mut buf = Vec::new();
                 self.hist.encode(&mut buf);
-                batch.put(Cf::Meta, META_MODEL_HISTOGRAM.to_vec(), buf);
+                batch.put(Cf::Meta, META_MODEL_HISTOGRAM, buf);
             }
             let mut none = Vec::new();
             let tiers = self.customer_tiers.as_mut().unwrap_or(&mut none);

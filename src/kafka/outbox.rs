@@ -143,7 +143,7 @@ impl Outbox {
         for &seq in seqs {
             b.delete(Cf::Outbox, outbox_key(seq));
         }
-        b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), last.encode());
+        b.put(Cf::Meta, PUBLISHED_KEY, last.encode());
         self.store.write(b)?;
         let mut kept = self.kept.lock().unwrap();
         for seq in seqs {

@@ -441,7 +441,7 @@ fn drop_published_outbox(store: &RocksStore, cl: &Marker) -> Result<(), StoreErr
                 .map(|r| r.batch_seq)
         });
         if batch_seq.is_some_and(|s| s <= cl.seq) {
-            b.delete(Cf::Outbox, k.to_vec());
+            b.delete(Cf::Outbox, k);
         }
         Ok(true)
     })?;
@@ -463,7 +463,7 @@ fn restore(
     store: &Arc<RocksStore>,
 ) -> Result<(Orphans, u64), OpenError> {
     let mut flag = Batch::default();
-    flag.put(Cf::Meta, RESTORING_KEY.to_vec(), Vec::new());
+    flag.put(Cf::Meta, RESTORING_KEY, Vec::new());
     store.write(flag)?;
     let mut r = Restorer::default();
     let metrics = job.metrics.clone();
@@ -477,7 +477,7 @@ fn restore(
     })?;
     let mut b = r.finish();
     if let Some(m) = &r.last_marker {
-        b.put(Cf::Meta, PUBLISHED_KEY.to_vec(), m.encode());
+        b.put(Cf::Meta, PUBLISHED_KEY, m.encode());
     }
     store.write(b)?;
     // A crash from here on leaves the flag: the partition is restored again.
@@ -485,7 +485,7 @@ fn restore(
         KafkaError::Broker("failpoint restore.before_rebuild".into())
     )));
     let mut done = Batch::default();
-    done.delete(Cf::Meta, RESTORING_KEY.to_vec());
+    done.delete(Cf::Meta, RESTORING_KEY);
     store.write(done)?;
     Ok((std::mem::take(&mut r.orphans), r.records))
 }

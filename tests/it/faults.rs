@@ -630,13 +630,9 @@ fn corrupt_stores(state: &Path) {
     let p0 = state.join("partitions").join("0");
     let store = strata::store::rocks::RocksStore::open(&p0, 8, 4).unwrap();
     let mut b = Batch::default();
-    b.put(
-        Cf::Customers,
-        b"c-from-the-future".to_vec(),
-        vec![99, 1, 2, 3],
-    );
+    b.put(Cf::Customers, b"c-from-the-future", vec![99, 1, 2, 3]);
     // The first key of the scan at open.
-    b.put(Cf::Customers, b"!first".to_vec(), vec![99]);
+    b.put(Cf::Customers, b"!first", vec![99]);
     store.write(b).unwrap();
     drop(store);
     std::fs::write(

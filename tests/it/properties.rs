@@ -407,7 +407,7 @@ fn an_interrupted_recalibration_is_resumed_on_open() {
     let mut buf = Vec::new();
     pop.encode(&mut buf);
     let mut b = Batch::default();
-    b.put(Cf::Meta, b"population".to_vec(), buf);
+    b.put(Cf::Meta, b"population", buf);
     store.write(b).unwrap();
 
     let mut p = Processor::open(settings(), &store).unwrap();

@@ -648,7 +648,7 @@ impl<S: Store> Processor<S> {
     fn load(&mut self, id: &str, handle: Option<u32>) -> Result<Option<u32>, StoreError> {
         // Every stored customer has a handle (interned at open or when first
         // processed): an id without one is a new customer.
-        match handle.or_else(|| self.derived.ids.get(id)) {
+        match handle.or_else(|| self.handle(id)) {
             Some(handle) => self.load_known(handle),
             None => Ok(None),
         }
@@ -678,14 +678,18 @@ impl<S: Store> Processor<S> {
         &mut self,
         ids: impl IntoIterator<Item = &'i str>,
     ) -> Result<Vec<Option<u32>>, StoreError> {
-        let handles: Vec<Option<u32>> =
-            ids.into_iter().map(|id| self.derived.ids.get(id)).collect();
+        let handles: Vec<Option<u32>> = ids.into_iter().map(|id| self.handle(id)).collect();
         self.warm(handles.iter().flatten().copied())?;
         Ok(handles)
     }
 
+    /// A customer's handle (`None`: a customer this partition has not seen).
+    pub fn handle(&self, id: &str) -> Option<u32> {
+        self.derived.ids.get(id)
+    }
+
     /// Warm the cache for a batch of known customers (handles).
-    fn warm(&mut self, handles: impl IntoIterator<Item = u32>) -> Result<(), StoreError> {
+    pub fn warm(&mut self, handles: impl IntoIterator<Item = u32>) -> Result<(), StoreError> {
         // Customers held in memory are decoded as they come; the others (past the
         // records' budget) are read with one multi-get.
         let mut want: Vec<u32> = Vec::new();
@@ -782,7 +786,8 @@ impl<S: Store> Processor<S> {
     }
 
     /// [`process`](Self::process), with the customer's handle when the caller has
-    /// it (from [`prefetch`](Self::prefetch)); `None`: look it up.
+    /// it (from [`prefetch`](Self::prefetch) or [`handle`](Self::handle)); `None`:
+    /// look it up.
     pub fn process_known(
         &mut self,
         ev: &Event,

@@ -50,6 +50,10 @@ pub struct Msg {
     pub raw: Vec<u8>,
     /// `None` until the first drain after it was queued.
     parsed: Option<Result<Event, Rejection>>,
+    /// The customer's handle in this partition's processor, when it had one at
+    /// parsing (handles are never reused; the queue and the processor live and
+    /// die together).
+    handle: Option<u32>,
 }
 
 /// Parses input `i`'s message bytes (and counts them).
@@ -62,6 +66,7 @@ impl Msg {
             key,
             raw,
             parsed: None,
+            handle: None,
         }
     }
 
@@ -331,7 +336,7 @@ impl Partition {
     ) -> Result<usize, StoreError> {
         // Parse what was queued since the last drain (at the queues' ends), and warm
         // the cache for its customers with one multi-get.
-        let mut fresh = Vec::new();
+        let mut fresh: Vec<u32> = Vec::new();
         let settings = self.proc.settings();
         let check_keys = settings.raw.kafka.check_keys;
         let max_jump = (settings.clock == Clock::Event)
@@ -345,12 +350,13 @@ impl Partition {
                     false => Ok(e),
                 });
                 if let Ok(e) = &parsed {
-                    fresh.push(e.customer_id.clone());
+                    m.handle = self.proc.handle(&e.customer_id);
+                    fresh.extend(m.handle);
                 }
                 m.parsed = Some(parsed);
             }
         }
-        self.proc.prefetch(fresh.iter().map(|s| s.as_str()))?;
+        self.proc.warm(fresh)?;
         let mut n = 0;
         loop {
             let mut best: Option<usize> = None;
@@ -391,7 +397,7 @@ impl Partition {
                     // clock move) records offsets without this event, as its state;
                     // one after applying it (a full cache) makes the redelivery a
                     // duplicate, caught by event_id.
-                    self.proc.process(ev)?;
+                    self.proc.process_known(ev, msg.handle)?;
                     on_event(ev);
                 }
                 Err(rej) => {

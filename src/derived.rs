@@ -85,9 +85,13 @@ impl Ids {
     }
 
     pub fn name(&self, h: u32) -> &str {
-        let bytes = entry(&self.arena, self.at[h as usize]).1;
         // Only `&str`s go in (`intern`).
-        std::str::from_utf8(bytes).expect("ids are strings")
+        std::str::from_utf8(self.bytes(h)).expect("ids are strings")
+    }
+
+    /// The id of `h` as the store's key (no UTF-8 check: for sorts and lookups).
+    pub fn bytes(&self, h: u32) -> &[u8] {
+        entry(&self.arena, self.at[h as usize]).1
     }
 
     pub fn len(&self) -> usize {
@@ -154,7 +158,7 @@ impl Derived {
 
     /// Customers (handles) in the store's order: by id, byte by byte.
     pub fn sort_by_id(&self, handles: &mut Vec<u32>) {
-        handles.sort_unstable_by(|&a, &b| self.ids.name(a).cmp(self.ids.name(b)));
+        handles.sort_unstable_by(|&a, &b| self.ids.bytes(a).cmp(self.ids.bytes(b)));
         handles.dedup();
     }
 

@@ -298,7 +298,7 @@ pub fn scan_model(
     let mut h = Histogram::default();
     let mut groups: BTreeMap<watch::Group, Vec<u32>> = BTreeMap::new();
     store.scan(Cf::Customers, &[], None, &mut |k, v| {
-        let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
+        let c = decode(k, v)?;
         let id = std::str::from_utf8(k).map_err(|_| {
             corrupt(
                 k,
@@ -450,6 +450,11 @@ fn corrupt(key: &[u8], e: crate::store::codec::CodecError) -> StoreError {
         key: String::from_utf8_lossy(key).into_owned(),
         source: e,
     }
+}
+
+/// The customer record `value` stored under `key`.
+fn decode(key: &[u8], value: &[u8]) -> Result<CustomerState, StoreError> {
+    decode_customer(value).map_err(|e| corrupt(key, e))
 }
 
 impl<S: Store> Processor<S> {
@@ -659,16 +664,15 @@ impl<S: Store> Processor<S> {
         if let Some(i) = self.cache.find(handle) {
             return Ok(Some(i));
         }
-        let id = self.derived.ids.name(handle);
+        let id = self.derived.ids.bytes(handle);
         let state = match self.records.lookup(handle) {
-            Lookup::Held(b) => decode_customer(b),
+            Lookup::Held(b) => decode(id, b)?,
             Lookup::Absent => return Ok(None),
-            Lookup::Unknown => match self.store.get(Cf::Customers, id.as_bytes())? {
-                Some(b) => decode_customer(&b),
+            Lookup::Unknown => match self.store.get(Cf::Customers, id)? {
+                Some(b) => decode(id, &b)?,
                 None => return Ok(None),
             },
-        }
-        .map_err(|e| corrupt(id.as_bytes(), e))?;
+        };
         Ok(Some(self.cache.insert(Slot::new(handle, state))))
     }
 
@@ -699,8 +703,7 @@ impl<S: Store> Processor<S> {
             }
             match self.records.lookup(handle) {
                 Lookup::Held(b) => {
-                    let state = decode_customer(b)
-                        .map_err(|e| corrupt(self.derived.ids.name(handle).as_bytes(), e))?;
+                    let state = decode(self.derived.ids.bytes(handle), b)?;
                     self.cache.insert(Slot::new(handle, state));
                 }
                 Lookup::Absent => {}
@@ -712,12 +715,11 @@ impl<S: Store> Processor<S> {
         }
         self.derived.sort_by_id(&mut want);
         let ids = &self.derived.ids;
-        let keys: Vec<&[u8]> = want.iter().map(|&h| ids.name(h).as_bytes()).collect();
+        let keys: Vec<&[u8]> = want.iter().map(|&h| ids.bytes(h)).collect();
         let got = self.store.multi_get(Cf::Customers, &keys)?;
-        for (&handle, v) in want.iter().zip(got) {
+        for ((&handle, key), v) in want.iter().zip(keys).zip(got) {
             if let Some(b) = v {
-                let state = decode_customer(&b)
-                    .map_err(|e| corrupt(self.derived.ids.name(handle).as_bytes(), e))?;
+                let state = decode(key, &b)?;
                 self.cache.insert(Slot::new(handle, state));
             }
         }
@@ -1057,7 +1059,7 @@ impl<S: Store> Processor<S> {
         let s = self.settings.clone();
         let mut values = Vec::new();
         self.store.scan(Cf::Customers, &[], None, &mut |k, v| {
-            let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
+            let c = decode(k, v)?;
             values.extend(policy::clv_micros(&c.figures(day, &s), t, &s));
             Ok(true)
         })?;
@@ -1297,7 +1299,7 @@ impl<S: Store> Processor<S> {
         let (ids, records) = (&self.derived.ids, &self.records);
         let mut held = 0;
         self.store.scan(Cf::Customers, &[], None, &mut |k, v| {
-            let c = decode_customer(v).map_err(|e| corrupt(k, e))?;
+            let c = decode(k, v)?;
             let id = String::from_utf8_lossy(k);
             let handle = ids.get(&id);
             // Every stored customer has a handle; what is held is what is stored;
@@ -1468,7 +1470,7 @@ impl<S: Store> Processor<S> {
         self.unwritten.dedup();
         for h in self.unwritten.drain(..) {
             if let Lookup::Held(b) = self.records.lookup(h) {
-                batch.put(Cf::Customers, self.derived.ids.name(h), b);
+                batch.put(Cf::Customers, self.derived.ids.bytes(h), b);
             }
         }
         let mut buf = Vec::with_capacity(256);
@@ -1476,7 +1478,7 @@ impl<S: Store> Processor<S> {
             let slot = &mut self.cache.slots[i as usize];
             encode_customer(&slot.state, &mut buf);
             self.records.put(slot.handle, &buf);
-            batch.put(Cf::Customers, self.derived.ids.name(slot.handle), &buf);
+            batch.put(Cf::Customers, self.derived.ids.bytes(slot.handle), &buf);
             slot.dirty = false;
         }
         if batch.is_empty() && self.since_flush == 0 && !self.meta_dirty && self.outputs.is_empty()

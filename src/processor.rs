@@ -1421,19 +1421,16 @@ impl<S: Store> Processor<S> {
     /// The decoded cache is over its cap before the batch is due: keep the changed
     /// customers' new records in `records` only (encoded, written at the next
     /// flush) and let the cache go back under its cap — without a write, so the
-    /// batch still gathers each customer's changes into one record. A record the
-    /// budget cannot hold (or records past it: loads then read the store, which
-    /// must hold everything not held) makes it a flush.
+    /// batch still gathers each customer's changes into one record. Written records
+    /// make room for them (`Records::put_unwritten`: loads read those from the
+    /// store); a record the budget cannot hold even so makes it a flush.
     fn spill(&mut self) -> Result<(), StoreError> {
-        if !self.records.complete() {
-            return self.flush();
-        }
         let mut buf = Vec::with_capacity(256);
         let mut refused = false;
         for &i in &self.dirty {
             let slot = &mut self.cache.slots[i as usize];
             encode_customer(&slot.state, &mut buf);
-            if self.records.put(slot.handle, &buf) {
+            if self.records.put_unwritten(slot.handle, &buf) {
                 self.unwritten.push(slot.handle);
                 slot.dirty = false;
             } else {
@@ -1473,6 +1470,8 @@ impl<S: Store> Processor<S> {
                 batch.put(Cf::Customers, self.derived.ids.bytes(h), b);
             }
         }
+        // In this batch from here on: they may be let go for room.
+        self.records.written();
         let mut buf = Vec::with_capacity(256);
         for i in self.dirty.drain(..) {
             let slot = &mut self.cache.slots[i as usize];

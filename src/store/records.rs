@@ -14,10 +14,16 @@
 //! always the record the store holds, or the one the next write will store (a
 //! customer the decoded cache let go between writes, see
 //! `Processor::spill`). Memory is bounded by a
-//! budget (`engine.record_cache_mb`): a record that would exceed it is not kept,
-//! and from then on a customer without an entry is asked of the store. While no
-//! record was ever refused (`complete`), a customer without an entry is known
-//! not to be stored, and not even asked.
+//! budget (`engine.record_cache_mb`): a written record that would exceed it is not
+//! kept, and from then on a customer without an entry is asked of the store. While
+//! no record was ever refused or let go (`complete`), a customer without an entry
+//! is known not to be stored, and not even asked.
+//!
+//! A spilled record (not written yet, [`Records::put_unwritten`]) must be held
+//! until the write: it makes room by letting written ones go (a sweep, CLOCK-like,
+//! over the slots), which the store still has. So a full budget does not force a
+//! write every time the decoded cache spills, and a replay's batches stay at
+//! `engine.batch_events` however large the population.
 
 /// What the records know of one customer.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,6 +47,11 @@ pub struct Records {
     budget: usize,
     /// Every stored record is held (none was ever refused for the budget).
     complete: bool,
+    /// Held records not written yet (never let go), as a bit per slot and a list.
+    unwritten: Vec<u64>,
+    unwritten_list: Vec<u32>,
+    /// Where the next sweep for room starts.
+    hand: usize,
 }
 
 impl Records {
@@ -51,6 +62,9 @@ impl Records {
             bytes: 0,
             budget,
             complete: budget > 0,
+            unwritten: Vec::new(),
+            unwritten_list: Vec::new(),
+            hand: 0,
         }
     }
 
@@ -62,13 +76,70 @@ impl Records {
         }
     }
 
-    /// `record` is now `handle`'s record (in the store, or written at the next
-    /// flush). False: not kept, for the budget (nor any older record of it).
+    /// `record` is now `handle`'s record, as the store holds it (or as the write
+    /// under way stores it). False: not kept, for the budget (nor any older record
+    /// of it).
     pub fn put(&mut self, handle: u32, record: &[u8]) -> bool {
+        self.keep(handle, record, false)
+    }
+
+    /// `record` is now `handle`'s record, to be written at the next flush
+    /// ([`Records::written`]): held until then, room made by letting written
+    /// records go. False: not kept (the budget is full of unwritten records).
+    pub fn put_unwritten(&mut self, handle: u32, record: &[u8]) -> bool {
+        if !self.keep(handle, record, true) {
+            return false;
+        }
+        let (word, bit) = (handle as usize / 64, 1u64 << (handle % 64));
+        if word >= self.unwritten.len() {
+            self.unwritten.resize(word + 1, 0);
+        }
+        if self.unwritten[word] & bit == 0 {
+            self.unwritten[word] |= bit;
+            self.unwritten_list.push(handle);
+        }
+        true
+    }
+
+    /// The unwritten records were written: they may be let go from now on.
+    pub fn written(&mut self) {
+        for h in self.unwritten_list.drain(..) {
+            self.unwritten[h as usize / 64] &= !(1u64 << (h % 64));
+        }
+    }
+
+    fn is_unwritten(&self, h: usize) -> bool {
+        self.unwritten
+            .get(h / 64)
+            .is_some_and(|w| w & (1u64 << (h % 64)) != 0)
+    }
+
+    /// Let written records go, sweeping on from the last sweep, until `need` more
+    /// bytes fit (never `keep`'s); false if they cannot.
+    fn make_room(&mut self, need: usize, keep: usize) -> bool {
+        let n = self.held.len();
+        let mut seen = 0;
+        while self.bytes + need > self.budget && seen < n {
+            let i = self.hand % n;
+            self.hand = i + 1;
+            seen += 1;
+            if i == keep || self.is_unwritten(i) {
+                continue;
+            }
+            if let Some(b) = self.held[i].take() {
+                self.bytes -= b.len();
+                self.complete = false;
+            }
+        }
+        self.bytes + need <= self.budget
+    }
+
+    fn keep(&mut self, handle: u32, record: &[u8], evict: bool) -> bool {
         let h = handle as usize;
         if h >= self.held.len() {
             let grow = h + 1 - self.held.len();
-            if self.bytes + grow * SLOT > self.budget {
+            if self.bytes + grow * SLOT > self.budget && !(evict && self.make_room(grow * SLOT, h))
+            {
                 self.complete = false;
                 return false;
             }
@@ -76,7 +147,9 @@ impl Records {
             self.bytes += grow * SLOT;
         }
         let old = self.held[h].as_ref().map_or(0, |b| b.len());
-        if self.bytes - old + record.len() > self.budget {
+        if self.bytes - old + record.len() > self.budget
+            && !(evict && self.make_room(record.len().saturating_sub(old), h))
+        {
             // Over the budget: not kept (nor the stale one).
             self.bytes -= old;
             self.held[h] = None;
@@ -163,6 +236,47 @@ mod tests {
         // Its room is taken again by a record that fits.
         assert!(r.put(1, b"1234"));
         assert_eq!(r.lookup(1), Lookup::Held(b"1234"));
+    }
+
+    #[test]
+    fn unwritten_records_let_written_ones_go_and_are_never_let_go() {
+        // Room for four slots and 12 bytes.
+        let mut r = Records::new(4 * SLOT + 12);
+        assert!(r.put(0, b"aaaa"));
+        assert!(r.put(1, b"bbbb"));
+        assert!(r.put(2, b"cccc"));
+        assert!(r.complete());
+        // Full: a written record is refused ...
+        assert!(!r.put(3, b"dddd"));
+        assert_eq!(r.lookup(3), Lookup::Unknown);
+        // ... an unwritten one lets a written one go (which the store has).
+        assert!(r.put_unwritten(3, b"DDDD"));
+        assert_eq!(r.lookup(3), Lookup::Held(b"DDDD"));
+        let held = |r: &Records| {
+            (0..3)
+                .filter(|&h| matches!(r.lookup(h), Lookup::Held(_)))
+                .count()
+        };
+        assert_eq!(held(&r), 2);
+        assert!(!r.complete());
+        // Unwritten ones are never let go: with the rest unwritten too, there is no
+        // room left for another.
+        let gone = (0..3).find(|&h| r.lookup(h) == Lookup::Unknown).unwrap();
+        for h in 0..3 {
+            if let Lookup::Held(b) = r.lookup(h) {
+                let b = b.to_vec();
+                assert!(r.put_unwritten(h, &b));
+            }
+        }
+        assert!(!r.put_unwritten(gone, b"EEEE"));
+        assert_eq!(r.lookup(3), Lookup::Held(b"DDDD"));
+        assert_eq!(held(&r), 2);
+        // Once written, they may go again.
+        r.written();
+        assert!(r.put_unwritten(gone, b"EEEE"));
+        assert_eq!(r.lookup(gone), Lookup::Held(b"EEEE"));
+        assert_eq!(held(&r), 2);
+        assert!(r.bytes() <= 4 * SLOT + 12);
     }
 
     #[test]

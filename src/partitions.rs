@@ -73,10 +73,16 @@ impl<S: Store + Send> Partitions<S> {
     ) -> Result<Self, StoreError> {
         let n = stores.len().max(1);
         let ps = partition_settings(&settings, n);
+        let batch = ps.raw.engine.batch_events;
         let parts = stores
             .into_iter()
-            .map(|st| Processor::open_partition(ps.clone(), st))
-            .collect::<Result<Vec<_>, _>>()?;
+            .enumerate()
+            .map(|(k, st)| {
+                let mut p = Processor::open_partition(ps.clone(), st)?;
+                p.stagger_batches(batch * k / n);
+                Ok(p)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let threads = std::thread::available_parallelism()
             .map_or(1, |t| t.get())
             .min(parts.len());

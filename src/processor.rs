@@ -231,6 +231,8 @@ pub struct Processor<S: Store> {
     current_day: Option<Day>,
     outputs: Vec<Output>,
     since_flush: usize,
+    /// Events counted toward the first batch before any (`stagger_batches`).
+    head_start: usize,
     /// The clock, population or thresholds changed since the last write.
     meta_dirty: bool,
     /// The thresholds stored in the last write, with their day: during a recalibration
@@ -489,6 +491,7 @@ impl<S: Store> Processor<S> {
             current_day,
             outputs: Vec::new(),
             since_flush: 0,
+            head_start: 0,
             meta_dirty: false,
             persisted: None,
             counters: Counters::default(),
@@ -610,6 +613,13 @@ impl<S: Store> Processor<S> {
         let n = self.derived.timers_len() as i64;
         gauge.add(n);
         self.timers_gauge = Some((gauge, n));
+    }
+
+    /// Count `events` toward the first batch: partitions fed the same stream reach
+    /// `engine.batch_events` together, and their writes then fill RocksDB's
+    /// memtables all at once; offset by a fraction each, they take turns.
+    pub fn stagger_batches(&mut self, events: usize) {
+        self.head_start = events;
     }
 
     /// See [`FlushHook`].
@@ -879,7 +889,7 @@ impl<S: Store> Processor<S> {
         // A cache over its cap lets the changed customers go to `records` until the
         // batch is due (`spill`).
         let e = &self.settings.raw.engine;
-        if self.since_flush >= e.batch_events {
+        if self.since_flush + self.head_start >= e.batch_events {
             self.flush()?;
         } else if self.cache.len() > e.customer_cache {
             self.spill()?;
@@ -1511,6 +1521,7 @@ impl<S: Store> Processor<S> {
         }
         self.pending_archive.clear();
         self.since_flush = 0;
+        self.head_start = 0;
         self.meta_dirty = false;
         let cap = self.settings.raw.engine.customer_cache;
         if self.cache.len() > cap {

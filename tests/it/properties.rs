@@ -419,3 +419,52 @@ fn an_interrupted_recalibration_is_resumed_on_open() {
     let again = Processor::open(settings(), &store).unwrap();
     assert_eq!(again.counters.recalibrations, 0, "and only once");
 }
+
+/// `Processor::stagger_batches` (replay's partitions take turns at writing): a head
+/// start brings the first write forward, and only the first.
+#[test]
+fn a_head_start_brings_only_the_first_write_forward() {
+    use strata::store::{Cf, Store};
+    let stored = |store: &MemStore| {
+        let mut n = 0;
+        store
+            .scan(Cf::Customers, &[], None, &mut |_, _| {
+                n += 1;
+                Ok(true)
+            })
+            .unwrap();
+        n
+    };
+    let purchase = |i: usize| Event {
+        event_id: format!("e{i}"),
+        customer_id: format!("c{i}"),
+        kind: EventKind::Purchase {
+            amount_micros: 1_000_000,
+        },
+        ts_millis: 20_000 * DAY_MS + 1,
+        day: 20_000,
+    };
+    for (head, first, second) in [(0, 0, 10), (6, 4, 4), (6, 4, 14)] {
+        let mut raw = strata::config::Config::default();
+        raw.engine.batch_events = 10;
+        let s = Arc::new(Settings::new(raw, strata::config::Clock::Event).unwrap());
+        let store = MemStore::default();
+        let mut p = Processor::open(s, &store).unwrap();
+        p.stagger_batches(head);
+        for i in 0..4 {
+            p.process(&purchase(i)).unwrap();
+        }
+        assert_eq!(stored(&store), first, "head start {head}: after 4 events");
+        // The next batch is a whole one: written after 10 more events, not before.
+        let more = if second == 14 { 10 } else { 9 };
+        for i in 4..4 + more {
+            p.process(&purchase(i)).unwrap();
+        }
+        assert_eq!(
+            stored(&store),
+            second,
+            "head start {head}: after {} events",
+            4 + more
+        );
+    }
+}

@@ -45,7 +45,8 @@ pub struct Records {
     /// Bytes held: records and slots.
     bytes: usize,
     budget: usize,
-    /// Every stored record is held (none was ever refused for the budget).
+    /// Every stored record is held (none was ever refused for the budget or let
+    /// go for room).
     complete: bool,
     /// Held records not written yet (never let go), as a bit per slot and a list.
     unwritten: Vec<u64>,

@@ -220,9 +220,6 @@ pub struct Processor<S: Store> {
     derived: Derived,
     /// The stored customer records, encoded, in memory (within a budget).
     records: Records,
-    /// Customers whose new records are held in `records` but not written yet: the
-    /// decoded cache let them go before the batch was due ([`Self::spill`]).
-    unwritten: Vec<u32>,
     pending: Batch,
     pending_archive: rustc_hash::FxHashSet<Vec<u8>>,
     pop: Population,
@@ -483,7 +480,6 @@ impl<S: Store> Processor<S> {
             dirty: Vec::new(),
             derived: Derived::default(),
             records: Records::new(record_budget),
-            unwritten: Vec::new(),
             pending: Batch::default(),
             pending_archive: Default::default(),
             pop,
@@ -1117,7 +1113,7 @@ impl<S: Store> Processor<S> {
             // and those not written yet
             let slots = &self.cache.slots;
             visit.extend(self.dirty.iter().map(|&i| slots[i as usize].handle));
-            visit.extend(self.unwritten.iter().copied());
+            visit.extend(self.records.unwritten().iter().copied());
         } else if new.purchasers > 0 {
             // A figure x is "high" iff x·n ≥ Σ ⇔ x ≥ ⌈Σ/n⌉ (x an integer). Its side can
             // only change for min(t_old, t_new) ≤ x < max(t_old, t_new).
@@ -1277,7 +1273,7 @@ impl<S: Store> Processor<S> {
     /// stays bounded by configuration however many customers they visit.
     fn flush_if_full(&mut self) -> Result<(), StoreError> {
         let e = &self.settings.raw.engine;
-        if self.dirty.len() + self.unwritten.len() >= e.batch_events {
+        if self.dirty.len() + self.records.unwritten().len() >= e.batch_events {
             self.flush()?;
         } else if self.cache.len() > e.customer_cache {
             self.spill()?;
@@ -1441,7 +1437,6 @@ impl<S: Store> Processor<S> {
             let slot = &mut self.cache.slots[i as usize];
             encode_customer(&slot.state, &mut buf);
             if self.records.put_unwritten(slot.handle, &buf) {
-                self.unwritten.push(slot.handle);
                 slot.dirty = false;
             } else {
                 refused = true;
@@ -1473,15 +1468,12 @@ impl<S: Store> Processor<S> {
         // Spilled customers first: one changed again since is written from the cache
         // below, later in the batch, and the later put wins. (One whose record the
         // budget then refused is no longer held: the cache has it.)
-        self.unwritten.sort_unstable();
-        self.unwritten.dedup();
-        for h in self.unwritten.drain(..) {
+        // (`written`: in this batch from here on, they may be let go for room.)
+        for h in self.records.written() {
             if let Lookup::Held(b) = self.records.lookup(h) {
                 batch.put(Cf::Customers, self.derived.ids.bytes(h), b);
             }
         }
-        // In this batch from here on: they may be let go for room.
-        self.records.written();
         let mut buf = Vec::with_capacity(256);
         for i in self.dirty.drain(..) {
             let slot = &mut self.cache.slots[i as usize];

@@ -81,14 +81,14 @@ impl Records {
     /// under way stores it). False: not kept, for the budget (nor any older record
     /// of it).
     pub fn put(&mut self, handle: u32, record: &[u8]) -> bool {
-        self.keep(handle, record, false)
+        self.hold(handle, record, false)
     }
 
     /// `record` is now `handle`'s record, to be written at the next flush
     /// ([`Records::written`]): held until then, room made by letting written
     /// records go. False: not kept (the budget is full of unwritten records).
     pub fn put_unwritten(&mut self, handle: u32, record: &[u8]) -> bool {
-        if !self.keep(handle, record, true) {
+        if !self.hold(handle, record, true) {
             return false;
         }
         let (word, bit) = (handle as usize / 64, 1u64 << (handle % 64));
@@ -102,11 +102,18 @@ impl Records {
         true
     }
 
-    /// The unwritten records were written: they may be let go from now on.
-    pub fn written(&mut self) {
-        for h in self.unwritten_list.drain(..) {
+    /// Customers whose held record is not written yet (each once, in spill order).
+    pub fn unwritten(&self) -> &[u32] {
+        &self.unwritten_list
+    }
+
+    /// The unwritten records go into the write under way: they may be let go from
+    /// now on. Returns their customers.
+    pub fn written(&mut self) -> Vec<u32> {
+        for &h in &self.unwritten_list {
             self.unwritten[h as usize / 64] &= !(1u64 << (h % 64));
         }
+        std::mem::take(&mut self.unwritten_list)
     }
 
     fn is_unwritten(&self, h: usize) -> bool {
@@ -135,7 +142,7 @@ impl Records {
         self.bytes + need <= self.budget
     }
 
-    fn keep(&mut self, handle: u32, record: &[u8], evict: bool) -> bool {
+    fn hold(&mut self, handle: u32, record: &[u8], evict: bool) -> bool {
         let h = handle as usize;
         if h >= self.held.len() {
             let grow = h + 1 - self.held.len();
@@ -273,6 +280,7 @@ mod tests {
         assert_eq!(r.lookup(3), Lookup::Held(b"DDDD"));
         assert_eq!(held(&r), 2);
         // Once written, they may go again.
+        assert_eq!(r.unwritten().len(), 3);
         r.written();
         assert!(r.put_unwritten(gone, b"EEEE"));
         assert_eq!(r.lookup(gone), Lookup::Held(b"EEEE"));

@@ -220,6 +220,8 @@ pub struct Processor<S: Store> {
     derived: Derived,
     /// The stored customer records, encoded, in memory (within a budget).
     records: Records,
+    /// A record being encoded.
+    scratch: Vec<u8>,
     pending: Batch,
     pending_archive: rustc_hash::FxHashSet<Vec<u8>>,
     pop: Population,
@@ -480,6 +482,7 @@ impl<S: Store> Processor<S> {
             dirty: Vec::new(),
             derived: Derived::default(),
             records: Records::new(record_budget),
+            scratch: Vec::with_capacity(256),
             pending: Batch::default(),
             pending_archive: Default::default(),
             pop,
@@ -782,9 +785,18 @@ impl<S: Store> Processor<S> {
         if let Some((old, new)) = fx.timer_moved {
             self.derived.move_timer(slot.handle, old, new);
         }
+        // Encoded now, while the state is in the CPU's caches: held in `records`
+        // until the write, so the slot stays clean and the decoded cache can let
+        // it go. (Encoded at a spill instead, long after, the encode waited on
+        // memory for each of the state's lists.) A record the budget refuses
+        // leaves the slot dirty: it is written from the cache.
         if !slot.dirty {
-            slot.dirty = true;
-            self.dirty.push(i);
+            self.scratch.clear();
+            encode_customer(&slot.state, &mut self.scratch);
+            if !self.records.put_unwritten(slot.handle, &self.scratch) {
+                slot.dirty = true;
+                self.dirty.push(i);
+            }
         }
     }
 
@@ -882,8 +894,8 @@ impl<S: Store> Processor<S> {
         }
         self.record(i, fx);
         self.since_flush += 1;
-        // A cache over its cap lets the changed customers go to `records` until the
-        // batch is due (`spill`).
+        // A cache over its cap is trimmed (the changed customers' records wait in
+        // `records`) until the batch is due (`spill`).
         let e = &self.settings.raw.engine;
         if self.since_flush + self.head_start >= e.batch_events {
             self.flush()?;
@@ -1424,30 +1436,16 @@ impl<S: Store> Processor<S> {
         Ok(())
     }
 
-    /// The decoded cache is over its cap before the batch is due: keep the changed
-    /// customers' new records in `records` only (encoded, written at the next
-    /// flush) and let the cache go back under its cap — without a write, so the
-    /// batch still gathers each customer's changes into one record. Written records
-    /// make room for them (`Records::put_unwritten`: loads read those from the
-    /// store); a record the budget cannot hold even so makes it a flush.
+    /// The decoded cache is over its cap before the batch is due: let it go back
+    /// under its cap without a write — the changed customers' new records wait in
+    /// `records` (encoded at each change, [`record`](Self::record)), so the batch
+    /// still gathers each customer's changes into one record. A changed customer
+    /// whose record the budget refused (full of unwritten records) is only in the
+    /// cache (a dirty slot): then it is a write.
     fn spill(&mut self) -> Result<(), StoreError> {
-        let mut buf = Vec::with_capacity(256);
-        let mut refused = false;
-        for &i in &self.dirty {
-            let slot = &mut self.cache.slots[i as usize];
-            encode_customer(&slot.state, &mut buf);
-            if self.records.put_unwritten(slot.handle, &buf) {
-                slot.dirty = false;
-            } else {
-                refused = true;
-            }
-        }
-        if refused {
-            // The slots left dirty are written from the cache.
-            self.dirty.retain(|&i| self.cache.slots[i as usize].dirty);
+        if !self.dirty.is_empty() {
             return self.flush();
         }
-        self.dirty.clear();
         let cap = self.settings.raw.engine.customer_cache;
         self.cache.trim(cap * 3 / 4);
         Ok(())
@@ -1465,9 +1463,9 @@ impl<S: Store> Processor<S> {
     /// Write everything pending in one atomic batch and trim the cache.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         let mut batch = std::mem::take(&mut self.pending);
-        // Spilled customers first: one changed again since is written from the cache
-        // below, later in the batch, and the later put wins. (One whose record the
-        // budget then refused is no longer held: the cache has it.)
+        // The records encoded at each change first. (A customer whose record the
+        // budget refused at a later change is no longer held: its dirty slot is
+        // written from the cache below.)
         // (`written`: in this batch from here on, they may be let go for room.)
         for h in self.records.written() {
             if let Lookup::Held(b) = self.records.lookup(h) {

@@ -42,6 +42,7 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
+    #[inline]
     pub fn uvarint(&mut self) -> Result<u64, CodecError> {
         // Most figures (counts, day steps) fit one byte.
         if let Some((&b, rest)) = self.buf.split_first() {
@@ -50,6 +51,11 @@ impl<'a> Reader<'a> {
                 return Ok(b as u64);
             }
         }
+        self.uvarint_long()
+    }
+
+    #[inline(never)]
+    fn uvarint_long(&mut self) -> Result<u64, CodecError> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.u8()?;
@@ -61,15 +67,18 @@ impl<'a> Reader<'a> {
         Err(CodecError("varint too long"))
     }
 
+    #[inline]
     pub fn ivarint(&mut self) -> Result<i64, CodecError> {
         let u = self.uvarint()?;
         Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
     }
 
+    #[inline]
     pub fn u32(&mut self) -> Result<u32, CodecError> {
         u32::try_from(self.uvarint()?).map_err(|_| CodecError("u32 out of range"))
     }
 
+    #[inline]
     pub fn day(&mut self) -> Result<Day, CodecError> {
         i32::try_from(self.ivarint()?).map_err(|_| CodecError("day out of range"))
     }
@@ -196,6 +205,9 @@ fn code<T: Copy>(all: &[T], c: u8) -> Result<T, CodecError> {
         .ok_or(CodecError("unknown enum code"))
 }
 
+/// Lists are decoded with room for one more entry: a record is decoded to apply an
+/// event, which usually adds a day bucket and an event id (a reallocation and copy
+/// of the list otherwise).
 pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
     let mut r = Reader::new(buf);
     let v = r.u8()?;
@@ -211,7 +223,7 @@ pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
         c.first_day_micros = Some(r.uvarint()?);
     }
     let n = r.uvarint()? as usize;
-    c.purchase_days.reserve(n.min(4096));
+    c.purchase_days.reserve(n.min(4096) + 1);
     let mut prev: Day = 0;
     for i in 0..n {
         let d = if i == 0 {
@@ -223,7 +235,7 @@ pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
         prev = d;
     }
     let n = r.uvarint()? as usize;
-    c.buckets.reserve(n.min(4096));
+    c.buckets.reserve(n.min(4096) + 1);
     for i in 0..n {
         let day = if i == 0 {
             r.day()?
@@ -243,7 +255,7 @@ pub fn decode_customer(buf: &[u8]) -> Result<CustomerState, CodecError> {
         });
     }
     let n = r.uvarint()? as usize;
-    c.seen.reserve(n.min(4096));
+    c.seen.reserve(n.min(4096) + 1);
     for _ in 0..n {
         let hash = r.fixed_u64()?;
         let day = r.day()?;

@@ -11,18 +11,17 @@
 //!
 //! Entries are by customer handle ([`crate::derived::Ids`]), filled by the scan
 //! `open` already makes and at every write with the bytes written: an entry is
-//! always the record the store holds, or the one the next write will store (a
-//! customer the decoded cache let go between writes, see
-//! `Processor::spill`). Memory is bounded by a
+//! always the record the store holds, or the one the next write will store (every
+//! change is encoded here at once, `Processor::record`). Memory is bounded by a
 //! budget (`engine.record_cache_mb`): a written record that would exceed it is not
 //! kept, and from then on a customer without an entry is asked of the store. While
 //! no record was ever refused or let go (`complete`), a customer without an entry
 //! is known not to be stored, and not even asked.
 //!
-//! A spilled record (not written yet, [`Records::put_unwritten`]) must be held
-//! until the write: it makes room by letting written ones go (a sweep, CLOCK-like,
-//! over the slots), which the store still has. So a full budget does not force a
-//! write every time the decoded cache spills, and a replay's batches stay at
+//! A record not written yet ([`Records::put_unwritten`]) must be held until the
+//! write: it makes room by letting written ones go (a sweep, CLOCK-like, over the
+//! slots), which the store still has. So a full budget does not force a write
+//! every time the decoded cache is full, and a replay's batches stay at
 //! `engine.batch_events` however large the population.
 
 /// What the records know of one customer.
@@ -102,7 +101,7 @@ impl Records {
         true
     }
 
-    /// Customers whose held record is not written yet (each once, in spill order).
+    /// Customers whose held record is not written yet (each once, in the order first changed).
     pub fn unwritten(&self) -> &[u32] {
         &self.unwritten_list
     }

@@ -191,7 +191,7 @@ proptest! {
 
     /// The decoded cache and the record cache change nothing but speed: with a
     /// decoded cache of a customer or two (changed customers wait for the write
-    /// encoded in the record cache, `spill`) and record budgets from none to a few
+    /// encoded in the record cache) and record budgets from none to a few
     /// records (records refused mid-stream, loads then read the store), the outputs,
     /// the stored records and the audit (which checks every held record against the
     /// store) are those of the defaults, after every event and across reopenings.

@@ -138,9 +138,36 @@ impl Batch {
     }
     /// The ops by (column family, key); several writes to one key in their order.
     pub fn sorted(&self) -> Vec<OpRef<'_>> {
-        let mut v: Vec<OpRef<'_>> = self.iter().collect();
-        v.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        v
+        // Sorted by (family, the key's first 8 bytes as a number, position): most
+        // comparisons are two integer compares, not a `memcmp` call (which was 2.5 %
+        // of a replay); equal prefixes compare the whole keys. A key shorter than 8
+        // bytes is padded with zeros, which orders it as the bytes do (a tie goes on
+        // to the whole keys). The position keeps several writes to a key in order.
+        let mut v: Vec<(Cf, u64, u32)> = self
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let key = &self.bytes[o.at..o.at + o.key as usize];
+                let mut head = [0u8; 8];
+                let n = key.len().min(8);
+                head[..n].copy_from_slice(&key[..n]);
+                (o.cf, u64::from_be_bytes(head), i as u32)
+            })
+            .collect();
+        v.sort_unstable_by(|a, b| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| self.key(a.2).cmp(self.key(b.2)))
+                .then(a.2.cmp(&b.2))
+        });
+        v.into_iter()
+            .map(|(_, _, i)| self.op(&self.ops[i as usize]))
+            .collect()
+    }
+    fn key(&self, i: u32) -> &[u8] {
+        let o = &self.ops[i as usize];
+        &self.bytes[o.at..o.at + o.key as usize]
     }
     /// `other`'s ops after these.
     pub fn append(&mut self, other: &Batch) {
@@ -360,6 +387,29 @@ impl<S: Store> Store for Union<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// `sorted` (by an 8-byte key prefix first) orders as (family, key) bytes
+        /// do, and keeps several writes to one key in their order: keys shorter
+        /// and longer than 8 bytes, with zero bytes, sharing prefixes.
+        #[test]
+        fn sorted_orders_as_the_key_bytes_and_keeps_each_keys_writes_in_order(
+            ops in proptest::collection::vec(
+                (0usize..3, proptest::collection::vec(proptest::sample::select(vec![0u8, 1, b'c', 255]), 0..11), proptest::option::of(0u8..255)),
+                0..60,
+            )
+        ) {
+            let cfs = [Cf::Customers, Cf::Dedupe, Cf::Meta];
+            let mut b = Batch::default();
+            for (i, (cf, key, value)) in ops.iter().enumerate() {
+                let value = value.map(|v| vec![v, i as u8]);
+                b.push(cfs[*cf], key, value.as_deref());
+            }
+            let mut want: Vec<OpRef<'_>> = b.iter().collect();
+            want.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+            proptest::prop_assert_eq!(b.sorted(), want);
+        }
+    }
 
     /// A union visits every store's keys in one key order, however they are spread
     /// (runs longer than a read, interleaved, one store empty), and stops when told.

@@ -140,6 +140,8 @@ struct Slot {
     /// `derived.ids.name(handle)`).
     handle: u32,
     state: CustomerState,
+    /// Changed, and its new record is only here: `records` refused it (see
+    /// [`Processor::record`]); written from the cache at the next flush.
     dirty: bool,
 }
 
@@ -214,13 +216,14 @@ pub struct Processor<S: Store> {
     settings: Arc<Settings>,
     store: S,
     cache: Cache,
-    /// Dirty slots, each once, in the order they became dirty.
+    /// Dirty slots (changes `records` could not hold), each once, in the order
+    /// they became dirty.
     dirty: Vec<u32>,
     /// The timer calendar and recalibration indexes, in memory ([`Derived`]).
     derived: Derived,
     /// The stored customer records, encoded, in memory (within a budget).
     records: Records,
-    /// A record being encoded.
+    /// A record being encoded (`encode_customer` clears it first).
     scratch: Vec<u8>,
     pending: Batch,
     pending_archive: rustc_hash::FxHashSet<Vec<u8>>,
@@ -791,7 +794,6 @@ impl<S: Store> Processor<S> {
         // memory for each of the state's lists.) A record the budget refuses
         // leaves the slot dirty: it is written from the cache.
         if !slot.dirty {
-            self.scratch.clear();
             encode_customer(&slot.state, &mut self.scratch);
             if !self.records.put_unwritten(slot.handle, &self.scratch) {
                 slot.dirty = true;
@@ -1472,12 +1474,15 @@ impl<S: Store> Processor<S> {
                 batch.put(Cf::Customers, self.derived.ids.bytes(h), b);
             }
         }
-        let mut buf = Vec::with_capacity(256);
         for i in self.dirty.drain(..) {
             let slot = &mut self.cache.slots[i as usize];
-            encode_customer(&slot.state, &mut buf);
-            self.records.put(slot.handle, &buf);
-            batch.put(Cf::Customers, self.derived.ids.bytes(slot.handle), &buf);
+            encode_customer(&slot.state, &mut self.scratch);
+            self.records.put(slot.handle, &self.scratch);
+            batch.put(
+                Cf::Customers,
+                self.derived.ids.bytes(slot.handle),
+                &self.scratch,
+            );
             slot.dirty = false;
         }
         if batch.is_empty() && self.since_flush == 0 && !self.meta_dirty && self.outputs.is_empty()

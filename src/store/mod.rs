@@ -148,7 +148,7 @@ impl Batch {
             .iter()
             .enumerate()
             .map(|(i, o)| {
-                let key = &self.bytes[o.at..o.at + o.key as usize];
+                let key = self.key(i as u32);
                 let mut head = [0u8; 8];
                 let n = key.len().min(8);
                 head[..n].copy_from_slice(&key[..n]);

@@ -94,6 +94,17 @@ impl Ids {
         entry(&self.arena, self.at[h as usize]).1
     }
 
+    /// Hint where `h`'s id is: its offset, then (`near`) its bytes
+    /// ([`crate::hint`]).
+    #[inline]
+    pub fn hint(&self, h: u32, near: bool) {
+        if !near {
+            crate::hint::prefetch_at(&self.at, h as usize);
+        } else if let Some(&off) = self.at.get(h as usize) {
+            crate::hint::prefetch_at(&self.arena, off as usize);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.at.len()
     }
@@ -124,6 +135,20 @@ pub struct Derived {
 }
 
 impl Derived {
+    /// Hint customer `h`'s entries by handle in the timer calendar and the
+    /// indexes ([`crate::hint`]): an event moves them.
+    #[inline]
+    pub fn hint(&self, h: u32) {
+        for pos in [
+            &self.timers.pos,
+            &self.by_last_day.pos,
+            &self.by_frequency.pos,
+            &self.by_monetary.pos,
+        ] {
+            crate::hint::prefetch_at(pos, h as usize);
+        }
+    }
+
     /// Move customer `h`'s timer from `old` to `new`.
     pub fn move_timer(&mut self, h: u32, old: Option<Day>, new: Option<Day>) {
         self.timers.relocate(h, old, new);

@@ -22,6 +22,7 @@ pub mod dump;
 pub mod engine;
 pub mod event;
 pub mod gen;
+pub mod hint;
 pub mod http;
 pub mod kafka;
 pub mod output;

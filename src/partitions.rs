@@ -297,7 +297,8 @@ impl<S: Store + Send> Partitions<S> {
             let handles = p.prefetch(evs.iter().map(|e| e.customer_id.as_str()))?;
             // Outputs taken every 1,024 events, not after each: their metrics
             // are counted per call (labelled series lookups).
-            for (i, (ev, h)) in evs.iter().zip(handles).enumerate() {
+            for (i, (ev, &h)) in evs.iter().zip(&handles).enumerate() {
+                p.hint_ahead(&handles, i);
                 p.process_known(ev, h)?;
                 if i % 1024 == 1023 {
                     take_outputs(p, buf, &metrics);

@@ -171,6 +171,19 @@ struct Cache {
 }
 
 impl Cache {
+    /// Hint `handle`'s entry in `at`, then (`near`) its slot ([`crate::hint`]).
+    #[inline]
+    fn hint(&self, handle: u32, near: bool) {
+        if !near {
+            crate::hint::prefetch_at(&self.at, handle as usize);
+        } else if let Some(&at) = self.at.get(handle as usize) {
+            // The slot it had, if still there (`find` would read the slot).
+            if let Some(slot) = self.slots.get(at.wrapping_sub(self.base) as usize) {
+                crate::hint::prefetch(slot);
+            }
+        }
+    }
+
     fn find(&self, handle: u32) -> Option<u32> {
         let pos = self.at.get(handle as usize)?.wrapping_sub(self.base);
         (self.slots.get(pos as usize)?.handle == handle).then_some(pos)
@@ -676,12 +689,12 @@ impl<S: Store> Processor<S> {
         if let Some(i) = self.cache.find(handle) {
             return Ok(Some(i));
         }
-        let id = self.derived.ids.bytes(handle);
+        let ids = &self.derived.ids;
         let state = match self.records.lookup(handle) {
-            Lookup::Held(b) => decode(id, b)?,
+            Lookup::Held(b) => decode_customer(b).map_err(|e| corrupt(ids.bytes(handle), e))?,
             Lookup::Absent => return Ok(None),
-            Lookup::Unknown => match self.store.get(Cf::Customers, id)? {
-                Some(b) => decode(id, &b)?,
+            Lookup::Unknown => match self.store.get(Cf::Customers, ids.bytes(handle))? {
+                Some(b) => decode(ids.bytes(handle), &b)?,
                 None => return Ok(None),
             },
         };
@@ -704,22 +717,49 @@ impl<S: Store> Processor<S> {
         self.derived.ids.get(id)
     }
 
-    /// Warm the cache for a batch of known customers (handles).
+    /// Hint the memory an event of customer `handle` will read, two or so events
+    /// before it is applied: its entries by handle (cache, records, indexes). At a
+    /// million customers each is a miss to main memory otherwise
+    /// ([`crate::hint`]). Changes nothing.
+    #[inline]
+    pub fn hint_far(&self, handle: u32) {
+        self.cache.hint(handle, false);
+        self.records.hint_slot(handle);
+        self.derived.hint(handle);
+    }
+
+    /// Then, an event or so before: what those entries point to (its held record,
+    /// its cache slot).
+    #[inline]
+    pub fn hint_near(&self, handle: u32) {
+        self.cache.hint(handle, true);
+        self.records.hint_record(handle);
+    }
+
+    /// [`hint_far`](Self::hint_far) and [`hint_near`](Self::hint_near) for the
+    /// events after event `i` of a run of events by customer handle.
+    #[inline]
+    pub fn hint_ahead(&self, handles: &[Option<u32>], i: usize) {
+        if let Some(&Some(h)) = handles.get(i + 2) {
+            self.hint_far(h);
+        }
+        if let Some(&Some(h)) = handles.get(i + 1) {
+            self.hint_near(h);
+        }
+    }
+
+    /// Warm the cache for a batch of known customers (handles): the ones whose
+    /// records are not held in memory (past the records' budget) are read with
+    /// one multi-get. Held records are decoded as their events come
+    /// (`load_known`), so that the state is in the CPU's caches when applied.
     pub fn warm(&mut self, handles: impl IntoIterator<Item = u32>) -> Result<(), StoreError> {
-        // Customers held in memory are decoded as they come; the others (past the
-        // records' budget) are read with one multi-get.
         let mut want: Vec<u32> = Vec::new();
         for handle in handles {
             if self.cache.find(handle).is_some() {
                 continue;
             }
-            match self.records.lookup(handle) {
-                Lookup::Held(b) => {
-                    let state = decode(self.derived.ids.bytes(handle), b)?;
-                    self.cache.insert(Slot::new(handle, state));
-                }
-                Lookup::Absent => {}
-                Lookup::Unknown => want.push(handle),
+            if self.records.lookup(handle) == Lookup::Unknown {
+                want.push(handle);
             }
         }
         if want.is_empty() {
@@ -1469,7 +1509,18 @@ impl<S: Store> Processor<S> {
         // budget refused at a later change is no longer held: its dirty slot is
         // written from the cache below.)
         // (`written`: in this batch from here on, they may be let go for room.)
-        for h in self.records.written() {
+        // Each copy is a few dozen bytes, each of its reads (the record, the id)
+        // a miss to memory: hinted some customers ahead ([`crate::hint`]).
+        let written = self.records.written();
+        for (k, &h) in written.iter().enumerate() {
+            if let Some(&far) = written.get(k + 16) {
+                self.records.hint_slot(far);
+                self.derived.ids.hint(far, false);
+            }
+            if let Some(&near) = written.get(k + 8) {
+                self.records.hint_record(near);
+                self.derived.ids.hint(near, true);
+            }
             if let Lookup::Held(b) = self.records.lookup(h) {
                 batch.put(Cf::Customers, self.derived.ids.bytes(h), b);
             }

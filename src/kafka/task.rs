@@ -376,6 +376,16 @@ impl Partition {
             }
             let Some(i) = best else { return Ok(n) };
             let msg = self.queues[i].pop_front().unwrap();
+            // The next event is one of the queues' fronts: hint their customers'
+            // memory while this one is applied (`Processor::hint_far`).
+            for q in &self.queues {
+                if let Some(h) = q.front().and_then(|m| m.handle) {
+                    self.proc.hint_near(h);
+                }
+                if let Some(h) = q.get(1).and_then(|m| m.handle) {
+                    self.proc.hint_far(h);
+                }
+            }
             let topic = &topics[i];
             let parsed = msg
                 .parsed

@@ -76,6 +76,21 @@ impl Records {
         }
     }
 
+    /// Hint `handle`'s slot ([`crate::hint`]): the first step of reading its
+    /// record an event or two ahead.
+    #[inline]
+    pub fn hint_slot(&self, handle: u32) {
+        crate::hint::prefetch_at(&self.held, handle as usize);
+    }
+
+    /// Hint the bytes of `handle`'s record, if held (its slot hinted before).
+    #[inline]
+    pub fn hint_record(&self, handle: u32) {
+        if let Some(Some(b)) = self.held.get(handle as usize) {
+            crate::hint::prefetch_bytes(b, 8);
+        }
+    }
+
     /// `record` is now `handle`'s record, as the store holds it (or as the write
     /// under way stores it). False: not kept, for the budget (nor any older record
     /// of it).
@@ -164,10 +179,22 @@ impl Records {
             return false;
         }
         self.bytes = self.bytes - old + record.len();
-        match &mut self.held[h] {
-            // Same length (a customer's record rarely changes size): reuse it.
-            Some(b) if b.len() == record.len() => b.copy_from_slice(record),
-            e => *e = Some(record.into()),
+        let slot = &mut self.held[h];
+        match slot.take() {
+            Some(mut b) => {
+                if b.len() != record.len() {
+                    // Resized where it is: a record grows by a few bytes at a time,
+                    // and the allocator usually has the room in place (its size
+                    // class), so no new memory is touched.
+                    let mut v = b.into_vec();
+                    v.reserve_exact(record.len().saturating_sub(v.len()));
+                    v.resize(record.len(), 0);
+                    b = v.into_boxed_slice();
+                }
+                b.copy_from_slice(record);
+                *slot = Some(b);
+            }
+            None => *slot = Some(record.into()),
         }
         true
     }

@@ -176,16 +176,22 @@ impl Cache {
     fn hint(&self, handle: u32, near: bool) {
         if !near {
             crate::hint::prefetch_at(&self.at, handle as usize);
-        } else if let Some(&at) = self.at.get(handle as usize) {
+        } else if let Some(slot) = self
+            .position(handle)
+            .and_then(|p| self.slots.get(p as usize))
+        {
             // The slot it had, if still there (`find` would read the slot).
-            if let Some(slot) = self.slots.get(at.wrapping_sub(self.base) as usize) {
-                crate::hint::prefetch(slot);
-            }
+            crate::hint::prefetch(slot);
         }
     }
 
+    /// Where `handle`'s slot is if it is still loaded (stale otherwise: `find`).
+    fn position(&self, handle: u32) -> Option<u32> {
+        Some(self.at.get(handle as usize)?.wrapping_sub(self.base))
+    }
+
     fn find(&self, handle: u32) -> Option<u32> {
-        let pos = self.at.get(handle as usize)?.wrapping_sub(self.base);
+        let pos = self.position(handle)?;
         (self.slots.get(pos as usize)?.handle == handle).then_some(pos)
     }
 
@@ -689,12 +695,14 @@ impl<S: Store> Processor<S> {
         if let Some(i) = self.cache.find(handle) {
             return Ok(Some(i));
         }
-        let ids = &self.derived.ids;
+        // The id (the store's key) only when needed: for a held record, only
+        // an error names it (looked up, it is one more miss to memory).
+        let key = || self.derived.ids.bytes(handle);
         let state = match self.records.lookup(handle) {
-            Lookup::Held(b) => decode_customer(b).map_err(|e| corrupt(ids.bytes(handle), e))?,
+            Lookup::Held(b) => decode_customer(b).map_err(|e| corrupt(key(), e))?,
             Lookup::Absent => return Ok(None),
-            Lookup::Unknown => match self.store.get(Cf::Customers, ids.bytes(handle))? {
-                Some(b) => decode(ids.bytes(handle), &b)?,
+            Lookup::Unknown => match self.store.get(Cf::Customers, key())? {
+                Some(b) => decode(key(), &b)?,
                 None => return Ok(None),
             },
         };

@@ -105,8 +105,11 @@ pub struct EngineConfig {
     /// (`future_timestamp`). One hour absorbs producer clock drift.
     pub max_future_skew_seconds: u64,
     /// Customers kept decoded in memory (write-back cache). Bounds RSS: a decoded
-    /// customer of a year's history is ~1.2 KiB (50k: ~60 MiB). Past it, changed
-    /// customers wait for their batch's write encoded in the record cache.
+    /// customer of a year's history is ~1.2 KiB (8k: ~10 MiB). Past it, changed
+    /// customers wait for their batch's write encoded in the record cache. Small
+    /// on purpose: every change is also encoded into the record cache, and
+    /// decoding a held record is cheaper than the cache misses of a large decoded
+    /// cache (50k was both slower and ~90 MiB larger at 1M customers, BENCHMARKS.md).
     pub customer_cache: usize,
     /// Customer records kept in memory as stored (encoded, ~260 bytes for a year's
     /// history), MiB: a customer the decoded cache let go is decoded from memory
@@ -118,9 +121,10 @@ pub struct EngineConfig {
     pub write_buffer_mb: usize,
     /// Events per committed batch (one atomic RocksDB write) of a partition in
     /// `replay`. A customer changed several times in a batch is written once, so
-    /// larger batches write less; but a batch's write goes into RocksDB's memtables
-    /// whole (a 50k batch of a 1M population is ~14 MB, past a partition's 4 MB
-    /// memtables): it bounds RSS beside the caches.
+    /// larger batches write less (200k against 50k: ~15 % less CPU for a replay of
+    /// 1M customers, BENCHMARKS.md); but a batch's write goes into RocksDB's
+    /// memtables whole (a 200k batch of a 1M population is ~25 MB, past a
+    /// partition's 4 MB memtables): it bounds RSS beside the caches.
     pub batch_events: usize,
     /// With the event clock, an event more than this many days after the stream
     /// clock is bad (`future_timestamp`): one event stamped in the year 9999 would
@@ -145,11 +149,11 @@ impl Default for EngineConfig {
             recalibrate_every_days: 1,
             max_event_bytes: 64 * 1024,
             max_future_skew_seconds: 3600,
-            customer_cache: 50_000,
+            customer_cache: 8_000,
             record_cache_mb: 256,
             block_cache_mb: 64,
             write_buffer_mb: 32,
-            batch_events: 50_000,
+            batch_events: 200_000,
             max_event_clock_jump_days: 366,
             partitions: 8,
         }

@@ -191,6 +191,9 @@ fn parse_ahead(
                         bad: Vec::new(),
                         read: 0,
                     };
+                    // Bytes read, told to the progress bar once per chunk (per
+                    // line it was 1 % of a replay's CPU).
+                    let mut bytes = 0u64;
                     while c.events.len() < chunk {
                         buf.clear();
                         let n = match reader.read_until(b'\n', &mut buf) {
@@ -205,7 +208,7 @@ fn parse_ahead(
                             eof = true;
                             break;
                         }
-                        pb.inc(n as u64);
+                        bytes += n as u64;
                         line_no += 1;
                         let mut line = &buf[..];
                         while let [rest @ .., b'\n' | b'\r'] = line {
@@ -237,6 +240,7 @@ fn parse_ahead(
                             }
                         }
                     }
+                    pb.inc(bytes);
                     if tx.send(Ok(c)).is_err() {
                         return; // the receiver stopped (an error there)
                     }

@@ -27,7 +27,10 @@ use crate::store::{Cf, Store, StoreError};
 
 /// Counts by `N` static labels, keyed by the labels' addresses and lengths.
 #[derive(Default)]
-struct Tally<const N: usize, V>(FxHashMap<[(usize, usize); N], ([&'static str; N], V)>);
+struct Tally<const N: usize, V>(FxHashMap<[Address; N], ([&'static str; N], V)>);
+
+/// A static label's address and length.
+type Address = (usize, usize);
 
 impl<const N: usize, V: Default> Tally<N, V> {
     fn entry(&mut self, labels: [&'static str; N]) -> &mut V {

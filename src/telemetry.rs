@@ -27,12 +27,12 @@ use crate::store::{Cf, Store, StoreError};
 
 /// Counts by `N` static labels, keyed by the labels' addresses and lengths.
 #[derive(Default)]
-struct Tally<const N: usize, V>(FxHashMap<[Address; N], ([&'static str; N], V)>);
+struct LabelCounts<const N: usize, V>(FxHashMap<[Address; N], ([&'static str; N], V)>);
 
 /// A static label's address and length.
 type Address = (usize, usize);
 
-impl<const N: usize, V: Default> Tally<N, V> {
+impl<const N: usize, V: Default> LabelCounts<N, V> {
     fn entry(&mut self, labels: [&'static str; N]) -> &mut V {
         let key = labels.map(|l| (l.as_ptr() as usize, l.len()));
         &mut self
@@ -304,9 +304,9 @@ impl Metrics {
         // Counted by the labels' addresses: every label is a `&'static str` from an
         // `as_str` (a string compare per map level was 1.5 % of a replay's CPU).
         // Two addresses of one text would only be two entries adding to one series.
-        let mut transitions = Tally::<3, u64>::default();
-        let mut customers = Tally::<2, i64>::default();
-        let mut warnings = Tally::<2, u64>::default();
+        let mut transitions = LabelCounts::<3, u64>::default();
+        let mut customers = LabelCounts::<2, i64>::default();
+        let mut warnings = LabelCounts::<2, u64>::default();
         let mut at_risk = 0i64;
         for o in outputs {
             match &o.body {

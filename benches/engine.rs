@@ -14,6 +14,7 @@ use strata::gen::{generate, GenArgs};
 use strata::policy::Thresholds;
 use strata::population::Population;
 use strata::processor::Processor;
+use strata::store::codec::{decode_customer, encode_customer};
 use strata::store::rocks::RocksStore;
 
 fn events(customers: u64, days: u32) -> Vec<Event> {
@@ -212,5 +213,60 @@ fn model_fit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, engine_step, processor, model_fit);
+/// Customer records as the processor reads and writes them at every event (2,000
+/// customers after a year of generated events: their day buckets, purchase days and
+/// event-id hashes).
+fn codec(c: &mut Criterion) {
+    let s = Settings::defaults();
+    let engine = Engine::new(&s);
+    let evs = events(2_000, 365);
+    let t = Thresholds::default();
+    let mut states = vec![CustomerState::default(); 2_000];
+    let mut pop = Population::default();
+    let mut fx = Effects::default();
+    for ev in &evs {
+        let i: usize = ev.customer_id[1..].parse().unwrap();
+        pop.advance(ev.day, 365, ev.day - 365);
+        engine.apply_event(
+            &mut states[i],
+            false,
+            ev,
+            false,
+            ev.day,
+            &t,
+            &mut pop,
+            &mut fx,
+        );
+        fx.outputs.clear();
+    }
+    let records: Vec<Vec<u8>> = states
+        .iter()
+        .map(|c| {
+            let mut b = Vec::new();
+            encode_customer(c, &mut b);
+            b
+        })
+        .collect();
+    let mut g = c.benchmark_group("codec");
+    g.throughput(Throughput::Elements(records.len() as u64));
+    g.bench_function("decode_customer (2k customers, 365 days)", |b| {
+        b.iter(|| {
+            for r in &records {
+                black_box(decode_customer(black_box(r)).unwrap());
+            }
+        })
+    });
+    g.bench_function("encode_customer (2k customers, 365 days)", |b| {
+        let mut buf = Vec::new();
+        b.iter(|| {
+            for c in &states {
+                encode_customer(black_box(c), &mut buf);
+                black_box(&buf);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse, engine_step, processor, model_fit, codec);
 criterion_main!(benches);

@@ -105,11 +105,12 @@ pub struct EngineConfig {
     /// (`future_timestamp`). One hour absorbs producer clock drift.
     pub max_future_skew_seconds: u64,
     /// Customers kept decoded in memory (write-back cache). Bounds RSS: a decoded
-    /// customer of a year's history is ~1.2 KiB (8k: ~10 MiB). Past it, changed
+    /// customer of a year's history is ~1.2 KiB (1k: ~1.2 MiB). Past it, changed
     /// customers wait for their batch's write encoded in the record cache. Small
     /// on purpose: every change is also encoded into the record cache, and
-    /// decoding a held record is cheaper than the cache misses of a large decoded
-    /// cache (50k was both slower and ~90 MiB larger at 1M customers, BENCHMARKS.md).
+    /// decoding a held record is cheaper than the memory misses of a decoded cache
+    /// larger than the CPU's caches (1M-customer replay: 8k ×1.14 the CPU of 1k,
+    /// 50k slower still and ~90 MiB larger; BENCHMARKS.md).
     pub customer_cache: usize,
     /// Customer records kept in memory as stored (encoded, ~260 bytes for a year's
     /// history), MiB: a customer the decoded cache let go is decoded from memory
@@ -149,7 +150,7 @@ impl Default for EngineConfig {
             recalibrate_every_days: 1,
             max_event_bytes: 64 * 1024,
             max_future_skew_seconds: 3600,
-            customer_cache: 8_000,
+            customer_cache: 1_000,
             record_cache_mb: 256,
             block_cache_mb: 64,
             write_buffer_mb: 32,

@@ -114,7 +114,7 @@ pub struct Grouped {
 
 fn table(values: impl Iterator<Item = f64>) -> Vec<f64> {
     let mut v: Vec<f64> = values.collect();
-    v.sort_by(f64::total_cmp);
+    v.sort_unstable_by(f64::total_cmp);
     v.dedup();
     v
 }

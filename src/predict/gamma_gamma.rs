@@ -76,7 +76,7 @@ struct Grouped {
 impl Grouped {
     fn new(data: &[Spend]) -> Grouped {
         let mut xs: Vec<f64> = data.iter().map(|s| s.x).collect();
-        xs.sort_by(f64::total_cmp);
+        xs.sort_unstable_by(f64::total_cmp);
         xs.dedup();
         let rows = data
             .iter()

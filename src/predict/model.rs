@@ -249,6 +249,33 @@ pub fn refit(
             need: min_repeat_customers,
         });
     }
+    // The two models are fitted independently of each other: Gamma-Gamma's on a
+    // thread of its own beside BG/NBD's (a recalibration waits for the fit on
+    // one core otherwise), each exactly as it would be alone.
+    let (bg, gamma_gamma) = std::thread::scope(|scope| {
+        let spend = scope.spawn(|| fit_spend(h, previous));
+        let bg = fit_purchases(h, as_of, previous);
+        let spend = spend
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (bg, spend)
+    });
+    let bg = bg?;
+    Ok(Model {
+        fitted_on: as_of,
+        customers: bg.customers as u64,
+        bgnbd: bg.params,
+        log_likelihood: bg.log_likelihood,
+        gamma_gamma,
+    })
+}
+
+/// BG/NBD's fit of [`refit`].
+fn fit_purchases(
+    h: &Histogram,
+    as_of: Day,
+    previous: Option<&Model>,
+) -> Result<bgnbd::Fit, FitError> {
     let histories: Vec<History> = sorted(&h.bg)
         .into_iter()
         // A customer whose last purchase is after the day (a cluster peer's
@@ -263,14 +290,17 @@ pub fn refit(
         })
         .collect();
     let grouped = bgnbd::Grouped::new(&histories);
-    let within = |v: f64| v.clamp((-WARM_START_WITHIN).exp(), WARM_START_WITHIN.exp());
     let start = previous.map(|m| BgNbd {
         r: within(m.bgnbd.r),
         alpha: within(m.bgnbd.alpha),
         a: within(m.bgnbd.a),
         b: within(m.bgnbd.b),
     });
-    let bg = bgnbd::fit_grouped(&grouped, start.as_ref())?;
+    bgnbd::fit_grouped(&grouped, start.as_ref())
+}
+
+/// Gamma-Gamma's fit of [`refit`]; `None` when it cannot be fitted.
+fn fit_spend(h: &Histogram, previous: Option<&Model>) -> Option<SpendModel> {
     let spends: Vec<Spend> = sorted(&h.gg)
         .into_iter()
         .map(|((x, b), n)| Spend {
@@ -289,19 +319,17 @@ pub fn refit(
             gamma: within(gamma * p / p_in),
         }
     });
-    let gamma_gamma = gamma_gamma::fit_from(&spends, spend_start.as_ref())
+    gamma_gamma::fit_from(&spends, spend_start.as_ref())
         .ok()
         .map(|f| SpendModel {
             params: f.params,
             customers: f.customers as u64,
-        });
-    Ok(Model {
-        fitted_on: as_of,
-        customers: bg.customers as u64,
-        bgnbd: bg.params,
-        log_likelihood: bg.log_likelihood,
-        gamma_gamma,
-    })
+        })
+}
+
+/// A warm start's log-parameter brought within ±[`WARM_START_WITHIN`].
+fn within(v: f64) -> f64 {
+    v.clamp((-WARM_START_WITHIN).exp(), WARM_START_WITHIN.exp())
 }
 
 /// One customer's predicted figures at an as-of day.

@@ -196,34 +196,8 @@ impl ParseContext {
     }
 }
 
-#[derive(Deserialize)]
-struct Raw<'a> {
-    #[serde(borrow, default)]
-    event_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    customer_id: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    ts: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    amount: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    currency: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    order_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    channel: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    action: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    severity: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    category: Option<&'a RawValue>,
-}
-
 /// The fields of an event object, each as its JSON text (`"c1"`, `19.99`, `null`):
-/// from [`scan`], or from `serde_json` ([`Raw`]) when the scan declines.
+/// from [`scan`], or from `serde_json` (its `Deserialize`) when the scan declines.
 #[derive(Default)]
 struct Fields<'a> {
     event_id: Option<&'a str>,
@@ -239,42 +213,56 @@ struct Fields<'a> {
     category: Option<&'a str>,
 }
 
-impl<'a> From<Raw<'a>> for Fields<'a> {
-    fn from(r: Raw<'a>) -> Self {
-        let t = |v: Option<&'a RawValue>| v.map(RawValue::get);
-        Fields {
-            event_id: t(r.event_id),
-            customer_id: t(r.customer_id),
-            kind: t(r.kind),
-            ts: t(r.ts),
-            amount: t(r.amount),
-            currency: t(r.currency),
-            order_id: t(r.order_id),
-            channel: t(r.channel),
-            action: t(r.action),
-            severity: t(r.severity),
-            category: t(r.category),
-        }
+impl<'a> Fields<'a> {
+    /// The field named `key`, with its name; `None`: not one we read.
+    fn slot(&mut self, key: &str) -> Option<(&'static str, &mut Option<&'a str>)> {
+        Some(match key {
+            "event_id" => ("event_id", &mut self.event_id),
+            "customer_id" => ("customer_id", &mut self.customer_id),
+            "type" => ("type", &mut self.kind),
+            "ts" => ("ts", &mut self.ts),
+            "amount" => ("amount", &mut self.amount),
+            "currency" => ("currency", &mut self.currency),
+            "order_id" => ("order_id", &mut self.order_id),
+            "channel" => ("channel", &mut self.channel),
+            "action" => ("action", &mut self.action),
+            "severity" => ("severity", &mut self.severity),
+            "category" => ("category", &mut self.category),
+            _ => return None,
+        })
     }
 }
 
-impl<'a> Fields<'a> {
-    /// The field named `key` (as [`Raw`]'s serde names); `None`: not one we read.
-    fn slot(&mut self, key: &str) -> Option<&mut Option<&'a str>> {
-        Some(match key {
-            "event_id" => &mut self.event_id,
-            "customer_id" => &mut self.customer_id,
-            "type" => &mut self.kind,
-            "ts" => &mut self.ts,
-            "amount" => &mut self.amount,
-            "currency" => &mut self.currency,
-            "order_id" => &mut self.order_id,
-            "channel" => &mut self.channel,
-            "action" => &mut self.action,
-            "severity" => &mut self.severity,
-            "category" => &mut self.category,
-            _ => return None,
-        })
+/// What a derived `Deserialize` of the fields as `Option<&RawValue>` would do: each
+/// field's value borrowed as its JSON text, other keys skipped, a field given twice
+/// refused (`duplicate field`).
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Fields<'de>, M::Error> {
+                let mut f = Fields::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let Some((name, slot)) = f.slot(&key) else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    };
+                    if slot.is_some() {
+                        return Err(serde::de::Error::duplicate_field(name));
+                    }
+                    *slot = Some(map.next_value::<&'de RawValue>()?.get());
+                }
+                Ok(f)
+            }
+        }
+        d.deserialize_map(Object)
     }
 }
 
@@ -366,7 +354,7 @@ fn scan(text: &str) -> Option<Fields<'_>> {
             }
             i = skip_ws(b, i + 1);
             let end = scan_value(b, i)?;
-            if let Some(slot) = f.slot(&text[key]) {
+            if let Some((_, slot)) = f.slot(&text[key]) {
                 if slot.is_some() {
                     return None; // serde: "duplicate field"
                 }
@@ -550,9 +538,8 @@ fn parse_event_with(bytes: &[u8], ctx: &ParseContext, fast: bool) -> Result<Even
     }
     let raw = match fast.then(|| scan(text)).flatten() {
         Some(fields) => fields,
-        None => serde_json::from_str::<Raw>(text)
-            .map_err(|e| reject(Reason::InvalidJson, e.to_string()))?
-            .into(),
+        None => serde_json::from_str::<Fields>(text)
+            .map_err(|e| reject(Reason::InvalidJson, e.to_string()))?,
     };
     let event_id = id_field(raw.event_id, "event_id")?;
     let customer_id = id_field(raw.customer_id, "customer_id")?;

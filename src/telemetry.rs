@@ -54,6 +54,9 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub outputs_published: IntCounterVec,
     pub outbox_pending: IntGauge,
+    /// Also the budget's count: [`crate::kafka`]'s outboxes keep unpublished
+    /// entries in memory while the instance's total stays under its bound.
+    pub outbox_kept_bytes: IntGauge,
     pub tier_transitions: IntCounterVec,
     pub customers: IntGaugeVec,
     pub churn_warnings: IntCounterVec,
@@ -135,6 +138,7 @@ impl Metrics {
             consumer_lag: gauge_vec(&r, "strata_consumer_lag", "Messages behind the high watermark, per input topic partition.", &["topic", "partition"]),
             outputs_published: counter_vec(&r, "strata_outputs_published_total", "Output events published (acknowledged by the broker; written, in replay), by type.", &["type"]),
             outbox_pending: gauge(&r, "strata_outbox_pending", "Outbox entries (written batches of outputs, dead letters and changelog copies) not yet published."),
+            outbox_kept_bytes: gauge(&r, "strata_outbox_kept_bytes", "Bytes of unpublished outbox entries kept in memory for the publisher (at most 512 MiB an instance; beyond, entries are read back from RocksDB)."),
             tier_transitions: counter_vec(&r, "strata_tier_transitions_total", "Tier changes published, per dimension, from and to (\"none\" for a first appearance).", &["dimension", "from", "to"]),
             customers: gauge_vec(&r, "strata_customers", "Customers per published tier, per dimension.", &["dimension", "tier"]),
             churn_warnings: counter_vec(&r, "strata_churn_warnings_total", "Churn warnings published, per reason and severity.", &["reason", "severity"]),

@@ -14,13 +14,19 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus::IntGauge;
+
 use super::changelog::{entry_records, outbox_key, unpack, Marker, RecordRef, PUBLISHED_KEY};
 use crate::store::rocks::RocksStore;
 use crate::store::{Batch, Cf, Store, StoreError};
 
-/// Memory for unpublished outbox entries, per partition; beyond it (a long broker
-/// outage) entries are read back from the store.
-const KEPT_BYTES: usize = 64 << 20;
+/// Memory for unpublished outbox entries, over all the partitions of an instance;
+/// beyond it (a long broker outage, or batches of outputs larger than it) entries
+/// are read back from the store. One budget for all, not one a partition: a
+/// partition catching up writes entries of tens of megabytes (a batch takes
+/// everything queued while it waited for a worker), and a share of a fixed
+/// per-partition bound was too small to keep even one of them.
+const KEPT_BYTES: usize = 512 << 20;
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -35,22 +41,42 @@ pub struct Outbox {
     kept: Arc<Mutex<Kept>>,
 }
 
-#[derive(Default)]
 struct Kept {
     entries: BTreeMap<u64, Arc<Vec<u8>>>,
     bytes: usize,
+    /// The instance's total (`strata_outbox_kept_bytes`), shared by its outboxes.
+    total: IntGauge,
+}
+
+impl Drop for Kept {
+    /// A partition closed: what it kept counts no more.
+    fn drop(&mut self) {
+        self.total.sub(self.bytes as i64);
+    }
 }
 
 impl Outbox {
-    /// The outbox of a partition whose store holds entries `first..next`.
-    pub fn new(partition: i32, store: Arc<RocksStore>, first: u64, next: u64) -> Outbox {
+    /// The outbox of a partition whose store holds entries `first..next`, keeping
+    /// entries in memory while `kept_total` (the instance's) stays under
+    /// [`KEPT_BYTES`].
+    pub fn new(
+        partition: i32,
+        store: Arc<RocksStore>,
+        first: u64,
+        next: u64,
+        kept_total: IntGauge,
+    ) -> Outbox {
         Outbox {
             partition,
             store,
             floor: Arc::new(first.into()),
             sent: Arc::new(first.into()),
             next: Arc::new(next.into()),
-            kept: Arc::default(),
+            kept: Arc::new(Mutex::new(Kept {
+                entries: BTreeMap::new(),
+                bytes: 0,
+                total: kept_total,
+            })),
         }
     }
 
@@ -69,7 +95,10 @@ impl Outbox {
     pub fn push(&self, entry: Vec<u8>) -> u64 {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         let mut kept = self.kept.lock().unwrap();
-        if kept.bytes + entry.len() <= KEPT_BYTES {
+        // (Partitions on other threads may add theirs between the look and the
+        // add: the bound is exceeded by at most an entry a worker.)
+        if kept.total.get() as usize + entry.len() <= KEPT_BYTES {
+            kept.total.add(entry.len() as i64);
             kept.bytes += entry.len();
             kept.entries.insert(seq, Arc::new(entry));
         }
@@ -149,6 +178,7 @@ impl Outbox {
         for seq in seqs {
             if let Some(e) = kept.entries.remove(seq) {
                 kept.bytes -= e.len();
+                kept.total.sub(e.len() as i64);
             }
         }
         if let Some(last) = seqs.iter().max() {

@@ -169,6 +169,7 @@ impl Partition {
             store.clone(),
             first_outbox.unwrap_or(next_outbox),
             next_outbox,
+            metrics.outbox_kept_bytes.clone(),
         );
         let pending = Arc::new(Mutex::new(Pending {
             partition: id,

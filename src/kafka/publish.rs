@@ -41,7 +41,7 @@
 //! the next one (a changelog record blocks its partition). A commit that times out
 //! (the broker away) is retried, round after round.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -360,7 +360,7 @@ pub struct Sent {
     /// Outputs by type (for `strata_outputs_published_total`).
     counts: BTreeMap<&'static str, u64>,
     /// Each changelog key's last copy in the range: (entry, place).
-    latest: HashMap<Vec<u8>, (u64, u32)>,
+    latest: rustc_hash::FxHashMap<Vec<u8>, (u64, u32)>,
     pub phase: Phase,
     /// The phase's outputs are all delivered (or dropped for good).
     outputs_done: bool,
@@ -380,7 +380,7 @@ impl Sent {
             keys: Vec::new(),
             last: part.marker(),
             counts: BTreeMap::new(),
-            latest: HashMap::new(),
+            latest: Default::default(),
             phase: Phase::Outputs,
             outputs_done: false,
             ticket: Arc::default(),

@@ -236,7 +236,7 @@ impl Partition {
                 entry.push_value(dest, seq, o.customer_id.as_bytes(), |b| o.write_json(b));
             }
             // After the outputs; one per customer a batch (their latest).
-            let mut latest: std::collections::HashMap<&str, usize> = Default::default();
+            let mut latest: rustc_hash::FxHashMap<&str, usize> = Default::default();
             for (i, t) in tiers.iter().enumerate() {
                 latest.insert(&t.customer_id, i);
             }
@@ -416,12 +416,13 @@ impl Partition {
                     self.dead_letter(topic, &msg, &rej)
                 }
             }
-            self.pending
-                .lock()
-                .unwrap()
-                .marker
-                .offsets
-                .insert(topic.clone(), msg.offset + 1);
+            let offsets = &mut self.pending.lock().unwrap().marker.offsets;
+            match offsets.get_mut(topic) {
+                Some(o) => *o = msg.offset + 1,
+                None => {
+                    offsets.insert(topic.clone(), msg.offset + 1);
+                }
+            }
             n += 1;
         }
     }

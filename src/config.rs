@@ -322,9 +322,12 @@ pub struct KafkaConfig {
     /// The three input topics are bound to their event type: a message without `type`
     /// is that type, one with another `type` is `type_mismatch`. Off: `type` required.
     pub bind_topic_types: bool,
-    /// Most messages taken from the consumer for one batch (one atomic state write
-    /// per partition). Larger batches amortise the write and the producer flush;
-    /// smaller ones lower output latency.
+    /// Most messages taken from the consumer in one round of the loop. A
+    /// partition's batch (one atomic state write) applies everything queued for
+    /// it by the time a worker takes it: when behind, several rounds' worth, up to
+    /// 10 × this (at least 100,000), where polling stops. Larger batches amortise
+    /// the write and the producer flush and write each customer once; smaller
+    /// ones lower output latency.
     pub max_batch_events: usize,
     /// How long a batch waits for more messages before it is processed, ms, while
     /// they keep coming: a batch that holds any is processed as soon as nothing

@@ -54,13 +54,16 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use super::changelog::{is_marker, parse_changelog_key, Dest, Marker, RecordRef};
+use super::changelog::{
+    changelog_key, is_marker, parse_changelog_key, Dest, Marker, RecordRef, MARKER_KEY,
+};
 use super::events;
 use super::outbox::Outbox;
 use super::task::Partition;
 use super::KafkaError;
 use crate::cluster::owner_key;
 use crate::config::TopicsConfig;
+use crate::store::Cf;
 use crate::telemetry::Metrics;
 
 /// Records wait this long for the broker before the instance reports not ready.
@@ -443,26 +446,35 @@ impl Sent {
         skip: &HashSet<(u64, u32)>,
     ) -> Result<(), KafkaError> {
         self.phase = Phase::Changelog;
-        self.send_copies(sink, t, skip, &|is_marker| marker || !is_marker)
+        let range = self.range.clone();
+        self.send_copies(sink, t, skip, &|is_marker| marker || !is_marker, range)
     }
 
     /// Send the range's last marker: every other record of the round was delivered.
     pub fn send_marker(&mut self, sink: &dyn Sink, t: &TopicsConfig) -> Result<(), KafkaError> {
         self.phase = Phase::Marker;
-        self.send_copies(sink, t, &HashSet::new(), &|is_marker| is_marker)
+        // Only the entry that holds it is read (not the whole range again).
+        let key = changelog_key(Cf::Meta, MARKER_KEY).expect("meta is replicated");
+        let range = match self.latest.get(&key) {
+            Some(&(seq, _)) => seq..seq + 1,
+            None => self.range.clone(),
+        };
+        self.send_copies(sink, t, &HashSet::new(), &|is_marker| is_marker, range)
     }
 
+    /// Send the changelog copies in `range` (of the round's) that `which` takes.
     fn send_copies(
         &mut self,
         sink: &dyn Sink,
         t: &TopicsConfig,
         skip: &HashSet<(u64, u32)>,
         which: &dyn Fn(bool) -> bool,
+        range: Range<u64>,
     ) -> Result<(), KafkaError> {
         let ticket = self.fresh_ticket();
         let p = self.partition();
         let (mut failed, mut n, latest) = (None, 0, &self.latest);
-        self.outbox.visit(&self.range, &mut |seq, idx, r| {
+        self.outbox.visit(&range, &mut |seq, idx, r| {
             if r.dest != Dest::Changelog || latest.get(r.key) != Some(&(seq, idx)) {
                 return true;
             }

@@ -187,3 +187,81 @@ impl Outbox {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::changelog::{pack, Dest, EntryWriter};
+
+    /// An entry of one output record whose value is `n` bytes.
+    fn entry(n: usize) -> Vec<u8> {
+        let mut w = EntryWriter::with_capacity(n + 64);
+        w.push_value(Dest::TierChanges, 1, b"c1", |b| b.resize(b.len() + n, b'x'));
+        w.finish()
+    }
+
+    /// Write an entry as the flush hook does (stored packed, kept if it fits).
+    fn write(o: &Outbox, e: Vec<u8>) -> u64 {
+        let packed = pack(&e);
+        let seq = o.push(e);
+        let mut b = Batch::default();
+        b.put(Cf::Outbox, outbox_key(seq), packed);
+        o.store.write(b).unwrap();
+        seq
+    }
+
+    fn values(o: &Outbox, seq: u64) -> Vec<usize> {
+        let mut v = Vec::new();
+        o.visit(&(seq..seq + 1), &mut |_, _, r| {
+            v.push(r.value.map_or(0, <[u8]>::len));
+            true
+        })
+        .unwrap();
+        v
+    }
+
+    #[test]
+    fn the_instance_keeps_entries_within_one_bound_for_all_its_partitions() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let total = IntGauge::new("kept", "kept").unwrap();
+        // The instance's other partitions keep all but 3 MiB of the bound.
+        let others = KEPT_BYTES as i64 - (3 << 20);
+        total.set(others);
+        let open = |i: usize| {
+            let store = Arc::new(RocksStore::open(dirs[i].path(), 8, 4).unwrap());
+            Outbox::new(i as i32, store, 0, 0, total.clone())
+        };
+        let (a, b) = (open(0), open(1));
+        let kept = |o: &Outbox| o.kept.lock().unwrap().entries.len();
+
+        // Partition 0 takes 2 MiB of what is left; partition 1's entry fits beside.
+        write(&a, entry(2 << 20));
+        let small = write(&b, entry(1000));
+        assert_eq!((kept(&a), kept(&b)), (1, 1));
+        let both = total.get();
+        assert!(both > others + (2 << 20) && both as usize <= KEPT_BYTES);
+
+        // The next one of partition 1 would go over the instance's bound: stored
+        // only, and read back from the store, whole.
+        let over = write(&b, entry(2 << 20));
+        assert_eq!(kept(&b), 1, "not kept");
+        assert_eq!(total.get(), both, "not counted");
+        assert_eq!(values(&b, over), vec![2 << 20]);
+        assert_eq!(values(&b, small), vec![1000]);
+
+        // Published entries, and a closed partition's, count no more.
+        b.published(&[small, over], &Marker::default()).unwrap();
+        assert_eq!(kept(&b), 0);
+        assert!(total.get() < both);
+        let after = write(&b, entry(2 << 20));
+        assert_eq!(kept(&b), 0, "still over with partition 0's entry");
+        drop(a);
+        assert_eq!(total.get(), others);
+        let fits = write(&b, entry(2 << 20));
+        assert_eq!(kept(&b), 1, "kept now that partition 0 is closed");
+        assert_eq!(values(&b, after), vec![2 << 20]);
+        assert_eq!(values(&b, fits), vec![2 << 20]);
+        drop(b);
+        assert_eq!(total.get(), others);
+    }
+}

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::IntGauge;
 
-use super::changelog::{entry_records, outbox_key, unpack, Marker, RecordRef, PUBLISHED_KEY};
+use super::changelog::{entry_records, outbox_key, pack, unpack, Marker, RecordRef, PUBLISHED_KEY};
 use crate::store::rocks::RocksStore;
 use crate::store::{Batch, Cf, Store, StoreError};
 
@@ -90,9 +90,18 @@ impl Outbox {
         &self.store
     }
 
-    /// Number the next entry (in the batch about to be written) and keep it in
-    /// memory for the publisher.
-    pub fn push(&self, entry: Vec<u8>) -> u64 {
+    /// Add an entry to the batch about to be written: numbered, stored packed
+    /// under its number, and kept in memory for the publisher while the
+    /// instance's bound allows.
+    pub fn stage(&self, entry: Vec<u8>, batch: &mut Batch) -> u64 {
+        let packed = pack(&entry);
+        let seq = self.push(entry);
+        batch.put(Cf::Outbox, outbox_key(seq), packed);
+        seq
+    }
+
+    /// Number the next entry and keep it in memory if it fits.
+    fn push(&self, entry: Vec<u8>) -> u64 {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         let mut kept = self.kept.lock().unwrap();
         // (Partitions on other threads may add theirs between the look and the
@@ -191,7 +200,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::changelog::{pack, Dest, EntryWriter};
+    use crate::kafka::changelog::{Dest, EntryWriter};
 
     /// An entry of one output record whose value is `n` bytes.
     fn entry(n: usize) -> Vec<u8> {
@@ -200,12 +209,10 @@ mod tests {
         w.finish()
     }
 
-    /// Write an entry as the flush hook does (stored packed, kept if it fits).
+    /// Write an entry as the flush hook does.
     fn write(o: &Outbox, e: Vec<u8>) -> u64 {
-        let packed = pack(&e);
-        let seq = o.push(e);
         let mut b = Batch::default();
-        b.put(Cf::Outbox, outbox_key(seq), packed);
+        let seq = o.stage(e, &mut b);
         o.store.write(b).unwrap();
         seq
     }

@@ -37,8 +37,7 @@ use crate::store::{Batch, Cf, Store, StoreError};
 use crate::telemetry::Metrics;
 
 use super::changelog::{
-    changelog_key, outbox_key, pack, Dest, EntryWriter, Marker, OutboxRecord, RecordRef,
-    MARKER_KEY, PUBLISHED_KEY,
+    changelog_key, Dest, EntryWriter, Marker, OutboxRecord, RecordRef, MARKER_KEY, PUBLISHED_KEY,
 };
 use super::outbox::Outbox;
 
@@ -279,10 +278,7 @@ impl Partition {
                     headers: Vec::new(),
                 });
             }
-            let entry = entry.finish();
-            let packed = pack(&entry);
-            let seq = hook_outbox.push(entry);
-            batch.put(Cf::Outbox, outbox_key(seq), packed);
+            hook_outbox.stage(entry.finish(), batch);
         }));
         Ok(Partition {
             id,

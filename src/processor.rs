@@ -1512,7 +1512,9 @@ impl<S: Store> Processor<S> {
 
     /// Write everything pending in one atomic batch and trim the cache.
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        let mut batch = std::mem::take(&mut self.pending);
+        let mut batch = Batch::reused();
+        batch.append(&self.pending);
+        self.pending.clear();
         // The records encoded at each change first. (A customer whose record the
         // budget refused at a later change is no longer held: its dirty slot is
         // written from the cache below.)

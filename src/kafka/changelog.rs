@@ -217,7 +217,12 @@ pub struct EntryWriter {
 
 impl EntryWriter {
     pub fn with_capacity(bytes: usize) -> EntryWriter {
-        let mut buf = Vec::with_capacity(bytes + 1);
+        EntryWriter::in_buffer(Vec::with_capacity(bytes + 1))
+    }
+
+    /// A writer that writes into `buf` (emptied first).
+    pub fn in_buffer(mut buf: Vec<u8>) -> EntryWriter {
+        buf.clear();
         buf.push(ENTRY_VERSION);
         EntryWriter { buf }
     }
@@ -296,19 +301,33 @@ const ENTRY_LZ4: u8 = 3;
 /// sends from the uncompressed entry kept in memory and reads this back only after
 /// a restart (or beyond the memory kept). One too large for LZ4 (2 GiB) is stored
 /// as it is.
-pub fn pack(entry: &[u8]) -> Vec<u8> {
-    let Ok(bound) = lz4::block::compress_bound(entry.len()) else {
-        return entry.to_vec();
+///
+/// Appended to `out`, compressed in place (no buffer of its own): `out` is the
+/// write batch's buffer.
+pub fn pack_into(entry: &[u8], out: &mut Vec<u8>) {
+    use lz4::liblz4::{LZ4_compressBound, LZ4_compress_default};
+    let Ok(len) = i32::try_from(entry.len()) else {
+        return out.extend_from_slice(entry);
     };
-    let mut out = vec![0; 1 + 4 + bound];
-    out[0] = ENTRY_LZ4;
-    match lz4::block::compress_to_buffer(entry, None, true, &mut out[1..]) {
-        Ok(n) => {
-            out.truncate(1 + n);
-            out
-        }
-        Err(_) => entry.to_vec(),
+    // SAFETY: plain C calls; LZ4 writes at most `bound` bytes to `dst`, which has
+    // room for them, and reads `len` bytes of `entry`.
+    let bound = unsafe { LZ4_compressBound(len) };
+    if bound <= 0 {
+        return out.extend_from_slice(entry);
     }
+    out.reserve(5 + bound as usize);
+    let start = out.len();
+    out.push(ENTRY_LZ4);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    let dst = out.spare_capacity_mut();
+    let n =
+        unsafe { LZ4_compress_default(entry.as_ptr().cast(), dst.as_mut_ptr().cast(), len, bound) };
+    if n <= 0 {
+        out.truncate(start);
+        return out.extend_from_slice(entry);
+    }
+    // SAFETY: LZ4 wrote the `n` bytes after the header.
+    unsafe { out.set_len(start + 5 + n as usize) };
 }
 
 /// An outbox entry as [`EntryWriter`] wrote it, from its stored form (`None`: an
@@ -506,8 +525,20 @@ mod tests {
         assert_eq!(owned(&[ENTRY_VERSION]), Some(vec![]));
 
         // Stored compressed, read back whole; the uncompressed form still reads.
+        let pack = |e: &[u8]| {
+            let mut out = Vec::new();
+            pack_into(e, &mut out);
+            out
+        };
         let stored = pack(&entry);
         assert!(stored.len() < entry.len() && stored[0] == ENTRY_LZ4);
+        // LZ4's block format with the length first (what builds before wrote),
+        // appended after what the buffer holds.
+        let block = lz4::block::compress(&entry, None, true).unwrap();
+        assert_eq!(stored[1..], block[..]);
+        let mut after = b"key".to_vec();
+        pack_into(&entry, &mut after);
+        assert_eq!((&after[..3], &after[3..]), (&b"key"[..], &stored[..]));
         assert_eq!(unpack(&stored).as_deref(), Some(&entry[..]));
         assert_eq!(unpack(&entry).as_deref(), Some(&entry[..]));
         let big: Vec<u8> = (0..100_000u32)

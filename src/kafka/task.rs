@@ -189,6 +189,7 @@ impl Partition {
         let (hook_pending, hook_outbox, hook_metrics) =
             (pending.clone(), outbox.clone(), metrics.clone());
         proc.keep_customer_tiers();
+        proc.reuse_batches();
         proc.report_timers_to(metrics.timers_pending.clone());
         proc.set_flush_hook(Box::new(move |batch, outputs, tiers| {
             let mut p = hook_pending.lock().unwrap();

@@ -278,8 +278,6 @@ pub struct Processor<S: Store> {
     model_peers: Option<ModelPeerSource>,
     /// `customer_tiers` records since the last write (`None`: not kept).
     customer_tiers: Option<Vec<CustomerTiers>>,
-    /// Flush into the buffers of the thread's last batch ([`Batch::reused`]).
-    reuse_batches: bool,
     /// A gauge the pending timers are added to at every write, with the count
     /// last added (see [`report_timers_to`](Self::report_timers_to)).
     timers_gauge: Option<(prometheus::IntGauge, i64)>,
@@ -525,7 +523,6 @@ impl<S: Store> Processor<S> {
             watch: Watch::default(),
             model_peers: None,
             customer_tiers: None,
-            reuse_batches: false,
             timers_gauge: None,
             fit_share: None,
             transitions: BTreeMap::new(),
@@ -628,14 +625,6 @@ impl<S: Store> Processor<S> {
     /// published, for the flush hook (the Kafka shell's `customer_tiers` topic).
     pub fn keep_customer_tiers(&mut self) {
         self.customer_tiers.get_or_insert_with(Vec::new);
-    }
-
-    /// Write each batch into the buffers of the last one this thread wrote
-    /// ([`Batch::reused`]): for the Kafka shell, whose batches carry an outbox
-    /// entry and are tens of megabytes when a partition catches up. (Replay's are
-    /// smaller, and its peak memory is bounded: it does not keep them.)
-    pub fn reuse_batches(&mut self) {
-        self.reuse_batches = true;
     }
 
     /// Add this processor's pending timers to `gauge` (shared by the partitions of
@@ -1523,14 +1512,7 @@ impl<S: Store> Processor<S> {
 
     /// Write everything pending in one atomic batch and trim the cache.
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        let mut batch = if self.reuse_batches {
-            let mut b = Batch::reused();
-            b.append(&self.pending);
-            self.pending.clear();
-            b
-        } else {
-            std::mem::take(&mut self.pending)
-        };
+        let mut batch = std::mem::take(&mut self.pending);
         // The records encoded at each change first. (A customer whose record the
         // budget refused at a later change is no longer held: its dirty slot is
         // written from the cache below.)

@@ -217,12 +217,7 @@ pub struct EntryWriter {
 
 impl EntryWriter {
     pub fn with_capacity(bytes: usize) -> EntryWriter {
-        EntryWriter::in_buffer(Vec::with_capacity(bytes + 1))
-    }
-
-    /// A writer that writes into `buf` (emptied first).
-    pub fn in_buffer(mut buf: Vec<u8>) -> EntryWriter {
-        buf.clear();
+        let mut buf = Vec::with_capacity(bytes + 1);
         buf.push(ENTRY_VERSION);
         EntryWriter { buf }
     }
@@ -302,32 +297,19 @@ const ENTRY_LZ4: u8 = 3;
 /// a restart (or beyond the memory kept). One too large for LZ4 (2 GiB) is stored
 /// as it is.
 ///
-/// Appended to `out`, compressed in place (no buffer of its own): `out` is the
-/// write batch's buffer.
+/// Appended to `out` (the write batch's buffer: no buffer, nor copy, of its own).
 pub fn pack_into(entry: &[u8], out: &mut Vec<u8>) {
-    use lz4::liblz4::{LZ4_compressBound, LZ4_compress_default};
-    let Ok(len) = i32::try_from(entry.len()) else {
-        return out.extend_from_slice(entry);
-    };
-    // SAFETY: plain C calls; LZ4 writes at most `bound` bytes to `dst`, which has
-    // room for them, and reads `len` bytes of `entry`.
-    let bound = unsafe { LZ4_compressBound(len) };
-    if bound <= 0 {
-        return out.extend_from_slice(entry);
-    }
-    out.reserve(5 + bound as usize);
     let start = out.len();
-    out.push(ENTRY_LZ4);
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    let dst = out.spare_capacity_mut();
-    let n =
-        unsafe { LZ4_compress_default(entry.as_ptr().cast(), dst.as_mut_ptr().cast(), len, bound) };
-    if n <= 0 {
+    if let Ok(bound) = lz4::block::compress_bound(entry.len()) {
+        out.resize(start + 1 + 4 + bound, 0);
+        out[start] = ENTRY_LZ4;
+        if let Ok(n) = lz4::block::compress_to_buffer(entry, None, true, &mut out[start + 1..]) {
+            out.truncate(start + 1 + n);
+            return;
+        }
         out.truncate(start);
-        return out.extend_from_slice(entry);
     }
-    // SAFETY: LZ4 wrote the `n` bytes after the header.
-    unsafe { out.set_len(start + 5 + n as usize) };
+    out.extend_from_slice(entry);
 }
 
 /// An outbox entry as [`EntryWriter`] wrote it, from its stored form (`None`: an

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use prometheus::IntGauge;
 
 use super::changelog::{
-    entry_records, outbox_key, pack_into, unpack, EntryWriter, Marker, RecordRef, PUBLISHED_KEY,
+    entry_records, outbox_key, pack_into, unpack, Marker, RecordRef, PUBLISHED_KEY,
 };
 use crate::store::rocks::RocksStore;
 use crate::store::{Batch, Cf, Store, StoreError};
@@ -29,59 +29,6 @@ use crate::store::{Batch, Cf, Store, StoreError};
 /// everything queued while it waited for a worker), and a share of a fixed
 /// per-partition bound was too small to keep even one of them.
 const KEPT_BYTES: usize = 512 << 20;
-
-/// The buffers of entries published (or not kept), for the next entries'
-/// writers ([`Outbox::writer`]): an entry of tens of megabytes written into a fresh
-/// buffer was faulted in page by page (`clear_page`, ~3 % of `strata run` at 1M
-/// customers).
-static FREE: Mutex<Free> = Mutex::new(Free::new(256 << 20, 16));
-
-/// Free buffers of at least 1 MiB (a smaller one costs little to allocate), at
-/// most `count` and `bytes` of them together, largest first.
-struct Free {
-    buffers: Vec<Vec<u8>>,
-    bytes: usize,
-    count: usize,
-}
-
-impl Free {
-    const fn new(bytes: usize, count: usize) -> Free {
-        Free {
-            buffers: Vec::new(),
-            bytes,
-            count,
-        }
-    }
-
-    /// Keep `buf` if it is large, dropping the smallest beyond the bounds.
-    fn give(&mut self, buf: Vec<u8>) {
-        if buf.capacity() < 1 << 20 {
-            return;
-        }
-        self.buffers.push(buf);
-        self.buffers
-            .sort_unstable_by_key(|b| std::cmp::Reverse(b.capacity()));
-        let mut total = 0;
-        let bound = self.bytes;
-        self.buffers.retain(|b| {
-            let keep = total + b.capacity() <= bound;
-            total += if keep { b.capacity() } else { 0 };
-            keep
-        });
-        self.buffers.truncate(self.count);
-    }
-
-    /// The smallest buffer with room for more than `bytes`, else the largest.
-    fn take(&mut self, bytes: usize) -> Option<Vec<u8>> {
-        let fits = self.buffers.iter().rposition(|b| b.capacity() > bytes);
-        let i = fits.or((!self.buffers.is_empty()).then_some(0))?;
-        Some(self.buffers.remove(i))
-    }
-}
-
-fn give_back(buf: Vec<u8>) {
-    FREE.lock().unwrap().give(buf);
-}
 
 #[derive(Clone)]
 pub struct Outbox {
@@ -107,19 +54,6 @@ impl Drop for Kept {
     /// A partition closed: what it kept counts no more.
     fn drop(&mut self) {
         self.total.sub(self.bytes as i64);
-    }
-}
-
-impl Kept {
-    fn remove(&mut self, seq: u64) {
-        if let Some(e) = self.entries.remove(&seq) {
-            self.bytes -= e.len();
-            self.total.sub(e.len() as i64);
-            // (Unless the publisher is reading it right now.)
-            if let Ok(buf) = Arc::try_unwrap(e) {
-                give_back(buf);
-            }
-        }
     }
 }
 
@@ -168,13 +102,6 @@ impl Outbox {
         seq
     }
 
-    /// A writer for the next entry, of about `bytes`, in the buffer of an entry
-    /// published before if one is free (the smallest that fits, or the largest).
-    pub fn writer(bytes: usize) -> EntryWriter {
-        let free = FREE.lock().unwrap().take(bytes);
-        EntryWriter::in_buffer(free.unwrap_or_else(|| Vec::with_capacity(bytes + 1)))
-    }
-
     /// Keep entry `seq` in memory if it fits.
     fn keep(&self, seq: u64, entry: Vec<u8>) {
         let mut kept = self.kept.lock().unwrap();
@@ -184,8 +111,6 @@ impl Outbox {
             kept.total.add(entry.len() as i64);
             kept.bytes += entry.len();
             kept.entries.insert(seq, Arc::new(entry));
-        } else {
-            give_back(entry);
         }
     }
 
@@ -259,8 +184,11 @@ impl Outbox {
         b.put(Cf::Meta, PUBLISHED_KEY, last.encode());
         self.store.write(b)?;
         let mut kept = self.kept.lock().unwrap();
-        for &seq in seqs {
-            kept.remove(seq);
+        for seq in seqs {
+            if let Some(e) = kept.entries.remove(seq) {
+                kept.bytes -= e.len();
+                kept.total.sub(e.len() as i64);
+            }
         }
         if let Some(last) = seqs.iter().max() {
             self.floor.fetch_max(last + 1, Ordering::Relaxed);
@@ -297,44 +225,6 @@ mod tests {
         })
         .unwrap();
         v
-    }
-
-    #[test]
-    fn free_entry_buffers_are_reused_smallest_fitting_first_within_bounds() {
-        const MB: usize = 1 << 20;
-        let mut free = Free::new(10 * MB, 3);
-        let buf = |mb: usize| Vec::<u8>::with_capacity(mb * MB);
-        free.give(Vec::with_capacity(MB / 2)); // small: not kept
-        assert!(free.take(0).is_none());
-        for mb in [2, 4, 3] {
-            free.give(buf(mb));
-        }
-        let caps = |f: &Free| {
-            f.buffers
-                .iter()
-                .map(|b| b.capacity() / MB)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(caps(&free), [4, 3, 2]);
-        // Within 10 MiB, the largest first: 5 + 4 (+ 3 or 2 would be over).
-        free.give(buf(5));
-        assert_eq!(caps(&free), [5, 4]);
-        // One over the bound alone is not kept, and does not push out the others.
-        free.give(buf(11));
-        assert_eq!(caps(&free), [5, 4]);
-        free.give(buf(1));
-        assert_eq!(caps(&free), [5, 4, 1]);
-        // At most `count` buffers: the smallest goes.
-        let mut few = Free::new(100 * MB, 2);
-        for mb in [1, 3, 2] {
-            few.give(buf(mb));
-        }
-        assert_eq!(caps(&few), [3, 2]);
-        // The smallest with room, else the largest.
-        assert_eq!(free.take(3 * MB).map(|b| b.capacity() / MB), Some(4));
-        assert_eq!(free.take(8 * MB).map(|b| b.capacity() / MB), Some(5));
-        assert_eq!(free.take(0).map(|b| b.capacity() / MB), Some(1));
-        assert!(free.take(0).is_none());
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::store::{Batch, Cf, Store, StoreError};
 use crate::telemetry::Metrics;
 
 use super::changelog::{
-    changelog_key, Dest, Marker, OutboxRecord, RecordRef, MARKER_KEY, PUBLISHED_KEY,
+    changelog_key, Dest, EntryWriter, Marker, OutboxRecord, RecordRef, MARKER_KEY, PUBLISHED_KEY,
 };
 use super::outbox::Outbox;
 
@@ -189,7 +189,6 @@ impl Partition {
         let (hook_pending, hook_outbox, hook_metrics) =
             (pending.clone(), outbox.clone(), metrics.clone());
         proc.keep_customer_tiers();
-        proc.reuse_batches();
         proc.report_timers_to(metrics.timers_pending.clone());
         proc.set_flush_hook(Box::new(move |batch, outputs, tiers| {
             let mut p = hook_pending.lock().unwrap();
@@ -204,7 +203,7 @@ impl Partition {
             }
             batch.put(Cf::Meta, MARKER_KEY, p.marker.encode());
             let bytes = batch.bytes() + 32 * batch.len();
-            let mut entry = Outbox::writer(bytes + outputs.len() * 320);
+            let mut entry = EntryWriter::with_capacity(bytes + outputs.len() * 320);
             let mut stats = None;
             let mut model_stats = None;
             for (cf, k, v) in batch.iter() {

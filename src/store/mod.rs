@@ -83,16 +83,6 @@ pub type Visitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreErro
 pub struct Batch {
     ops: Vec<Op>,
     bytes: Vec<u8>,
-    /// From [`Batch::reused`]: once written, its buffers go back to the thread.
-    reuse: bool,
-}
-
-/// The largest buffers a thread keeps for its next [`Batch::reused`].
-const SPARE_BYTES: usize = 256 << 20;
-
-thread_local! {
-    /// The buffers of the last reusable batch this thread wrote, emptied.
-    static SPARE: std::cell::Cell<Batch> = std::cell::Cell::new(Batch::default());
 }
 
 /// An op's key at `bytes[at..at + key]`, its value (`None`: a delete) right after.
@@ -108,35 +98,6 @@ struct Op {
 pub type OpRef<'a> = (Cf, &'a [u8], Option<&'a [u8]>);
 
 impl Batch {
-    /// An empty batch in the buffers of the last reusable batch this thread wrote
-    /// (a processor's flush): a large batch then fills memory already mapped,
-    /// where a fresh buffer was faulted in page by page and copied at each
-    /// doubling (~2 % of `strata run` at 1M customers, whose batches and outbox
-    /// entries are tens of megabytes). A thread keeps one such set of buffers, up
-    /// to 256 MiB.
-    pub fn reused() -> Batch {
-        let mut b = SPARE.with(|s| s.take());
-        b.reuse = true;
-        b
-    }
-
-    /// Written: give a reusable batch's buffers back to this thread (the larger
-    /// of them and the ones it keeps), or free them.
-    pub fn recycle(mut self) {
-        if !self.reuse || self.bytes.capacity() > SPARE_BYTES {
-            return;
-        }
-        self.clear();
-        SPARE.with(|s| {
-            let kept = s.take();
-            s.set(if kept.bytes.capacity() >= self.bytes.capacity() {
-                kept
-            } else {
-                self
-            });
-        });
-    }
-
     pub fn put(&mut self, cf: Cf, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         let (key, value) = (key.as_ref(), value.as_ref());
         self.push(cf, key, Some(value));
@@ -169,11 +130,6 @@ impl Batch {
         });
         self.bytes.extend_from_slice(key);
         self.bytes.extend_from_slice(value.unwrap_or_default());
-    }
-    /// No ops, the buffers kept.
-    pub fn clear(&mut self) {
-        self.ops.clear();
-        self.bytes.clear();
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
@@ -469,51 +425,28 @@ mod tests {
         }
     }
 
-    /// A reusable batch, once written, hands its buffers (emptied) to the
-    /// thread's next reusable batch, the larger set kept; other batches do not.
+    /// A value `put_with` appends is the op's value, between the ops around it.
     #[test]
-    fn a_written_reusable_batch_leaves_its_buffers_to_the_next() {
-        std::thread::spawn(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let store = rocks::RocksStore::open(dir.path(), 8, 4).unwrap();
-            let fill = |b: &mut Batch, n: usize| {
-                for i in 0..n {
-                    b.put_with(Cf::Customers, format!("k{i}").as_bytes(), |v| {
-                        v.extend_from_slice(&[7; 100])
-                    });
-                }
-            };
-            let mut b = Batch::reused();
-            assert_eq!(b.bytes.capacity(), 0, "a new thread has none");
-            fill(&mut b, 1000);
-            let cap = b.bytes.capacity();
-            store.write(b).unwrap();
-            let mut seen = 0;
-            store
-                .scan(Cf::Customers, b"", None, &mut |k, v| {
-                    assert!(k.starts_with(b"k") && v == [7; 100]);
-                    seen += 1;
-                    Ok(true)
-                })
-                .unwrap();
-            assert_eq!(seen, 1000, "put_with's values written");
-            let next = Batch::reused();
-            assert!(next.is_empty() && next.bytes() == 0);
-            assert_eq!(next.bytes.capacity(), cap);
-            // A smaller one written does not replace the larger set.
-            let mut small = Batch::reused();
-            fill(&mut small, 1);
-            store.write(next).unwrap();
-            store.write(small).unwrap();
-            assert_eq!(Batch::reused().bytes.capacity(), cap);
-            // Nor does a batch not made for reuse leave its buffers.
-            let mut plain = Batch::default();
-            fill(&mut plain, 1000);
-            store.write(plain).unwrap();
-            assert_eq!(Batch::reused().bytes.capacity(), 0);
-        })
-        .join()
-        .unwrap();
+    fn put_with_writes_the_value_it_appends() {
+        let mut b = Batch::default();
+        b.put(Cf::Meta, b"a", b"1");
+        b.put_with(Cf::Outbox, b"key", |v| v.extend_from_slice(b"value"));
+        b.delete(Cf::Meta, b"b");
+        let ops: Vec<OpRef<'_>> = b.iter().collect();
+        assert_eq!(
+            ops,
+            [
+                (Cf::Meta, &b"a"[..], Some(&b"1"[..])),
+                (Cf::Outbox, &b"key"[..], Some(&b"value"[..])),
+                (Cf::Meta, &b"b"[..], None),
+            ]
+        );
+        let store = MemStore::default();
+        store.write(b).unwrap();
+        assert_eq!(
+            store.get(Cf::Outbox, b"key").unwrap().as_deref(),
+            Some(&b"value"[..])
+        );
     }
 
     /// A union visits every store's keys in one key order, however they are spread

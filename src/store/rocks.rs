@@ -154,9 +154,9 @@ impl Store for RocksStore {
                 None => wb.delete_cf(h, k),
             }
         }
-        // Freed (or handed back for reuse) before the memtable grows by the same
-        // bytes: a large batch is held twice at most, not three times.
-        batch.recycle();
+        // Freed before the memtable grows by the same bytes: a large batch is held
+        // twice at most, not three times.
+        drop(batch);
         self.db.write(wb).map_err(backend)
     }
 

@@ -108,28 +108,28 @@ impl Batch {
         let at = self.bytes.len();
         self.bytes.extend_from_slice(key);
         write(&mut self.bytes);
-        let len = |n: usize| u32::try_from(n).expect("a key or value under 4 GiB");
-        self.ops.push(Op {
-            cf,
-            at,
-            key: len(key.len()),
-            value: Some(len(self.bytes.len() - at - key.len())),
-        });
+        let value = self.bytes.len() - at - key.len();
+        self.push_op(cf, at, key.len(), Some(value));
     }
     pub fn delete(&mut self, cf: Cf, key: impl AsRef<[u8]>) {
         self.push(cf, key.as_ref(), None);
     }
     /// A put (`Some`) or a delete (`None`).
     pub fn push(&mut self, cf: Cf, key: &[u8], value: Option<&[u8]>) {
-        let len = |b: &[u8]| u32::try_from(b.len()).expect("a key or value under 4 GiB");
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value.unwrap_or_default());
+        self.push_op(cf, at, key.len(), value.map(<[u8]>::len));
+    }
+    /// The op whose key (and value, `None`: a delete) were just added at `at`.
+    fn push_op(&mut self, cf: Cf, at: usize, key: usize, value: Option<usize>) {
+        let len = |n: usize| u32::try_from(n).expect("a key or value under 4 GiB");
         self.ops.push(Op {
             cf,
-            at: self.bytes.len(),
+            at,
             key: len(key),
             value: value.map(len),
         });
-        self.bytes.extend_from_slice(key);
-        self.bytes.extend_from_slice(value.unwrap_or_default());
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()

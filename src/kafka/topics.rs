@@ -6,15 +6,25 @@
 //! partition count when missing, refused when they exist with another count (their
 //! partition p *is* state partition p). Output and dead-letter topics are created with
 //! the broker's defaults when missing; the `customer_tiers` output topic compacted.
+//! Every topic strata creates takes records (and batches) of up to 8 MiB
+//! ([`CREATED_MAX_MESSAGE_BYTES`]) where the cluster allows it.
 
 use std::time::Duration;
 
 /// `min.compaction.lag.ms` of the changelog and stats topics strata creates.
 pub const MIN_COMPACTION_LAG_MS: &str = "3600000";
 
+/// `max.message.bytes` of every topic strata creates: 8 MiB (the most managed
+/// clusters commonly allow, Confluent Cloud's limit), above the producer's 4 MiB
+/// `message.max.bytes`, so a big customer's changelog record never blocks its
+/// partition on a topic strata created (Kafka's default, 1 MiB, would). A cluster
+/// that refuses the setting gets the topic with its default instead.
+pub const CREATED_MAX_MESSAGE_BYTES: &str = "8388608";
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
 use super::KafkaError;
@@ -92,7 +102,8 @@ pub fn ensure_topics(
     if topics.churn_warnings != topics.tier_changes {
         outputs.push(topics.churn_warnings.as_str());
     }
-    let mut create = Vec::new();
+    // (name, configs) of each topic to create.
+    let mut create: Vec<(&str, Vec<(&str, &str)>)> = Vec::new();
     for t in internal {
         match partition_count(consumer, t)? {
             Some(n) if n != partitions => {
@@ -104,59 +115,75 @@ pub fn ensure_topics(
             // An hour before compaction may drop a superseded record: a batch left
             // half-published by a crash is dropped by a restore (whole batches
             // only), and the versions it superseded must still be there then.
-            None => create.push(
-                NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1))
-                    .set("cleanup.policy", "compact")
-                    .set("min.compaction.lag.ms", MIN_COMPACTION_LAG_MS),
-            ),
+            None => create.push((
+                t,
+                vec![
+                    ("cleanup.policy", "compact"),
+                    ("min.compaction.lag.ms", MIN_COMPACTION_LAG_MS),
+                ],
+            )),
         }
     }
     // Keyed by customer: any partition count works; compacted, so that reading
     // it from the start gives every customer's latest membership.
     if partition_count(consumer, &topics.customer_tiers)?.is_none() {
-        create.push(
-            NewTopic::new(
-                &topics.customer_tiers,
-                partitions as i32,
-                TopicReplication::Fixed(-1),
-            )
-            .set("cleanup.policy", "compact"),
-        );
+        create.push((&topics.customer_tiers, vec![("cleanup.policy", "compact")]));
     }
     for t in outputs {
         if partition_count(consumer, t)?.is_none() {
-            create.push(NewTopic::new(
-                t,
-                partitions as i32,
-                TopicReplication::Fixed(-1),
-            ));
+            create.push((t, Vec::new()));
         }
     }
     if create.is_empty() {
         return Ok(());
     }
-    let names: Vec<String> = create.iter().map(|t| t.name.to_string()).collect();
+    let names: Vec<String> = create.iter().map(|(t, _)| t.to_string()).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| KafkaError::Broker(e.to_string()))?;
-    let results = rt
-        .block_on(admin.create_topics(
-            &create,
-            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
-        ))
-        .map_err(|e| KafkaError::Broker(format!("cannot create topics {names:?}: {e}")))?;
-    for r in results {
+    let create_all = |sized: bool, which: &[&(&str, Vec<(&str, &str)>)]| {
+        let new: Vec<NewTopic> = which
+            .iter()
+            .map(|(t, configs)| {
+                let mut n = NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1));
+                for (k, v) in configs {
+                    n = n.set(k, v);
+                }
+                if sized {
+                    n = n.set("max.message.bytes", CREATED_MAX_MESSAGE_BYTES);
+                }
+                n
+            })
+            .collect();
+        rt.block_on(
+            admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(TIMEOUT))),
+        )
+        .map_err(|e| KafkaError::Broker(format!("cannot create topics {names:?}: {e}")))
+    };
+    let all: Vec<&(&str, Vec<(&str, &str)>)> = create.iter().collect();
+    let mut unsized_retry = Vec::new();
+    let first = if refused_by_policy() {
+        all.iter()
+            .map(|(t, _)| Err((t.to_string(), RDKafkaErrorCode::PolicyViolation)))
+            .collect()
+    } else {
+        create_all(true, &all)?
+    };
+    for r in first {
         match r {
-            Ok(t) => tracing::info!(topic = %t, "Created topic."),
-            Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
-                tracing::debug!(topic = %t, "Topic exists already.")
+            // A cluster whose policy refuses the larger limit: the topic is
+            // created with its default.
+            Err((t, RDKafkaErrorCode::InvalidConfig | RDKafkaErrorCode::PolicyViolation)) => {
+                tracing::info!(topic = %t, "The cluster refuses max.message.bytes = {CREATED_MAX_MESSAGE_BYTES}; creating the topic with its default.");
+                unsized_retry.extend(all.iter().copied().filter(|(n, _)| *n == t));
             }
-            Err((t, e)) => {
-                return Err(KafkaError::Broker(format!(
-                    "cannot create topic {t:?}: {e} (create it by hand, compacted for the changelog and stats topics)"
-                )))
-            }
+            r => created(r)?,
+        }
+    }
+    if !unsized_retry.is_empty() {
+        for r in create_all(false, &unsized_retry)? {
+            created(r)?;
         }
     }
     // Metadata may lag creation for a moment.
@@ -169,4 +196,28 @@ pub fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// One topic's creation result: created, or there already (another instance
+/// created it first), or an error an operator must fix.
+fn created(r: Result<String, (String, RDKafkaErrorCode)>) -> Result<(), KafkaError> {
+    match r {
+        Ok(t) => tracing::info!(topic = %t, "Created topic."),
+        Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
+            tracing::debug!(topic = %t, "Topic exists already.")
+        }
+        Err((t, e)) => {
+            return Err(KafkaError::Broker(format!(
+                "cannot create topic {t:?}: {e} (create it by hand, compacted for the changelog and stats topics)"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Test builds: the fail point `topics.refuse_max_message_bytes` plays a cluster whose
+/// policy refuses [`CREATED_MAX_MESSAGE_BYTES`] (tansu accepts any topic config).
+fn refused_by_policy() -> bool {
+    fail::fail_point!("topics.refuse_max_message_bytes", |_| true);
+    false
 }

@@ -209,14 +209,29 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{t}-{n}", std::process::id())
 }
 
+/// A topic to create: name, partition count, topic configs.
+pub type TopicSpec<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
+
 pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let topics: Vec<TopicSpec> = topics.iter().map(|(t, p)| (*t, *p, &[][..])).collect();
+    create_topics_with(brokers, &topics);
+}
+
+/// Topics with these partition counts and topic configs.
+pub fn create_topics_with(brokers: &str, topics: &[TopicSpec]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     let new: Vec<NewTopic> = topics
         .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .map(|(t, p, configs)| {
+            let mut n = NewTopic::new(t, *p, TopicReplication::Fixed(1));
+            for (k, v) in configs.iter() {
+                n = n.set(k, v);
+            }
+            n
+        })
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -228,6 +243,26 @@ pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     {
         r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
     }
+}
+
+/// One config of a topic as the broker describes it (`None`: not listed; tansu lists
+/// only configs set on the topic).
+pub fn topic_config(brokers: &str, topic: &str, key: &str) -> Option<String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let spec = rdkafka::admin::ResourceSpecifier::Topic(topic);
+    let r = rt
+        .block_on(admin.describe_configs([&spec], &AdminOptions::new()))
+        .unwrap()
+        .remove(0)
+        .unwrap_or_else(|e| panic!("describe topic {topic}: {e}"));
+    r.get(key).and_then(|e| e.value.clone())
 }
 
 /// Produce (topic, key, payload) in order, with Kafka's default (murmur2) partitioner.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::broker::{
-    brokers, caught_up, create_topics, end_offsets, http_get_with_head, metric_sum, produce,
-    read_topic, unique, Rec, Strata,
+    brokers, caught_up, create_topics, create_topics_with, end_offsets, http_get_with_head,
+    metric_sum, produce, read_topic, topic_config, unique, Rec, Strata,
 };
 use crate::util::{dump, generate, replay, strata, tempdir, write_lines};
 
@@ -1205,6 +1205,63 @@ fn co_partition_mismatch_is_refused() {
             err.contains(&format!("{t}: {n}")),
             "names {t} and its count: {err}"
         );
+    }
+}
+
+/// Topics strata creates take records of up to 8 MiB (a big customer's changelog
+/// record fits); a topic that exists is left as it is. A cluster whose policy
+/// refuses the setting (the fail point) gets the topics with its default.
+#[test]
+fn created_topics_take_large_records_unless_the_cluster_refuses() {
+    let _serial = serial();
+    for refused in [false, true] {
+        let s = Setup::new(&[2, 2, 2]);
+        create_topics_with(
+            brokers(),
+            &[(&s.tier_changes, 2, &[("max.message.bytes", "2000000")])],
+        );
+        let env: &[(&str, &str)] = if refused {
+            &[("FAILPOINTS", "topics.refuse_max_message_bytes=return")]
+        } else {
+            &[]
+        };
+        let a = Strata::start_env(&s.config("a"), s.dir.path(), "a", env);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !a.log_text().contains("Consuming.") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = a.log_text();
+        assert!(log.contains("Consuming."), "{log}");
+        assert_eq!(
+            log.contains("The cluster refuses max.message.bytes"),
+            refused,
+            "{log}"
+        );
+        let name = s.group.trim_end_matches("-group");
+        let (changelog, stats) = (format!("{name}-changelog"), format!("{name}-stats"));
+        for created in [
+            &changelog,
+            &stats,
+            &s.customer_tiers,
+            &s.churn_warnings,
+            &s.dead_letter,
+        ] {
+            assert_eq!(
+                topic_config(brokers(), created, "max.message.bytes").as_deref(),
+                (!refused).then_some("8388608"),
+                "{created}, refused by the cluster: {refused}"
+            );
+        }
+        assert_eq!(
+            topic_config(brokers(), &changelog, "cleanup.policy").as_deref(),
+            Some("compact")
+        );
+        assert_eq!(
+            topic_config(brokers(), &s.tier_changes, "max.message.bytes").as_deref(),
+            Some("2000000"),
+            "an existing topic is not altered"
+        );
+        assert!(a.terminate());
     }
 }
 

@@ -20,7 +20,10 @@
 //!    purchases/s (default 500) of new customers for 20 s, each yielding one
 //!    `tier_changed`; event-to-output latency = when a consumer of `tier_changes`
 //!    receives the output (matched by `cause_event_id`) minus when the event was
-//!    handed to the producer (p50/p99/max).
+//!    handed to the producer (p50/p99/max), and the CPU seconds the instance and
+//!    the broker spent in that window; `STRATA_BENCH_SETTLE_S` waits that long
+//!    after the restore before it starts (default 0: right after, as an operator's
+//!    instance that just took partitions over).
 //!
 //! `cargo bench --bench kafka_run` (tansu must be installed: `scripts/setup --test`).
 //! 3b. the peer (benches/peer/app.py, Quix Streams, when `benches/peer/setup` made
@@ -453,7 +456,21 @@ fn main() {
     // Keep draining b's log so it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     let b = Killed(b);
+    let settle: u64 = std::env::var("STRATA_BENCH_SETTLE_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(settle));
+    let cpu = || (cpu_seconds(b.0.id()), cpu_seconds(tansu.0.id()));
+    let before = cpu();
     latency(&brokers);
+    if let ((Some(s0), Some(t0)), (Some(s1), Some(t1))) = (before, cpu()) {
+        println!(
+            "during the latency phase (settled {settle} s first): strata {:.1} CPU-s, the broker {:.1} CPU-s",
+            s1 - s0,
+            t1 - t0
+        );
+    }
     drop(b);
 }
 

@@ -142,18 +142,12 @@ pub fn ensure_topics(
         .enable_all()
         .build()
         .map_err(|e| KafkaError::Broker(e.to_string()))?;
-    let create_all = |sized: bool, which: &[&(&str, Vec<(&str, &str)>)]| {
-        let new: Vec<NewTopic> = which
+    let create_all = |specs: &[(&str, Vec<(&str, &str)>)]| {
+        let new: Vec<NewTopic> = specs
             .iter()
             .map(|(t, configs)| {
-                let mut n = NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1));
-                for (k, v) in configs {
-                    n = n.set(k, v);
-                }
-                if sized {
-                    n = n.set("max.message.bytes", CREATED_MAX_MESSAGE_BYTES);
-                }
-                n
+                let n = NewTopic::new(t, partitions as i32, TopicReplication::Fixed(-1));
+                configs.iter().fold(n, |n, (k, v)| n.set(k, v))
             })
             .collect();
         rt.block_on(
@@ -161,28 +155,37 @@ pub fn ensure_topics(
         )
         .map_err(|e| KafkaError::Broker(format!("cannot create topics {names:?}: {e}")))
     };
-    let all: Vec<&(&str, Vec<(&str, &str)>)> = create.iter().collect();
-    let mut unsized_retry = Vec::new();
-    let first = if refused_by_policy() {
-        all.iter()
-            .map(|(t, _)| Err((t.to_string(), RDKafkaErrorCode::PolicyViolation)))
+    for (_, configs) in &mut create {
+        configs.push(("max.message.bytes", CREATED_MAX_MESSAGE_BYTES));
+    }
+    let results = if refused_by_policy() {
+        names
+            .iter()
+            .map(|t| Err((t.clone(), RDKafkaErrorCode::PolicyViolation)))
             .collect()
     } else {
-        create_all(true, &all)?
+        create_all(&create)?
     };
-    for r in first {
+    // A cluster whose policy refuses the larger limit: those topics again,
+    // without it (with its default).
+    let mut retry = Vec::new();
+    for r in results {
         match r {
-            // A cluster whose policy refuses the larger limit: the topic is
-            // created with its default.
-            Err((t, RDKafkaErrorCode::InvalidConfig | RDKafkaErrorCode::PolicyViolation)) => {
+            Err((t, e @ (RDKafkaErrorCode::InvalidConfig | RDKafkaErrorCode::PolicyViolation))) => {
+                let Some((name, configs)) = create.iter().find(|(n, _)| *n == t) else {
+                    created(Err((t, e)))?;
+                    continue;
+                };
                 tracing::info!(topic = %t, "The cluster refuses max.message.bytes = {CREATED_MAX_MESSAGE_BYTES}; creating the topic with its default.");
-                unsized_retry.extend(all.iter().copied().filter(|(n, _)| *n == t));
+                let mut configs = configs.clone();
+                configs.retain(|(k, _)| *k != "max.message.bytes");
+                retry.push((*name, configs));
             }
             r => created(r)?,
         }
     }
-    if !unsized_retry.is_empty() {
-        for r in create_all(false, &unsized_retry)? {
+    if !retry.is_empty() {
+        for r in create_all(&retry)? {
             created(r)?;
         }
     }

@@ -175,9 +175,10 @@ fn timed_get(http: &str, path: &str) -> Option<(u16, Duration)> {
     Some((code, t.elapsed()))
 }
 
-/// The sum of `strata_customers{dimension="value_tier"}`: customers stored.
-fn stored_customers(http: &str) -> Option<f64> {
+/// The instance's `/metrics` text (`None`: not serving yet).
+fn metrics(http: &str) -> Option<String> {
     let mut s = TcpStream::connect(http).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
         "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
@@ -185,14 +186,51 @@ fn stored_customers(http: &str) -> Option<f64> {
     .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
-    Some(
-        text.lines()
-            .filter(|l| {
-                l.starts_with("strata_customers{") && l.contains("dimension=\"value_tier\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// The sum of the samples whose line starts with `prefix`.
+fn sum_of(text: &str, prefix: &str, also: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(also))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The sum of `strata_customers{dimension="value_tier"}`: customers stored.
+fn stored_customers(http: &str) -> Option<f64> {
+    Some(sum_of(
+        &metrics(http)?,
+        "strata_customers{",
+        "dimension=\"value_tier\"",
+    ))
+}
+
+/// A histogram's cumulative buckets, (upper bound, count), from the line prefix
+/// of its buckets up to `le` (e.g. `strata_batch_duration_seconds_bucket{`).
+fn buckets(http: &str, prefix: &str) -> Vec<(String, f64)> {
+    let text = metrics(http).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(prefix)?;
+            let (_, rest) = rest.split_once("le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((le.to_string(), count.parse().ok()?))
+        })
+        .collect()
+}
+
+/// How many observations of a histogram between two scrapes were above each of
+/// `bounds` (of its bucket bounds), as "> b s: n" parts.
+fn above(before: &[(String, f64)], after: &[(String, f64)], bounds: &[&str]) -> String {
+    let total = after.last().map_or(0.0, |l| l.1) - before.last().map_or(0.0, |l| l.1);
+    let parts: Vec<String> = after
+        .iter()
+        .zip(before)
+        .filter(|(a, _)| bounds.contains(&a.0.as_str()))
+        .map(|(a, b)| format!("> {} s: {:.0}", a.0, total - (a.1 - b.1)))
+        .collect();
+    format!("{total:.0}; {}", parts.join(", "))
 }
 
 fn percentiles(mut v: Vec<Duration>) -> String {
@@ -212,22 +250,7 @@ fn percentiles(mut v: Vec<Duration>) -> String {
 
 /// `strata_events_consumed_total` of the instance at `http` (`None`: not serving yet).
 fn consumed(http: &str) -> Option<f64> {
-    let mut s = TcpStream::connect(http).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with("strata_events_consumed_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    Some(sum_of(&metrics(http)?, "strata_events_consumed_total", ""))
 }
 
 fn main() {
@@ -425,7 +448,7 @@ fn main() {
     }
 
     // Restore: a fresh instance takes all partitions over from the changelog.
-    let (cfg, _) = config(dir.path(), &brokers, "b");
+    let (cfg, b_http) = config(dir.path(), &brokers, "b");
     let mut b = Command::new(strata_bin())
         .args(["--log-format", "json", "run", "--config"])
         .arg(&cfg)
@@ -462,13 +485,40 @@ fn main() {
         .unwrap_or(0);
     std::thread::sleep(Duration::from_secs(settle));
     let cpu = || (cpu_seconds(b.0.id()), cpu_seconds(tansu.0.id()));
-    let before = cpu();
+    // The instance's own view meanwhile: how long its batches took (apply and
+    // write one partition's batch), and each record's time from its Kafka timestamp
+    // (the bench's producer) to strata's poll and to its batch written.
+    let histograms = [
+        "strata_batch_duration_seconds_bucket{",
+        "strata_record_e2e_latency_seconds_bucket{at=\"polled\"",
+        "strata_record_e2e_latency_seconds_bucket{at=\"written\"",
+    ];
+    let scrape = || histograms.map(|h| buckets(&b_http, h));
+    let (before, hist_before) = (cpu(), scrape());
     latency(&brokers);
     if let ((Some(s0), Some(t0)), (Some(s1), Some(t1))) = (before, cpu()) {
         println!(
             "during the latency phase (settled {settle} s first): strata {:.1} CPU-s, the broker {:.1} CPU-s",
             s1 - s0,
             t1 - t0
+        );
+    }
+    let hist_after = scrape();
+    for (i, what) in [
+        "batches",
+        "records, Kafka timestamp to polled",
+        "records, Kafka timestamp to written",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!(
+            "the instance during the latency phase, {what}: {}",
+            above(
+                &hist_before[i],
+                &hist_after[i],
+                &["0.008", "0.016", "0.032", "0.064", "0.128"]
+            )
         );
     }
     drop(b);
@@ -549,7 +599,9 @@ fn latency(brokers: &str) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
     let total = rate * 20;
-    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    // When each event was handed to the producer: a monotonic instant for the
+    // latency, and the wall clock for its split at strata's producer.
+    let sent: Arc<Mutex<HashMap<String, (Instant, f64)>>> = Arc::default();
     let outputs: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-latency")
@@ -570,6 +622,8 @@ fn latency(brokers: &str) {
     let reader = {
         let sent = sent.clone();
         std::thread::spawn(move || {
+            // (whole latency, the part until strata handed the output to its
+            // producer — the output's CreateTime), in seconds.
             let mut lat = Vec::with_capacity(total as usize);
             let mut last = Instant::now();
             while (lat.len() as u64) < total && last.elapsed() < Duration::from_secs(60) {
@@ -582,8 +636,9 @@ fn latency(brokers: &str) {
                     continue;
                 };
                 let cause = v["cause_event_id"].as_str().unwrap_or_default();
-                if let Some(at) = sent.lock().unwrap().remove(cause) {
-                    lat.push(now.duration_since(at).as_secs_f64());
+                if let Some((at, wall)) = sent.lock().unwrap().remove(cause) {
+                    let created = m.timestamp().to_millis().unwrap_or_default() as f64 / 1e3;
+                    lat.push((now.duration_since(at).as_secs_f64(), created - wall));
                     last = now;
                 }
             }
@@ -606,7 +661,9 @@ fn latency(brokers: &str) {
         let line = format!(
             r#"{{"event_id":"{id}","customer_id":"{customer}","type":"purchase","ts":"2025-12-31T12:00:00Z","amount":50.0,"currency":"CNY","order_id":"{id}"}}"#
         );
-        sent.lock().unwrap().insert(id, Instant::now());
+        sent.lock()
+            .unwrap()
+            .insert(id, (Instant::now(), wall_seconds()));
         producer
             .send(BaseRecord::to("purchases").key(&customer).payload(&line))
             .map_err(|(e, _)| e)
@@ -614,18 +671,48 @@ fn latency(brokers: &str) {
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).unwrap();
-    let mut lat = reader.join().unwrap();
-    lat.sort_by(f64::total_cmp);
-    let q = |x: f64| lat[((lat.len() as f64 * x) as usize).min(lat.len() - 1)] * 1000.0;
+    let mut both = reader.join().unwrap();
     assert!(
-        !lat.is_empty(),
+        !both.is_empty(),
         "no output arrived for the steady-rate events"
     );
+    both.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let lat: Vec<f64> = both.iter().map(|l| l.0).collect();
+    let q = |v: &[f64], x: f64| v[((v.len() as f64 * x) as usize).min(v.len() - 1)] * 1000.0;
     println!(
         "latency at {rate} events/s for 20 s: {} of {total} outputs; p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         lat.len(),
-        q(0.5),
-        q(0.99),
-        q(1.0)
+        q(&lat, 0.5),
+        q(&lat, 0.99),
+        q(&lat, 1.0)
     );
+    // Where it goes: until strata's producer took the output (the input hop and
+    // strata), and after (its linger, the output hop, the bench's consumer); for
+    // all outputs and for the slowest 1 %.
+    let split = |part: &[(f64, f64)]| {
+        let mut to: Vec<f64> = part.iter().map(|l| l.1).collect();
+        let mut after: Vec<f64> = part.iter().map(|l| l.0 - l.1).collect();
+        to.sort_by(f64::total_cmp);
+        after.sort_by(f64::total_cmp);
+        format!(
+            "until strata's producer p50 {:.0} / p99 {:.0} ms, after p50 {:.0} / p99 {:.0} ms",
+            q(&to, 0.5),
+            q(&to, 0.99),
+            q(&after, 0.5),
+            q(&after, 0.99)
+        )
+    };
+    let slowest = &both[both.len() - both.len().div_ceil(100)..];
+    println!(
+        "latency split (ms clocks): all: {}; slowest 1 %: {}",
+        split(&both),
+        split(slowest)
+    );
+}
+
+fn wall_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }

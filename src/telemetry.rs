@@ -51,6 +51,8 @@ pub struct Metrics {
     pub events_late: IntCounter,
     pub batch_duration: Histogram,
     pub event_lag: Histogram,
+    /// `strata_record_e2e_latency_seconds{at="polled"}` and `{at="written"}`.
+    pub record_e2e: [Histogram; 2],
     pub consumer_lag: IntGaugeVec,
     pub outputs_published: IntCounterVec,
     pub outbox_pending: IntGauge,
@@ -135,6 +137,16 @@ impl Metrics {
             events_late: counter(&r, "strata_events_late_total", "Events older than the retention horizon (lifetime figures only)."),
             batch_duration: histogram(&r, "strata_batch_duration_seconds", "Time to apply and write one partition's batch.", prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap()),
             event_lag: histogram(&r, "strata_event_lag_seconds", "Processing time minus event time of applied events.", prometheus::exponential_buckets(0.01, 4.0, 14).unwrap()),
+            record_e2e: {
+                let h = prometheus::HistogramVec::new(
+                    HistogramOpts::new("strata_record_e2e_latency_seconds", "From an applied input record's Kafka timestamp to when strata polled it (at=\"polled\") and to when its batch was written, outputs included (at=\"written\"; they are sent from there).")
+                        .buckets(prometheus::exponential_buckets(0.001, 2.0, 18).unwrap()),
+                    &["at"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                ["polled", "written"].map(|at| h.with_label_values(&[at]))
+            },
             consumer_lag: gauge_vec(&r, "strata_consumer_lag", "Messages behind the high watermark, per input topic partition.", &["topic", "partition"]),
             outputs_published: counter_vec(&r, "strata_outputs_published_total", "Output events published (acknowledged by the broker; written, in replay), by type.", &["type"]),
             outbox_pending: gauge(&r, "strata_outbox_pending", "Outbox entries (written batches of outputs, dead letters and changelog copies) not yet published."),

@@ -247,6 +247,10 @@ impl Inputs {
                 m.offset(),
                 m.key().map(|k| k.to_vec()),
                 m.payload().unwrap_or_default().to_vec(),
+            )
+            .stamped(
+                m.timestamp().to_millis(),
+                chrono::Utc::now().timestamp_millis(),
             );
             return Ok(Some((i, p, msg)));
         }

@@ -1227,7 +1227,8 @@ mod tests {
                 offset += 1;
             }
             let parse = |_: usize, raw: &[u8]| parse_event(raw, &ctx);
-            part.drain(&topics, &parse, &|_| true, &mut |_| {}).unwrap();
+            part.drain(&topics, &parse, &|_| true, &mut |_, _| {})
+                .unwrap();
             part.commit().unwrap();
         }
         part

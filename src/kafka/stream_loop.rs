@@ -711,7 +711,10 @@ fn apply_batch(
     let mut consumed = [0u64; 3];
     let parse = |i: usize, raw: &[u8]| parse_event(raw, &contexts[i]);
     let lag = metrics.event_lag.local();
-    let n = part.drain(inputs, &parse, &|i| caught[i], &mut |ev| {
+    // The applied records' (Kafka timestamp, polled), observed once written.
+    let mut times = Vec::new();
+    let n = part.drain(inputs, &parse, &|i| caught[i], &mut |ev, msg| {
+        times.extend(msg.times);
         let ty = ev.kind.event_type();
         consumed[ty as usize] += 1;
         if consumed[ty as usize] == 1024 {
@@ -730,6 +733,16 @@ fn apply_batch(
         part.publish_segments().map_err(store_error)?;
     }
     metrics.record_counters(&before, &part.proc.counters, part.proc.model().as_ref());
+    if !times.is_empty() {
+        let written = chrono::Utc::now().timestamp_millis();
+        let [polled_h, written_h] = metrics.record_e2e.each_ref().map(|h| h.local());
+        // A producer's clock ahead of this host's counts as no latency.
+        let seconds = |from: i64, to: i64| ((to - from) as f64 / 1000.0).max(0.0);
+        for (t, polled) in times {
+            polled_h.observe(seconds(t, polled));
+            written_h.observe(seconds(t, written));
+        }
+    }
     if n > 0 {
         metrics
             .batch_duration

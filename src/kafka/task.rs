@@ -47,6 +47,9 @@ pub struct Msg {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub raw: Vec<u8>,
+    /// The record's Kafka timestamp and when strata polled it (ms since the
+    /// epoch): `strata_record_e2e_latency_seconds`.
+    pub times: Option<(i64, i64)>,
     /// `None` until the first drain after it was queued.
     parsed: Option<Result<Event, Rejection>>,
     /// The customer's handle in this partition's processor, when it had one at
@@ -64,9 +67,16 @@ impl Msg {
             offset,
             key,
             raw,
+            times: None,
             parsed: None,
             handle: None,
         }
+    }
+
+    /// With its record's timestamp and when it was polled (ms since the epoch).
+    pub fn stamped(mut self, timestamp: Option<i64>, polled: i64) -> Msg {
+        self.times = timestamp.map(|t| (t, polled));
+        self
     }
 
     /// Event time for ordering; bad messages go first (they change nothing).
@@ -329,7 +339,7 @@ impl Partition {
         topics: &[String],
         parse: Parser<'_>,
         caught_up: &dyn Fn(usize) -> bool,
-        on_event: &mut dyn FnMut(&Event),
+        on_event: &mut dyn FnMut(&Event, &Msg),
     ) -> Result<usize, StoreError> {
         // Parse what was queued since the last drain (at the queues' ends), and warm
         // the cache for its customers with one multi-get.
@@ -405,7 +415,7 @@ impl Partition {
                     // one after applying it (a full cache) makes the redelivery a
                     // duplicate, caught by event_id.
                     self.proc.process_known(ev, msg.handle)?;
-                    on_event(ev);
+                    on_event(ev, &msg);
                 }
                 Err(rej) => {
                     let rej = rej.into_owned();

@@ -429,6 +429,33 @@ fn end_to_end_outputs_and_state_equal_replay() {
     }
     let published = metric_sum(&metrics, "strata_outputs_published_total", &[]);
     assert_eq!(published as usize, oracle.len());
+    // Every applied record's end-to-end latency, once when polled and once when its
+    // batch was written (later): the stream was produced before strata started, so
+    // none is zero.
+    let e2e = |at: &str, part: &str| {
+        metric_sum(
+            &metrics,
+            &format!("strata_record_e2e_latency_seconds_{part}"),
+            &[("at", at)],
+        )
+    };
+    let applied: f64 = ["purchase", "interaction", "complaint"]
+        .map(by_type)
+        .iter()
+        .sum();
+    for at in ["polled", "written"] {
+        assert_eq!(
+            e2e(at, "count"),
+            applied,
+            "one observation per applied record ({at})"
+        );
+    }
+    assert!(
+        e2e("polled", "sum") > 0.0 && e2e("written", "sum") >= e2e("polled", "sum"),
+        "written no sooner than polled: {} s against {} s",
+        e2e("written", "sum"),
+        e2e("polled", "sum")
+    );
     // Tier populations follow the published tiers, which with fixed thresholds are
     // the dump's tiers at the stream clock of each partition.
     assert_eq!(

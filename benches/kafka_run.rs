@@ -20,10 +20,15 @@
 //!    purchases/s (default 500) of new customers for 20 s, each yielding one
 //!    `tier_changed`; event-to-output latency = when a consumer of `tier_changes`
 //!    receives the output (matched by `cause_event_id`) minus when the event was
-//!    handed to the producer (p50/p99/max), and the CPU seconds the instance and
-//!    the broker spent in that window; `STRATA_BENCH_SETTLE_S` waits that long
-//!    after the restore before it starts (default 0: right after, as an operator's
-//!    instance that just took partitions over).
+//!    handed to the producer (p50/p99/max; the producer lingers 5 ms, its
+//!    client's default, `STRATA_BENCH_LINGER_MS` sets another), and the CPU seconds
+//!    the instance and the broker spent in that window; where it goes: split at
+//!    strata's producer (the output's timestamp), the bench's produce requests
+//!    until acknowledged, and the instance's own histograms over the phase (batch
+//!    durations, `strata_record_e2e_latency_seconds` at poll and once written);
+//!    `STRATA_BENCH_SETTLE_S` waits that long after the restore before it starts
+//!    (default 0: right after, as an operator's instance that just took partitions
+//!    over).
 //!
 //! `cargo bench --bench kafka_run` (tansu must be installed: `scripts/setup --test`).
 //! 3b. the peer (benches/peer/app.py, Quix Streams, when `benches/peer/setup` made
@@ -645,9 +650,15 @@ fn latency(brokers: &str) {
             lat
         })
     };
+    // The upstream producer with its client's default linger, 5 ms (librdkafka's,
+    // and the Java producer's since Kafka 4.0), inside the measured latency: the
+    // clock starts when the event is handed to it. `STRATA_BENCH_LINGER_MS=0` sends
+    // each event in its own request, 1,000 a second, which saturates tansu's
+    // produce handling (BENCHMARKS.md, stop 38).
+    let linger = std::env::var("STRATA_BENCH_LINGER_MS").unwrap_or_else(|_| "5".into());
     let producer: BaseProducer<Acks> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
+        .set("linger.ms", &linger)
         .set("partitioner", "murmur2_random")
         .create_with_context(Acks::default())
         .unwrap();

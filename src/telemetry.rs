@@ -139,7 +139,7 @@ impl Metrics {
             event_lag: histogram(&r, "strata_event_lag_seconds", "Processing time minus event time of applied events.", prometheus::exponential_buckets(0.01, 4.0, 14).unwrap()),
             record_e2e: {
                 let h = prometheus::HistogramVec::new(
-                    HistogramOpts::new("strata_record_e2e_latency_seconds", "From an applied input record's Kafka timestamp to when strata polled it (at=\"polled\") and to when its batch was written, outputs included (at=\"written\"; they are sent from there).")
+                    HistogramOpts::new("strata_record_e2e_latency_seconds", "From a valid input record's Kafka timestamp to when strata polled it (at=\"polled\") and to when its batch was written, outputs included (at=\"written\"; they are sent from there).")
                         .buckets(prometheus::exponential_buckets(0.001, 2.0, 18).unwrap()),
                     &["at"],
                 )

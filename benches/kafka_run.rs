@@ -194,7 +194,7 @@ fn metrics(http: &str) -> Option<String> {
     Some(text.split_once("\r\n\r\n")?.1.to_string())
 }
 
-/// The sum of the samples whose line starts with `prefix`.
+/// The sum of the samples whose line starts with `prefix` and contains `also`.
 fn sum_of(text: &str, prefix: &str, also: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix) && l.contains(also))
@@ -725,12 +725,14 @@ fn latency(brokers: &str) {
     // The input hop's first half: until the broker acknowledged the event.
     let mut acks = std::mem::take(&mut *producer.context().0.lock().unwrap());
     acks.sort_by(f64::total_cmp);
-    println!(
-        "the bench's produce requests, until acknowledged: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-        q(&acks, 0.5),
-        q(&acks, 0.99),
-        q(&acks, 1.0)
-    );
+    if !acks.is_empty() {
+        println!(
+            "the bench's produce requests, until acknowledged: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            q(&acks, 0.5),
+            q(&acks, 0.99),
+            q(&acks, 1.0)
+        );
+    }
 }
 
 /// The bench producer's acknowledgements: seconds from each send.

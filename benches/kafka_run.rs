@@ -211,10 +211,10 @@ fn stored_customers(http: &str) -> Option<f64> {
     ))
 }
 
-/// A histogram's cumulative buckets, (upper bound, count), from the line prefix
-/// of its buckets up to `le` (e.g. `strata_batch_duration_seconds_bucket{`).
-fn buckets(http: &str, prefix: &str) -> Vec<(String, f64)> {
-    let text = metrics(http).unwrap_or_default();
+/// A histogram's cumulative buckets, (upper bound, count), in a `/metrics` text,
+/// from the line prefix of its buckets up to `le` (e.g.
+/// `strata_batch_duration_seconds_bucket{`).
+fn buckets(text: &str, prefix: &str) -> Vec<(String, f64)> {
     text.lines()
         .filter_map(|l| {
             let rest = l.strip_prefix(prefix)?;
@@ -498,7 +498,10 @@ fn main() {
         "strata_record_e2e_latency_seconds_bucket{at=\"polled\"",
         "strata_record_e2e_latency_seconds_bucket{at=\"written\"",
     ];
-    let scrape = || histograms.map(|h| buckets(&b_http, h));
+    let scrape = || {
+        let text = metrics(&b_http).unwrap_or_default();
+        histograms.map(|h| buckets(&text, h))
+    };
     let (before, hist_before) = (cpu(), scrape());
     latency(&brokers);
     if let ((Some(s0), Some(t0)), (Some(s1), Some(t1))) = (before, cpu()) {

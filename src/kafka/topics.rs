@@ -20,6 +20,7 @@ pub const MIN_COMPACTION_LAG_MS: &str = "3600000";
 /// partition on a topic strata created (Kafka's default, 1 MiB, would). A cluster
 /// that refuses the setting gets the topic with its default instead.
 pub const CREATED_MAX_MESSAGE_BYTES: &str = "8388608";
+const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -156,7 +157,7 @@ pub fn ensure_topics(
         .map_err(|e| KafkaError::Broker(format!("cannot create topics {names:?}: {e}")))
     };
     for (_, configs) in &mut create {
-        configs.push(("max.message.bytes", CREATED_MAX_MESSAGE_BYTES));
+        configs.push((MAX_MESSAGE_BYTES, CREATED_MAX_MESSAGE_BYTES));
     }
     let results = if refused_by_policy() {
         names
@@ -178,7 +179,7 @@ pub fn ensure_topics(
                 };
                 tracing::info!(topic = %t, "The cluster refuses max.message.bytes = {CREATED_MAX_MESSAGE_BYTES}; creating the topic with its default.");
                 let mut configs = configs.clone();
-                configs.retain(|(k, _)| *k != "max.message.bytes");
+                configs.retain(|(k, _)| *k != MAX_MESSAGE_BYTES);
                 retry.push((*name, configs));
             }
             r => created(r)?,

@@ -217,12 +217,22 @@ pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     create_topics_with(brokers, &topics);
 }
 
-/// Topics with these partition counts and topic configs.
-pub fn create_topics_with(brokers: &str, topics: &[TopicSpec]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+/// An admin client of `brokers` and a runtime to wait on its answers.
+fn admin(brokers: &str) -> (AdminClient<DefaultClientContext>, tokio::runtime::Runtime) {
+    let admin = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (admin, rt)
+}
+
+/// Topics with these partition counts and topic configs.
+pub fn create_topics_with(brokers: &str, topics: &[TopicSpec]) {
+    let (admin, rt) = admin(brokers);
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|(t, p, configs)| {
@@ -233,10 +243,6 @@ pub fn create_topics_with(brokers: &str, topics: &[TopicSpec]) {
             n
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     for r in rt
         .block_on(admin.create_topics(&new, &AdminOptions::new()))
         .unwrap()
@@ -248,14 +254,7 @@ pub fn create_topics_with(brokers: &str, topics: &[TopicSpec]) {
 /// One config of a topic as the broker describes it (`None`: not listed; tansu lists
 /// only configs set on the topic).
 pub fn topic_config(brokers: &str, topic: &str, key: &str) -> Option<String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (admin, rt) = admin(brokers);
     let spec = rdkafka::admin::ResourceSpecifier::Topic(topic);
     let r = rt
         .block_on(admin.describe_configs([&spec], &AdminOptions::new()))

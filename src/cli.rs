@@ -252,6 +252,9 @@ fn open_state(at: StateAt) -> Result<OpenState> {
 }
 
 fn execute(cli: Cli) -> Result<()> {
+    if !matches!(cli.command, Command::Run { .. }) {
+        crate::huge_pages_off();
+    }
     match cli.command {
         Command::Run { config } => {
             let s = settings(config.as_ref(), Clock::Wall)?;

@@ -8,7 +8,6 @@
 //! moves `sent` to `next`. Only the thread that holds the partition claims: the
 //! worker right after its write, or the loop while the partition is back.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use prometheus::IntGauge;
 
 use super::changelog::{
-    entry_records, outbox_key, pack_into, unpack, Marker, RecordRef, PUBLISHED_KEY,
+    entry_raw, entry_records, outbox_key, pack_into, unpack, Marker, RecordRef, PUBLISHED_KEY,
 };
 use crate::store::rocks::RocksStore;
 use crate::store::{Batch, Cf, Store, StoreError};
@@ -141,30 +140,78 @@ impl Outbox {
         f: &mut dyn FnMut(u64, u32, &RecordRef<'_>) -> bool,
     ) -> Result<(), StoreError> {
         for seq in range.clone() {
-            let unreadable = || {
-                StoreError::Backend(format!(
-                    "partition {}: an outbox entry is unreadable (delete the partition's state dir to restore it from the changelog)",
-                    self.partition
-                ))
-            };
-            let kept = self.kept.lock().unwrap().entries.get(&seq).cloned();
-            let stored = match kept {
-                Some(_) => None,
-                None => self.store.get(Cf::Outbox, &outbox_key(seq))?,
-            };
-            let entry = match (&kept, &stored) {
-                (Some(k), _) => Cow::Borrowed(&k[..]),
-                (None, Some(s)) => unpack(s).ok_or_else(unreadable)?,
-                (None, None) => continue,
-            };
-            for (idx, r) in entry_records(&entry).enumerate() {
-                let r = r.ok_or_else(unreadable)?;
-                if !f(seq, idx as u32, &r) {
-                    return Ok(());
+            let go_on = self.with_entry(seq, &mut |entry| {
+                for (idx, r) in entry_records(entry).enumerate() {
+                    if !f(seq, idx as u32, &r.ok_or_else(|| self.unreadable())?) {
+                        return Ok(false);
+                    }
                 }
+                Ok(true)
+            })?;
+            if !go_on {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Visit the records at `places` ((entry, place in it), in write order), and
+    /// decode only those: the others are stepped over by their length. `f`
+    /// returns false to stop. A place beyond its entry's records is unreadable.
+    pub fn visit_at(
+        &self,
+        places: &[(u64, u32)],
+        f: &mut dyn FnMut(u64, u32, &RecordRef<'_>) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut rest = places;
+        while let Some(&(seq, _)) = rest.first() {
+            let n = rest.iter().take_while(|p| p.0 == seq).count();
+            let (these, after) = rest.split_at(n);
+            rest = after;
+            let go_on = self.with_entry(seq, &mut |entry| {
+                let mut raw = entry_raw(entry).enumerate();
+                for &(_, idx) in these {
+                    let r = raw
+                        .find(|(i, _)| *i as u32 >= idx)
+                        .filter(|(i, _)| *i as u32 == idx)
+                        .and_then(|(_, r)| r)
+                        .and_then(RecordRef::decode)
+                        .ok_or_else(|| self.unreadable())?;
+                    if !f(seq, idx, &r) {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })?;
+            if !go_on {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Run `f` on entry `seq` as written (kept in memory, else read back and
+    /// unpacked); true when there is none.
+    fn with_entry(
+        &self,
+        seq: u64,
+        f: &mut dyn FnMut(&[u8]) -> Result<bool, StoreError>,
+    ) -> Result<bool, StoreError> {
+        let kept = self.kept.lock().unwrap().entries.get(&seq).cloned();
+        if let Some(k) = kept {
+            return f(&k);
+        }
+        match self.store.get(Cf::Outbox, &outbox_key(seq))? {
+            Some(s) => f(&unpack(&s).ok_or_else(|| self.unreadable())?),
+            None => Ok(true),
+        }
+    }
+
+    fn unreadable(&self) -> StoreError {
+        StoreError::Backend(format!(
+            "partition {}: an outbox entry is unreadable (delete the partition's state dir to restore it from the changelog)",
+            self.partition
+        ))
     }
 
     /// A transaction was aborted: send every entry not yet published again.
@@ -270,5 +317,74 @@ mod tests {
         assert_eq!(values(&b, fits), vec![2 << 20]);
         drop(b);
         assert_eq!(total.get(), others);
+    }
+
+    /// `visit_at` decodes the records at the places asked, across entries kept
+    /// and read back, in order, and the same records `visit` gives there; an entry
+    /// not there is skipped; a place past an entry's records is unreadable.
+    #[test]
+    fn records_are_visited_at_their_places() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RocksStore::open(dir.path(), 8, 4).unwrap());
+        let total = IntGauge::new("kept", "kept").unwrap();
+        let o = Outbox::new(0, store, 0, 0, total.clone());
+        let entry_of = |tag: &str| {
+            let mut w = EntryWriter::with_capacity(0);
+            for i in 0..5u64 {
+                let dest = if i % 2 == 0 {
+                    Dest::Changelog
+                } else {
+                    Dest::TierChanges
+                };
+                w.push_value(dest, i, format!("{tag}{i}").as_bytes(), |b| {
+                    b.extend_from_slice(format!("v{tag}{i}").as_bytes())
+                });
+            }
+            w.finish()
+        };
+        let kept = write(&o, entry_of("a"));
+        // Nothing more may be kept: the second entry is read back from the store.
+        total.set(KEPT_BYTES as i64);
+        let stored = write(&o, entry_of("b"));
+        assert_eq!(o.kept.lock().unwrap().entries.len(), 1);
+
+        let mut all = Vec::new();
+        o.visit(&(kept..stored + 1), &mut |seq, idx, r| {
+            all.push((seq, idx, r.to_owned()));
+            true
+        })
+        .unwrap();
+        assert_eq!(all.len(), 10);
+        let places = [
+            (kept, 0),
+            (kept, 4),
+            (stored, 1),
+            (stored, 2),
+            (stored + 7, 0),
+        ];
+        let mut seen = Vec::new();
+        o.visit_at(&places, &mut |seq, idx, r| {
+            seen.push((seq, idx, r.to_owned()));
+            true
+        })
+        .unwrap();
+        let want: Vec<_> = (all.iter())
+            .filter(|(s, i, _)| {
+                [(kept, 0), (kept, 4), (stored, 1), (stored, 2)].contains(&(*s, *i))
+            })
+            .cloned()
+            .collect();
+        assert_eq!(seen, want);
+        assert_eq!(seen[2].2.key, b"b1".to_vec());
+
+        // Stopping: only the first.
+        let mut n = 0;
+        o.visit_at(&places, &mut |_, _, _| {
+            n += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!(n, 1);
+        assert!(o.visit_at(&[(kept, 5)], &mut |_, _, _| true).is_err());
     }
 }

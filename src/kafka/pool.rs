@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -24,6 +25,8 @@ pub struct Pool<J, R> {
 struct Shared<J> {
     queue: Mutex<Queue<J>>,
     wake: Condvar,
+    /// Results sent (or about to be) and not collected yet.
+    finished: AtomicUsize,
 }
 
 struct Queue<J> {
@@ -60,6 +63,7 @@ impl<J: Send + 'static, R: Send + 'static> Pool<J, R> {
                 closed: false,
             }),
             wake: Condvar::new(),
+            finished: AtomicUsize::new(0),
         });
         let (tx, results) = mpsc::channel();
         let work = Arc::new(work);
@@ -72,6 +76,9 @@ impl<J: Send + 'static, R: Send + 'static> Pool<J, R> {
                         while let Some(job) = shared.next() {
                             let r = std::panic::catch_unwind(AssertUnwindSafe(|| work(job)));
                             let panicked = r.is_err();
+                            // Counted before it is sent: the count is never below
+                            // what the channel holds.
+                            shared.finished.fetch_add(1, Ordering::AcqRel);
                             if tx.send(r).is_err() || panicked {
                                 break;
                             }
@@ -100,6 +107,12 @@ impl<J: Send + 'static, R: Send + 'static> Pool<J, R> {
         self.outstanding
     }
 
+    /// A worker finished a job whose result was not collected yet (cheap: for a
+    /// wait elsewhere to end early on).
+    pub fn any_finished(&self) -> bool {
+        self.shared.finished.load(Ordering::Acquire) > 0
+    }
+
     /// The results ready now; with `wait`, every outstanding one (waiting for them).
     pub fn collect(&mut self, wait: bool) -> Vec<R> {
         let mut out = Vec::new();
@@ -111,6 +124,7 @@ impl<J: Send + 'static, R: Send + 'static> Pool<J, R> {
             };
             let Some(r) = r else { break };
             self.outstanding -= 1;
+            self.shared.finished.fetch_sub(1, Ordering::AcqRel);
             out.push(r.unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
         }
         out
@@ -127,6 +141,7 @@ impl<J: Send + 'static, R: Send + 'static> Pool<J, R> {
             .into_iter()
             .map(|r| {
                 self.outstanding -= 1;
+                self.shared.finished.fetch_sub(1, Ordering::AcqRel);
                 r.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
             .collect();
@@ -184,6 +199,35 @@ mod tests {
         assert_eq!(pool.collect(true), vec![0]);
         assert_eq!(pool.outstanding(), 0);
         assert!(pool.collect(true).is_empty());
+    }
+
+    /// `any_finished` tells a finished job from a running one, and is false again
+    /// once its result is collected.
+    #[test]
+    fn a_finished_job_is_seen_before_it_is_collected() {
+        let release = Arc::new(Barrier::new(2));
+        let held = release.clone();
+        let mut pool = Pool::new("test", 1, move |job: u32| {
+            held.wait();
+            job
+        })
+        .unwrap();
+        assert!(!pool.any_finished());
+        pool.submit(7);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!pool.any_finished(), "still running");
+        release.wait();
+        while !pool.any_finished() {
+            std::thread::yield_now();
+        }
+        assert_eq!(pool.outstanding(), 1, "finished, not collected");
+        // (Counted just before it is sent: wait for it rather than try.)
+        assert_eq!(pool.collect_one(), vec![7]);
+        assert!(!pool.any_finished());
+        pool.submit(8);
+        release.wait();
+        assert_eq!(pool.collect_one(), vec![8]);
+        assert!(!pool.any_finished());
     }
 
     /// A job's panic reaches the collector; the pool shuts down cleanly after.

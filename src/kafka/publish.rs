@@ -54,9 +54,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use super::changelog::{
-    changelog_key, is_marker, parse_changelog_key, Dest, Marker, RecordRef, MARKER_KEY,
-};
+use super::changelog::{changelog_key, Dest, Marker, RecordRef, MARKER_KEY};
 use super::events;
 use super::outbox::Outbox;
 use super::task::Partition;
@@ -75,7 +73,10 @@ pub const BLOCKED_RETRY: Duration = Duration::from_secs(30);
 /// librdkafka's queue (`queue.buffering.max.messages`: 100,000 by default).
 pub const MAX_IN_FLIGHT: usize = 50_000;
 /// How long a round waits for acknowledgements before the loop goes on (polling,
-/// serving the group, applying): a round normally waits for all of them.
+/// serving the group, applying): a round normally waits for all of them. Behind,
+/// the wait also ends when a worker gives a partition back (`Round::interrupt`),
+/// so that it gets its next batch at once rather than idle until the round's
+/// records are acknowledged.
 const ROUND_WAIT: Duration = Duration::from_secs(1);
 
 /// The publisher's clock: [`ROUND_WAIT`], [`STALL`], [`BLOCKED_RETRY`] (tests
@@ -362,8 +363,12 @@ pub struct Sent {
     pub last: Marker,
     /// Outputs by type (for `strata_outputs_published_total`).
     counts: BTreeMap<&'static str, u64>,
-    /// Each changelog key's last copy in the range: (entry, place).
-    latest: rustc_hash::FxHashMap<Vec<u8>, (u64, u32)>,
+    /// The changelog copies to send, each key's last in the range, as (entry,
+    /// place) in write order: found while the outputs are sent (on the worker), so
+    /// that the changelog phase (on the loop) follows positions, not keys.
+    copies: Vec<(u64, u32)>,
+    /// The place of the range's last marker.
+    marker_at: Option<(u64, u32)>,
     pub phase: Phase,
     /// The phase's outputs are all delivered (or dropped for good).
     outputs_done: bool,
@@ -383,7 +388,8 @@ impl Sent {
             keys: Vec::new(),
             last: part.marker(),
             counts: BTreeMap::new(),
-            latest: Default::default(),
+            copies: Vec::new(),
+            marker_at: None,
             phase: Phase::Outputs,
             outputs_done: false,
             ticket: Arc::default(),
@@ -412,8 +418,8 @@ impl Sent {
     ) -> Result<(), KafkaError> {
         let ticket = self.fresh_ticket();
         let p = self.partition();
-        let (mut failed, keys, counts, latest) =
-            (None, &mut self.keys, &mut self.counts, &mut self.latest);
+        let mut latest = rustc_hash::FxHashMap::<Vec<u8>, (u64, u32)>::default();
+        let (mut failed, keys, counts) = (None, &mut self.keys, &mut self.counts);
         self.outbox.visit(&self.range, &mut |seq, idx, r| {
             if keys.last() != Some(&seq) {
                 keys.push(seq);
@@ -431,6 +437,10 @@ impl Sent {
             failed = send_ref(sink, t, p, &ticket, seq, idx, r).err();
             failed.is_none()
         })?;
+        let marker = changelog_key(Cf::Meta, MARKER_KEY).expect("meta is replicated");
+        self.marker_at = latest.get(&marker).copied();
+        self.copies = latest.into_values().collect();
+        self.copies.sort_unstable();
         failed.map_or(Ok(()), Err)
     }
 
@@ -446,42 +456,33 @@ impl Sent {
         skip: &HashSet<(u64, u32)>,
     ) -> Result<(), KafkaError> {
         self.phase = Phase::Changelog;
-        let range = self.range.clone();
-        self.send_copies(sink, t, skip, &|is_marker| marker || !is_marker, range)
+        let places: Vec<(u64, u32)> = (self.copies.iter())
+            .filter(|&&c| (marker || Some(c) != self.marker_at) && !skip.contains(&c))
+            .copied()
+            .collect();
+        self.send_copies(sink, t, &places)
     }
 
     /// Send the range's last marker: every other record of the round was delivered.
     pub fn send_marker(&mut self, sink: &dyn Sink, t: &TopicsConfig) -> Result<(), KafkaError> {
         self.phase = Phase::Marker;
-        // Only the entry that holds it is read (not the whole range again).
-        let key = changelog_key(Cf::Meta, MARKER_KEY).expect("meta is replicated");
-        let range = match self.latest.get(&key) {
-            Some(&(seq, _)) => seq..seq + 1,
-            None => self.range.clone(),
-        };
-        self.send_copies(sink, t, &HashSet::new(), &|is_marker| is_marker, range)
+        // Only the marker is read (not the whole range again, nor its entry).
+        let places: Vec<(u64, u32)> = self.marker_at.into_iter().collect();
+        self.send_copies(sink, t, &places)
     }
 
-    /// Send the changelog copies in `range` (of the round's) that `which` takes.
+    /// Send the changelog copies at `places` (in write order); only they are
+    /// decoded.
     fn send_copies(
         &mut self,
         sink: &dyn Sink,
         t: &TopicsConfig,
-        skip: &HashSet<(u64, u32)>,
-        which: &dyn Fn(bool) -> bool,
-        range: Range<u64>,
+        places: &[(u64, u32)],
     ) -> Result<(), KafkaError> {
         let ticket = self.fresh_ticket();
         let p = self.partition();
-        let (mut failed, mut n, latest) = (None, 0, &self.latest);
-        self.outbox.visit(&range, &mut |seq, idx, r| {
-            if r.dest != Dest::Changelog || latest.get(r.key) != Some(&(seq, idx)) {
-                return true;
-            }
-            let marker = parse_changelog_key(r.key).is_some_and(|(cf, k)| is_marker(cf, k));
-            if !which(marker) || skip.contains(&(seq, idx)) {
-                return true;
-            }
+        let (mut failed, mut n) = (None, 0);
+        self.outbox.visit_at(places, &mut |seq, idx, r| {
             n += 1;
             failed = send_ref(sink, t, p, &ticket, seq, idx, r).err();
             failed.is_none()
@@ -542,6 +543,11 @@ pub struct Round<'a> {
     pub address: &'a str,
     /// exactly_once: the group's metadata, for the consumed offsets.
     pub group: Option<ConsumerGroupMetadata>,
+    /// True once the loop has something better to do than wait for
+    /// acknowledgements (a worker gave a partition back to be handed on): the
+    /// round's wait ends then. Caught up, the loop has taken every partition back
+    /// before publishing, so a round waits for all its acknowledgements (latency).
+    pub interrupt: &'a dyn Fn() -> bool,
 }
 
 /// How a round's outbox records reach the broker.
@@ -604,10 +610,11 @@ fn announce(
     Ok(Some((ticket, ps.iter().copied().collect())))
 }
 
-/// Wait until nothing is in flight, at most `max`.
-fn wait(sink: &dyn Sink, max: Duration) {
+/// Wait until nothing is in flight, at most `max`, and no longer than
+/// `interrupt` is false.
+fn wait(sink: &dyn Sink, max: Duration, interrupt: &dyn Fn() -> bool) {
     let deadline = Instant::now() + max;
-    while sink.in_flight() > 0 && Instant::now() < deadline {
+    while sink.in_flight() > 0 && Instant::now() < deadline && !interrupt() {
         std::thread::sleep(Duration::from_micros(500));
     }
 }
@@ -779,7 +786,7 @@ impl Publisher for AtLeastOnce {
         if self.flows.is_empty() && self.announcing.is_none() {
             return Ok(());
         }
-        wait(&*self.sink, self.timing.round_wait);
+        wait(&*self.sink, self.timing.round_wait, round.interrupt);
         if let Some((ticket, ps)) = &self.announcing {
             if ticket.done() {
                 if ticket.failures().is_empty() {
@@ -1018,6 +1025,7 @@ impl Publisher for ExactlyOnce {
             announce: announcements,
             address,
             group,
+            interrupt,
         } = round;
         if self.aborting && !self.abort()? {
             return Ok(());
@@ -1031,7 +1039,7 @@ impl Publisher for ExactlyOnce {
         // Its records are delivered first (the commit would wait for them anyway):
         // an abort then concerns records already in the log, never ones librdkafka
         // still holds and purges.
-        wait(&*self.producer, ROUND_WAIT);
+        wait(&*self.producer, ROUND_WAIT, interrupt);
         if self.producer.in_flight() > 0 {
             self.txn = Some(txn);
             return Ok(());
@@ -1241,6 +1249,7 @@ mod tests {
             announce: &mut BTreeSet::new(),
             address: "http://here",
             group: None,
+            interrupt: &|| false,
         })
         .unwrap();
     }
@@ -1519,6 +1528,40 @@ mod tests {
         let next = sink.take_log();
         assert!(next.iter().all(|r| r.topic == topics().changelog));
         assert!(first.iter().all(|r| !next.contains(r)));
+    }
+
+    /// A round waits for its acknowledgements until the loop has something else
+    /// to do (`interrupt`), not to `round_wait`; what is in flight stays there.
+    #[test]
+    fn a_round_stops_waiting_when_interrupted() {
+        let long = Timing {
+            // Ignoring the interrupt, the round would end here, with `asked` 0.
+            round_wait: Duration::from_secs(30),
+            ..timing()
+        };
+        let Started { sink, mut p, .. } = started(&[&[("a", 10.0)]], long);
+        let asked = std::cell::Cell::new(0);
+        let mut none = std::iter::empty::<&Partition>();
+        p.publish(Round {
+            parts: &mut none,
+            announce: &mut BTreeSet::new(),
+            address: "http://here",
+            group: None,
+            interrupt: &|| {
+                asked.set(asked.get() + 1);
+                true
+            },
+        })
+        .unwrap();
+        assert_eq!(asked.get(), 1, "the wait asked once and ended");
+        assert!(sink.in_flight() > 0, "nothing was acknowledged meanwhile");
+        assert!(!p.settled(None));
+        sink.deliver(|_| None);
+        publish(&mut p);
+        assert!(sink
+            .take_log()
+            .iter()
+            .all(|r| r.topic == topics().changelog));
     }
 
     /// With the producer full, nothing new is claimed: the outbox keeps it, and

@@ -1243,13 +1243,18 @@ mod tests {
     }
 
     fn publish(p: &mut AtLeastOnce) {
+        publish_until(p, &|| false);
+    }
+
+    /// A round with nothing new, whose wait ends when `interrupt` says so.
+    fn publish_until(p: &mut AtLeastOnce, interrupt: &dyn Fn() -> bool) {
         let mut none = std::iter::empty::<&Partition>();
         p.publish(Round {
             parts: &mut none,
             announce: &mut BTreeSet::new(),
             address: "http://here",
             group: None,
-            interrupt: &|| false,
+            interrupt,
         })
         .unwrap();
     }
@@ -1541,18 +1546,10 @@ mod tests {
         };
         let Started { sink, mut p, .. } = started(&[&[("a", 10.0)]], long);
         let asked = std::cell::Cell::new(0);
-        let mut none = std::iter::empty::<&Partition>();
-        p.publish(Round {
-            parts: &mut none,
-            announce: &mut BTreeSet::new(),
-            address: "http://here",
-            group: None,
-            interrupt: &|| {
-                asked.set(asked.get() + 1);
-                true
-            },
-        })
-        .unwrap();
+        publish_until(&mut p, &|| {
+            asked.set(asked.get() + 1);
+            true
+        });
         assert_eq!(asked.get(), 1, "the wait asked once and ended");
         assert!(sink.in_flight() > 0, "nothing was acknowledged meanwhile");
         assert!(!p.settled(None));

@@ -21,7 +21,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///
 /// `thp:always`: jemalloc asks the kernel for transparent huge pages (2 MiB) for its
 /// memory, where the system leaves them to `madvise` (most distributions' default).
-/// `strata run` at 1M customers then took 8x fewer page faults and ~15 % less CPU
+/// `strata run` at 1M customers then took 8x fewer page faults and ~10 % less CPU
 /// per event (BENCHMARKS.md, stop 39). Only `run` keeps them: every other command
 /// turns them off at its start ([`cli`]), because replay gained nothing from them and
 /// its peak RSS rose by up to 5 % (memory is handed out 2 MiB at a time).

@@ -94,8 +94,10 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / hz)
 }
 
-/// Offsets at the end of every input partition, read to end-of-partition.
-fn consume_all(brokers: &str) -> (u64, f64, BTreeMap<(String, i32), i64>) {
+/// Offsets at the end of every input partition, read to end-of-partition; with the
+/// count, the seconds it took and the CPU seconds this process spent meanwhile (the
+/// consumer's own threads and librdkafka's: nothing else of the bench runs then).
+fn consume_all(brokers: &str) -> (u64, f64, Option<f64>, BTreeMap<(String, i32), i64>) {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-raw")
@@ -114,6 +116,7 @@ fn consume_all(brokers: &str) -> (u64, f64, BTreeMap<(String, i32), i64>) {
     let mut eof = 0;
     let mut n = 0u64;
     let start = Instant::now();
+    let cpu0 = cpu_seconds(std::process::id());
     while eof < INPUTS.len() * PARTITIONS as usize {
         match c.poll(Duration::from_secs(5)) {
             Some(Ok(m)) => {
@@ -126,7 +129,8 @@ fn consume_all(brokers: &str) -> (u64, f64, BTreeMap<(String, i32), i64>) {
             None => {}
         }
     }
-    (n, start.elapsed().as_secs_f64(), ends)
+    let cpu = cpu0.zip(cpu_seconds(std::process::id())).map(|(a, b)| b - a);
+    (n, start.elapsed().as_secs_f64(), cpu, ends)
 }
 
 /// Whether `c`'s group has committed offsets at every input partition's end.
@@ -328,9 +332,17 @@ fn main() {
     assert!(st.success());
     eprintln!("produced in {:.1}s", t0.elapsed().as_secs_f64());
 
-    let (n, secs, ends) = consume_all(&brokers);
+    let (n, secs, raw_cpu, ends) = consume_all(&brokers);
     let raw = n as f64 / secs;
     println!("raw librdkafka consume: {n} messages in {secs:.2}s = {raw:.0} msg/s");
+    if let Some(cpu) = raw_cpu {
+        // A floor for any consumer of these topics through librdkafka (strata, the
+        // peer's confluent-kafka): what taking the messages alone costs.
+        println!(
+            "raw librdkafka consume CPU: {cpu:.1} s = {:.2} µs per message",
+            cpu * 1e6 / n as f64
+        );
+    }
 
     let (cfg, http) = config(dir.path(), &brokers, "a");
     let t1 = Instant::now();
@@ -446,6 +458,7 @@ fn main() {
             n,
             rate,
             cpu_seconds_per_million,
+            raw_cpu.map(|c| c * 1e6 / n as f64),
         );
     }
     if std::env::var_os("STRATA_BENCH_ONLY_RUN").is_some() {
@@ -557,6 +570,7 @@ fn peer(
     n: u64,
     strata_rate: f64,
     strata_cpu_per_million: f64,
+    raw_cpu_per_million: Option<f64>,
 ) {
     let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer/app.py");
     let t0 = Instant::now();
@@ -598,6 +612,15 @@ fn peer(
         1e6 / per_million,
         per_million / strata_cpu_per_million,
     );
+    if let Some(raw) = raw_cpu_per_million {
+        // What 20x the peer's events per CPU second would leave strata for
+        // everything, against what consuming alone costs.
+        println!(
+            "20x the peer's events per CPU second = {:.2} µs of CPU per event for all of strata's work; raw librdkafka consume alone: {raw:.2} µs ({:.1}x the peer's events per CPU second)",
+            per_million / 20.0,
+            per_million / raw,
+        );
+    }
 }
 
 /// Phase 5: steady-rate event-to-output latency (see the module docs).

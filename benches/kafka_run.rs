@@ -4,7 +4,8 @@
 //!    topics with 8 partitions, produce `STRATA_BENCH_CUSTOMERS` customers × 365 days
 //!    of `strata gen` events (default 200k customers ≈ 2.1M events);
 //! 2. raw consume rate: one librdkafka consumer reads every input partition to the
-//!    end and discards the messages;
+//!    end and discards the messages; with the CPU this process spent meanwhile per
+//!    message (a floor for any consumer of the topics through librdkafka);
 //! 3. `strata run` (event clock, `at_least_once`) from an empty state dir until the
 //!    group's committed offsets reach the ends (asked every 100 ms): events/s from
 //!    process start, and sustained — from the first event consumed (its
@@ -33,7 +34,9 @@
 //! `cargo bench --bench kafka_run` (tansu must be installed: `scripts/setup --test`).
 //! 3b. the peer (benches/peer/app.py, Quix Streams, when `benches/peer/setup` made
 //!    its venv): the same topics from the start, until its group's committed
-//!    offsets reach the ends: events/s and CPU per million events beside strata's;
+//!    offsets reach the ends: events/s and CPU per million events beside strata's,
+//!    and the CPU per event that 20x the peer's events per CPU second would leave
+//!    strata, beside the raw consume's (2);
 //!
 //! `STRATA_BENCH_ONLY_RUN=1` stops after (3b), for quicker experiments;
 //! `STRATA_BENCH_BIN` runs another `strata` binary (A/B comparisons of two builds).
@@ -94,10 +97,20 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / hz)
 }
 
-/// Offsets at the end of every input partition, read to end-of-partition; with the
-/// count, the seconds it took and the CPU seconds this process spent meanwhile (the
-/// consumer's own threads and librdkafka's: nothing else of the bench runs then).
-fn consume_all(brokers: &str) -> (u64, f64, Option<f64>, BTreeMap<(String, i32), i64>) {
+/// Every input partition read to its end by one consumer (phase 2).
+struct RawConsume {
+    /// Messages read.
+    n: u64,
+    /// Seconds it took.
+    secs: f64,
+    /// CPU seconds this process spent meanwhile (the consumer's own threads and
+    /// librdkafka's: nothing else of the bench runs then).
+    cpu: Option<f64>,
+    /// The offset at the end of every input partition.
+    ends: BTreeMap<(String, i32), i64>,
+}
+
+fn consume_all(brokers: &str) -> RawConsume {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-raw")
@@ -129,8 +142,15 @@ fn consume_all(brokers: &str) -> (u64, f64, Option<f64>, BTreeMap<(String, i32),
             None => {}
         }
     }
-    let cpu = cpu0.zip(cpu_seconds(std::process::id())).map(|(a, b)| b - a);
-    (n, start.elapsed().as_secs_f64(), cpu, ends)
+    let cpu = cpu0
+        .zip(cpu_seconds(std::process::id()))
+        .map(|(a, b)| b - a);
+    RawConsume {
+        n,
+        secs: start.elapsed().as_secs_f64(),
+        cpu,
+        ends,
+    }
 }
 
 /// Whether `c`'s group has committed offsets at every input partition's end.
@@ -332,7 +352,13 @@ fn main() {
     assert!(st.success());
     eprintln!("produced in {:.1}s", t0.elapsed().as_secs_f64());
 
-    let (n, secs, raw_cpu, ends) = consume_all(&brokers);
+    let raw_consume = consume_all(&brokers);
+    let RawConsume {
+        n,
+        secs,
+        cpu: raw_cpu,
+        ref ends,
+    } = raw_consume;
     let raw = n as f64 / secs;
     println!("raw librdkafka consume: {n} messages in {secs:.2}s = {raw:.0} msg/s");
     if let Some(cpu) = raw_cpu {
@@ -393,7 +419,7 @@ fn main() {
         .set("group.id", "bench")
         .create()
         .unwrap();
-    while !committed_done(&group, &ends) {
+    while !committed_done(&group, ends) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let done = Instant::now();
@@ -454,11 +480,9 @@ fn main() {
             &python,
             dir.path(),
             &brokers,
-            &ends,
-            n,
+            &raw_consume,
             rate,
             cpu_seconds_per_million,
-            raw_cpu.map(|c| c * 1e6 / n as f64),
         );
     }
     if std::env::var_os("STRATA_BENCH_ONLY_RUN").is_some() {
@@ -566,12 +590,11 @@ fn peer(
     python: &Path,
     dir: &Path,
     brokers: &str,
-    ends: &BTreeMap<(String, i32), i64>,
-    n: u64,
+    raw: &RawConsume,
     strata_rate: f64,
     strata_cpu_per_million: f64,
-    raw_cpu_per_million: Option<f64>,
 ) {
+    let (n, ends) = (raw.n, &raw.ends);
     let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer/app.py");
     let t0 = Instant::now();
     let p = Killed(
@@ -612,7 +635,7 @@ fn peer(
         1e6 / per_million,
         per_million / strata_cpu_per_million,
     );
-    if let Some(raw) = raw_cpu_per_million {
+    if let Some(raw) = raw.cpu.map(|c| c * 1e6 / n as f64) {
         // What 20x the peer's events per CPU second would leave strata for
         // everything, against what consuming alone costs.
         println!(

@@ -635,13 +635,13 @@ fn peer(
         1e6 / per_million,
         per_million / strata_cpu_per_million,
     );
-    if let Some(raw) = raw.cpu.map(|c| c * 1e6 / n as f64) {
+    if let Some(raw_us) = raw.cpu.map(|c| c * 1e6 / n as f64) {
         // What 20x the peer's events per CPU second would leave strata for
         // everything, against what consuming alone costs.
         println!(
-            "20x the peer's events per CPU second = {:.2} µs of CPU per event for all of strata's work; raw librdkafka consume alone: {raw:.2} µs ({:.1}x the peer's events per CPU second)",
+            "20x the peer's events per CPU second = {:.2} µs of CPU per event for all of strata's work; raw librdkafka consume alone: {raw_us:.2} µs ({:.1}x the peer's events per CPU second)",
             per_million / 20.0,
-            per_million / raw,
+            per_million / raw_us,
         );
     }
 }

@@ -284,7 +284,7 @@ impl Inputs {
     pub fn keep_alive(&mut self) -> Result<Option<Polled>, KafkaError> {
         self.empty = 1 + self.feeders.len();
         self.turn = 0;
-        self.stamped = 0;
+        // (A waiting poll: it reads the clock again for the next stamp.)
         self.poll(Instant::now())
     }
 

@@ -139,20 +139,14 @@ impl Outbox {
         range: &Range<u64>,
         f: &mut dyn FnMut(u64, u32, &RecordRef<'_>) -> bool,
     ) -> Result<(), StoreError> {
-        for seq in range.clone() {
-            let go_on = self.with_entry(seq, &mut |entry| {
-                for (idx, r) in entry_records(entry).enumerate() {
-                    if !f(seq, idx as u32, &r.ok_or_else(|| self.unreadable())?) {
-                        return Ok(false);
-                    }
+        self.each_entry(range.clone().map(|seq| (seq, ())), |seq, (), entry| {
+            for (idx, r) in entry_records(entry).enumerate() {
+                if !f(seq, idx as u32, &r.ok_or_else(|| self.unreadable())?) {
+                    return Ok(false);
                 }
-                Ok(true)
-            })?;
-            if !go_on {
-                break;
             }
-        }
-        Ok(())
+            Ok(true)
+        })
     }
 
     /// Visit the records at `places` ((entry, place in it), in write order), and
@@ -163,48 +157,46 @@ impl Outbox {
         places: &[(u64, u32)],
         f: &mut dyn FnMut(u64, u32, &RecordRef<'_>) -> bool,
     ) -> Result<(), StoreError> {
-        let mut rest = places;
-        while let Some(&(seq, _)) = rest.first() {
-            let n = rest.iter().take_while(|p| p.0 == seq).count();
-            let (these, after) = rest.split_at(n);
-            rest = after;
-            let go_on = self.with_entry(seq, &mut |entry| {
-                let mut raw = entry_raw(entry).enumerate();
-                for &(_, idx) in these {
-                    let r = raw
-                        .find(|(i, _)| *i as u32 >= idx)
-                        .filter(|(i, _)| *i as u32 == idx)
-                        .and_then(|(_, r)| r)
-                        .and_then(RecordRef::decode)
-                        .ok_or_else(|| self.unreadable())?;
-                    if !f(seq, idx, &r) {
-                        return Ok(false);
-                    }
+        let by_entry = places.chunk_by(|a, b| a.0 == b.0).map(|c| (c[0].0, c));
+        self.each_entry(by_entry, |seq, these, entry| {
+            let mut raw = entry_raw(entry).enumerate();
+            for &(_, idx) in these {
+                let r = raw
+                    .find(|(i, _)| *i as u32 >= idx)
+                    .filter(|(i, _)| *i as u32 == idx)
+                    .and_then(|(_, r)| r)
+                    .and_then(RecordRef::decode)
+                    .ok_or_else(|| self.unreadable())?;
+                if !f(seq, idx, &r) {
+                    return Ok(false);
                 }
-                Ok(true)
-            })?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Run `f` on each entry of `entries` ((seq, what to do there), in order) as
+    /// written: kept in memory, else read back and unpacked; an entry not there
+    /// is skipped. Stops when `f` returns false.
+    fn each_entry<T>(
+        &self,
+        entries: impl Iterator<Item = (u64, T)>,
+        mut f: impl FnMut(u64, T, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        for (seq, what) in entries {
+            let kept = self.kept.lock().unwrap().entries.get(&seq).cloned();
+            let go_on = match kept {
+                Some(k) => f(seq, what, &k)?,
+                None => match self.store.get(Cf::Outbox, &outbox_key(seq))? {
+                    Some(s) => f(seq, what, &unpack(&s).ok_or_else(|| self.unreadable())?)?,
+                    None => true,
+                },
+            };
             if !go_on {
                 break;
             }
         }
         Ok(())
-    }
-
-    /// Run `f` on entry `seq` as written (kept in memory, else read back and
-    /// unpacked); true when there is none.
-    fn with_entry(
-        &self,
-        seq: u64,
-        f: &mut dyn FnMut(&[u8]) -> Result<bool, StoreError>,
-    ) -> Result<bool, StoreError> {
-        let kept = self.kept.lock().unwrap().entries.get(&seq).cloned();
-        if let Some(k) = kept {
-            return f(&k);
-        }
-        match self.store.get(Cf::Outbox, &outbox_key(seq))? {
-            Some(s) => f(&unpack(&s).ok_or_else(|| self.unreadable())?),
-            None => Ok(true),
-        }
     }
 
     fn unreadable(&self) -> StoreError {
